@@ -1,0 +1,57 @@
+"""Shared fixtures: one tiny model per test session, configs composed like the CLI composes them."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# One cache for the whole session (and the subprocesses it starts): the tiny model is built once.
+_SESSION_CACHE = Path(tempfile.mkdtemp(prefix="ti-test-cache-"))
+os.environ.setdefault("TI_EXPERIMENTS_CACHE", str(_SESSION_CACHE))
+os.environ["WANDB_MODE"] = "disabled"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO / "conf"
+
+# A short, fast tiny run: the overrides every training test starts from.
+TINY_RUN = [
+    "+concept=demo", "model=tiny", "hardware=cpu", "logger=none", "train.max_steps=4",
+    "train.save_steps=2", "train.checkpointing_steps=2", "data.repeats=2",
+]
+
+
+def compose(*overrides: str, output_dir: Path | None = None):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    extra = [f"paths.output_dir={output_dir}"] if output_dir is not None else []
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides) + extra)
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    return Path(os.environ["TI_EXPERIMENTS_CACHE"])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(cache_dir) -> Path:
+    from ti_experiments.models.tiny import ensure_tiny_model
+
+    path = Path(compose("model=tiny").model.pretrained_model_name_or_path)
+    assert ensure_tiny_model(path.parent) == path
+    return path
+
+
+def run_cli(*args: str, cwd: Path = REPO, timeout: int = 300):
+    """The real command line in a subprocess."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "ti_experiments", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -1,0 +1,62 @@
+"""Training items: (image, flip, prompt) drawn reproducibly from the epoch and position alone.
+
+Every random choice of an item comes from its own seed, so a resumed run sees exactly the items the
+uninterrupted run would have seen, whatever the worker count or the state of the global RNG.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .templates import TEMPLATES
+
+
+class TextualInversionDataset(Dataset):
+    """len = images x repeats; item = image index, flip flag and a tokenized template prompt."""
+
+    def __init__(self, num_images: int, repeats: int, tokenizer, placeholder_string: str,
+                 learnable_property: str, flip_p: float):
+        self.num_images = num_images
+        self.repeats = repeats
+        self.tokenizer = tokenizer
+        self.placeholder_string = placeholder_string
+        self.templates = TEMPLATES[learnable_property]
+        self.flip_p = flip_p
+
+    def __len__(self) -> int:
+        return self.num_images * self.repeats
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, seed = key
+        rng = random.Random(seed)
+        text = rng.choice(self.templates).format(self.placeholder_string)
+        flipped = rng.random() < self.flip_p
+        input_ids = self.tokenizer(
+            text, padding="max_length", truncation=True,
+            max_length=self.tokenizer.model_max_length, return_tensors="pt",
+        ).input_ids[0]
+        return {"image_index": index % self.num_images, "flipped": flipped, "input_ids": input_ids}
+
+
+class EpochSampler(Sampler):
+    """A shuffle per epoch derived from (seed, epoch); yields (index, item seed) keys."""
+
+    def __init__(self, length: int, seed: int):
+        self.length = length
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.length, generator=gen).tolist()
+        for position, index in enumerate(order):
+            yield index, ((self.seed * 1_000_003 + self.epoch) * 1_000_033 + position) % 2**31

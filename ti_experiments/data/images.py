@@ -1,0 +1,111 @@
+"""Concept images: read a folder once, skip what is not an image, resize and crop once."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import TIError
+
+log = logging.getLogger(__name__)
+
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "linear": Image.Resampling.BILINEAR,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass
+class DataSettings:
+    """The `data` config group: how images become training tensors."""
+
+    resolution: int = 512
+    center_crop: bool = False
+    flip_p: float = 0.5
+    interpolation: str = "bicubic"
+    repeats: int = 100
+    num_workers: int = 0
+
+    def __post_init__(self):
+        if self.interpolation not in INTERPOLATIONS:
+            raise TIError(
+                f"data.interpolation={self.interpolation!r} is unknown",
+                f"use one of {', '.join(INTERPOLATIONS)}",
+            )
+        if not isinstance(self.resolution, int) or self.resolution <= 0:
+            raise TIError(f"data.resolution={self.resolution!r} is not a positive integer", "use e.g. 512")
+        if not 0.0 <= float(self.flip_p) <= 1.0:
+            raise TIError(f"data.flip_p={self.flip_p} is not a probability", "use a value in [0, 1]")
+        if not isinstance(self.repeats, int) or self.repeats < 1:
+            raise TIError(f"data.repeats={self.repeats!r} must be an integer >= 1", "use e.g. 100")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise TIError(f"data.num_workers={self.num_workers!r} must be >= 0", "use 0 to load in the main process")
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as img:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return img.convert("RGB")
+
+
+def _to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB -> CHW float in [-1, 1], as the VAE expects."""
+    arr = np.asarray(img, dtype=np.uint8).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def prepare_image(img: Image.Image, settings: DataSettings) -> Image.Image:
+    """Centre square crop (optional), then resize to resolution x resolution, as the example does."""
+    if settings.center_crop:
+        w, h = img.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+    size = (settings.resolution, settings.resolution)
+    if img.size != size:
+        img = img.resize(size, resample=INTERPOLATIONS[settings.interpolation])
+    return img
+
+
+def list_image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+class ConceptImages:
+    """The usable images of a concept folder, prepared once; a few images fit in memory easily."""
+
+    def __init__(self, folder: str | os.PathLike, settings: DataSettings):
+        folder = Path(folder).expanduser()
+        hint = "set concept.train_data_dir to a folder of 3-10 images of the concept"
+        if not folder.is_dir():
+            raise TIError(f"concept.train_data_dir {str(folder)!r} does not exist or is not a folder", hint)
+        files = list_image_files(folder)
+        if not files:
+            raise TIError(f"concept.train_data_dir {str(folder)!r} is empty", hint)
+        self.paths: list[Path] = []
+        tensors: list[torch.Tensor] = []
+        for path in files:
+            try:
+                img = _open_rgb(path)
+            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+                log.warning("skipping %s: not a readable image (%s)", path, exc.__class__.__name__)
+                continue
+            tensors.append(_to_tensor(prepare_image(img, settings)))
+            self.paths.append(path)
+        if not tensors:
+            raise TIError(f"no file in {str(folder)!r} is a readable image ({len(files)} skipped)", hint)
+        self.pixels = torch.stack(tensors)  # [N, 3, H, W] in [-1, 1]
+        log.info("%d training images from %s", len(self.paths), folder)
+
+    def __len__(self) -> int:
+        return len(self.paths)

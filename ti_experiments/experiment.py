@@ -1,0 +1,129 @@
+"""One experiment: from a composed config to a finished run directory."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .data import TEMPLATES, ConceptImages, TextualInversionDataset
+from .data.images import list_image_files
+from .embeddings import add_placeholder_tokens, placeholder_tokens, save_learned_embeds, unsplice
+from .errors import TIError
+from .files import write_text_atomic
+from .training import run_training
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def available_concepts() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "concept").glob("*.yaml"))
+
+
+def check_concept(cfg: DictConfig) -> None:
+    if cfg.get("concept") is None:
+        raise TIError("no concept chosen",
+                      f"add +concept=NAME with NAME one of {', '.join(available_concepts())} "
+                      "(or your own conf/concept/NAME.yaml)")
+    prop = cfg.concept.learnable_property
+    if prop not in TEMPLATES:
+        raise TIError(f"concept.learnable_property={prop!r} is unknown", "use object or style")
+
+
+def ensure_concept_images(concept: DictConfig) -> Path:
+    """The concept's folder; filled from its source (Hub download, demo drawing) when missing or empty."""
+    folder = Path(str(concept.train_data_dir)).expanduser()
+    empty = not folder.is_dir() or not list_image_files(folder)
+    if empty and concept.get("source") is not None:
+        instantiate(concept.source, target_dir=folder)
+    return folder
+
+
+def make_accelerator(hardware: DictConfig, tracker, run_dir: Path):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    precision = hardware.mixed_precision
+    if precision not in ("no", "fp16", "bf16"):
+        raise TIError(f"hardware.mixed_precision={precision!r} is unknown", "use no, fp16 or bf16")
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise TIError("fp16 mixed precision needs a CUDA GPU and none is available",
+                      "use hardware=cpu (or hardware.mixed_precision=no or bf16)")
+    return Accelerator(
+        mixed_precision=precision,
+        log_with=tracker.log_with,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
+    )
+
+
+def write_concept_files(run_dir: Path, placeholder: str, learnable_property: str, vectors: torch.Tensor) -> None:
+    """The sd-concepts-library layout: diffusers and InvokeAI read these three files."""
+    save_learned_embeds(run_dir / "learned_embeds.safetensors", placeholder, vectors)
+    write_text_atomic(run_dir / "token_identifier.txt", placeholder)
+    write_text_atomic(run_dir / "type_of_concept.txt", learnable_property)
+
+
+def run(cfg: DictConfig) -> Path:
+    """Train one concept; return the run directory."""
+    check_concept(cfg)
+    run_dir = Path(str(cfg.paths.output_dir)).expanduser()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    concept = cfg.concept
+    from accelerate.utils import set_seed
+
+    set_seed(int(cfg.seed))
+    data_settings = instantiate(cfg.data)
+    images = ConceptImages(ensure_concept_images(concept), data_settings)
+    tracker = instantiate(cfg.logger)
+
+    parts = instantiate(cfg.model)
+    factor = parts.vae_scale_factor
+    if data_settings.resolution % factor or data_settings.resolution < 8 * factor:
+        raise TIError(f"data.resolution={data_settings.resolution} does not fit this model's VAE, which needs "
+                      f"a multiple of {factor} of at least {8 * factor}",
+                      f"use e.g. data.resolution={parts.resolution}")
+    embedding = add_placeholder_tokens(parts.tokenizer, parts.text_encoder, concept.placeholder_token,
+                                       concept.initializer_token, concept.num_vectors)
+    tokens = placeholder_tokens(concept.placeholder_token, concept.num_vectors)
+    dataset = TextualInversionDataset(len(images), data_settings.repeats, parts.tokenizer, " ".join(tokens),
+                                      concept.learnable_property, data_settings.flip_p)
+
+    accelerator = make_accelerator(cfg.hardware, tracker, run_dir)
+    try:
+        tracker.start(accelerator, run_dir, OmegaConf.to_container(cfg, resolve=True))
+        result = run_training(
+            accelerator=accelerator, parts=parts, embedding=embedding, tokens=tokens,
+            placeholder_token=concept.placeholder_token, pixels=images.pixels, dataset=dataset,
+            make_optimizer=instantiate(cfg.optimizer), base_lr=cfg.optimizer.lr,
+            make_scheduler=instantiate(cfg.lr_scheduler), train_cfg=cfg.train, hw_cfg=cfg.hardware,
+            data_cfg=data_settings, run_dir=run_dir, seed=int(cfg.seed),
+            resume_state={"placeholder_tokens": tokens, "model": parts.source},
+        )
+        if accelerator.is_main_process:
+            write_concept_files(run_dir, concept.placeholder_token, concept.learnable_property, result.vectors)
+            unsplice(parts.text_encoder)
+            log.info("done: %d steps in %.1fs, final loss %s; embedding in %s", result.global_step,
+                     result.seconds, f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a",
+                     run_dir / "learned_embeds.safetensors")
+    finally:
+        tracker.finish(accelerator)
+        _reset_accelerate()
+    return run_dir
+
+
+def _reset_accelerate() -> None:
+    """Accelerate keeps process-wide singletons; the next run in this process (sweeps, tests) starts clean."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

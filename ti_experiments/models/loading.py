@@ -1,0 +1,95 @@
+"""Load the frozen Stable Diffusion parts that textual inversion needs, from the Hub or a folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import TIError
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class SDComponents:
+    tokenizer: object
+    text_encoder: object
+    vae: object
+    unet: object
+    noise_scheduler: object
+    source: str
+    resolution: int
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+def _from_pretrained(source: str, revision: str | None, variant: str | None, local_only: bool):
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    common = {"local_files_only": local_only}
+    weights = {**common, "revision": revision}
+    return dict(
+        tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common),
+        noise_scheduler=DDPMScheduler.from_pretrained(source, subfolder="scheduler", **common),
+        text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights),
+        vae=AutoencoderKL.from_pretrained(source, subfolder="vae", variant=variant, **weights),
+        unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", variant=variant, **weights),
+    )
+
+
+def load_components(pretrained_model_name_or_path: str, revision: str | None = None,
+                    variant: str | None = None, resolution: int = 512) -> SDComponents:
+    """Local diffusers folder, or Hub id (the local HF cache first, then the network)."""
+    source = str(pretrained_model_name_or_path)
+    fix = "set model.pretrained_model_name_or_path to a local diffusers folder or a reachable Hub id"
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "unet").is_dir() or not (path / "text_encoder").is_dir():
+            raise TIError(f"model folder {source!r} is not a Stable Diffusion folder in diffusers layout "
+                          "(no unet/ or text_encoder/)", fix)
+        try:
+            parts = _from_pretrained(str(path), revision, variant, local_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise TIError(f"could not load the model folder {source!r}: {_first_line(exc)}", fix) from None
+    elif not _HUB_ID.match(source) or source.startswith((".", "~", os.sep)):
+        raise TIError(f"model path {source!r} does not exist", fix)
+    else:
+        try:
+            parts = _from_pretrained(source, revision, variant, local_only=True)
+        except Exception:  # noqa: BLE001 - not in the local cache: try the network
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+            if offline:
+                raise TIError(f"model {source!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set",
+                              fix) from None
+            try:
+                log.info("downloading %s from the Hugging Face Hub", source)
+                parts = _from_pretrained(source, revision, variant, local_only=False)
+            except Exception as exc:  # noqa: BLE001
+                raise TIError(f"could not load model {source!r} from the Hugging Face Hub (no network, or no "
+                              f"access?): {_first_line(exc)}", fix + " (try model=tiny offline)") from None
+    return SDComponents(source=source, resolution=resolution, **parts)
+
+
+def load_tiny_components(pretrained_model_name_or_path: str, resolution: int = 64) -> SDComponents:
+    """The offline demo model: built once, deterministically, into the cache, then loaded like any folder."""
+    from .tiny import ensure_tiny_model
+
+    path = Path(str(pretrained_model_name_or_path)).expanduser()
+    built = ensure_tiny_model(path.parent)
+    if built != path:
+        raise TIError(f"{path} is not the tiny model's folder (this version builds {built.name})",
+                      f"set model.pretrained_model_name_or_path to {built}")
+    return load_components(str(path), resolution=resolution)

@@ -1,0 +1,102 @@
+"""Tracker choice for Accelerate, with W&B that runs offline instead of ever asking for a login."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import TIError
+
+log = logging.getLogger(__name__)
+
+TRACKERS = ("wandb", "tensorboard", "none")
+
+
+def wandb_has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+@dataclass
+class TrackerSettings:
+    """The `logger` config group."""
+
+    name: str = "wandb"
+    project: str = "ti-experiments"
+    entity: str | None = None
+    run_name: str | None = None
+    group: str | None = None
+    tags: list = field(default_factory=list)
+    mode: str | None = None
+
+    def __post_init__(self):
+        if self.name not in TRACKERS:
+            raise TIError(f"logger name {self.name!r} is unknown", f"use logger={'|'.join(TRACKERS)}")
+
+    @property
+    def log_with(self) -> str | None:
+        return None if self.name == "none" else self.name
+
+    def wandb_mode(self) -> str:
+        """WANDB_MODE wins; then the config; 'online' without credentials becomes 'offline'."""
+        mode = os.environ.get("WANDB_MODE") or self.mode
+        if mode in (None, "auto"):
+            mode = "online" if wandb_has_credentials() else "offline"
+        if mode == "online" and not wandb_has_credentials():
+            log.warning("W&B: no credentials (WANDB_API_KEY or `wandb login`), logging offline instead")
+            mode = "offline"
+        if mode not in ("online", "offline", "disabled"):
+            raise TIError(f"logger.mode={mode!r} is unknown", "use online, offline, disabled or null (auto)")
+        return mode
+
+    def start(self, accelerator, run_dir: Path, config: dict) -> None:
+        """Open the tracker run on the main process; the config is flattened for TensorBoard."""
+        if self.log_with is None:
+            return
+        init_kwargs = {}
+        if self.name == "wandb":
+            init_kwargs["wandb"] = {
+                "dir": str(run_dir), "mode": self.wandb_mode(), "entity": self.entity,
+                "name": self.run_name or run_dir.name, "group": self.group, "tags": list(self.tags),
+            }
+            tracker_config = config
+        else:
+            tracker_config = flatten(config)
+        accelerator.init_trackers(self.project, config=tracker_config, init_kwargs=init_kwargs)
+        if not accelerator.trackers and accelerator.is_main_process:
+            raise TIError(f"the {self.name} tracker did not start (is the package installed?)",
+                          f"pip install {self.name}, or use logger=none")
+
+    def finish(self, accelerator) -> None:
+        """Finish every tracker; say how to upload an offline W&B run."""
+        if self.name == "wandb" and accelerator.is_main_process and accelerator.trackers:
+            run = accelerator.get_tracker("wandb", unwrap=True)
+            sync_dir = getattr(getattr(run, "settings", None), "sync_dir", None)
+            offline = getattr(getattr(run, "settings", None), "_offline", False) or getattr(
+                getattr(run, "settings", None), "mode", "") == "offline"
+            accelerator.end_training()
+            if offline and sync_dir:
+                log.info("W&B ran offline; upload the run with: wandb sync %s", sync_dir)
+            return
+        accelerator.end_training()
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists and None become strings (TensorBoard hparams)."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        elif isinstance(value, (int, float, str, bool)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat

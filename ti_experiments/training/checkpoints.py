@@ -1,0 +1,95 @@
+"""Checkpoints: Accelerate state (optimizer, LR schedule, RNG, scaler) plus the learned rows only.
+
+A checkpoint is written to a temporary folder and renamed, so a run killed at any moment leaves
+either a complete `checkpoint-N` or none. The frozen model weights are never copied into it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+from ..embeddings import PlaceholderEmbedding
+from ..errors import TIError
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints (a trainer_state.json is written last), oldest first."""
+    found = []
+    for path in Path(run_dir).glob("checkpoint-*"):
+        match = _NAME.match(path.name)
+        if match and (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return [p for _, p in sorted(found)]
+
+
+def register_hooks(accelerator) -> None:
+    """Keep the frozen rows out of checkpoints: save and load only `vectors`."""
+
+    def save_hook(models, weights, output_dir):
+        for i, model in enumerate(models):
+            if isinstance(accelerator.unwrap_model(model), PlaceholderEmbedding):
+                weights[i] = {"vectors": weights[i]["vectors"]}
+
+    accelerator.register_save_state_pre_hook(save_hook)
+
+
+def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, total_limit: int | None) -> Path:
+    target = Path(run_dir) / f"checkpoint-{step}"
+    tmp = Path(run_dir) / f".checkpoint-{step}.tmp"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "global_step": step}, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+        if total_limit is not None and total_limit > 0:
+            for old in list_checkpoints(run_dir)[:-total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        log.info("saved %s", target)
+    accelerator.wait_for_everyone()
+    return target
+
+
+def resolve_resume(resume_from: str | None, run_dir: Path) -> Path | None:
+    """'latest' -> newest checkpoint of this run dir (none: a fresh start, as in the example);
+    a path -> that checkpoint, or the newest checkpoint of that run directory."""
+    if not resume_from:
+        return None
+    if str(resume_from) == "latest":
+        found = list_checkpoints(run_dir)
+        if not found:
+            log.warning("train.resume_from_checkpoint=latest: no checkpoint in %s, starting fresh", run_dir)
+            return None
+        return found[-1]
+    path = Path(resume_from).expanduser()
+    if (path / STATE_FILE).is_file():
+        return path
+    if path.is_dir() and list_checkpoints(path):
+        return list_checkpoints(path)[-1]
+    raise TIError(f"train.resume_from_checkpoint={resume_from!r} is not a checkpoint-N folder or a run "
+                  "directory with one", "use latest, a checkpoint-N path, or a run directory")
+
+
+def load_checkpoint(accelerator, path: Path, expected: dict) -> int:
+    """Restore the state; refuse a checkpoint made for other tokens or another model."""
+    state = json.loads((path / STATE_FILE).read_text())
+    for key in ("placeholder_tokens", "model"):
+        if state.get(key) != expected.get(key):
+            raise TIError(f"checkpoint {path} was made with {key}={state.get(key)!r}, this run has "
+                          f"{expected.get(key)!r}", "resume with the settings of the original run")
+    accelerator.load_state(str(path), strict=False)
+    log.info("resumed from %s at step %d", path, state["global_step"])
+    return int(state["global_step"])

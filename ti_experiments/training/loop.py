@@ -1,0 +1,190 @@
+"""How the placeholder embedding is trained: the denoising loss, accumulation, saves, checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..data import EpochSampler, LatentCache, TextualInversionDataset
+from ..embeddings import PlaceholderEmbedding, save_learned_embeds
+from ..errors import TIError
+from . import checkpoints
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    final_loss: float | None
+    seconds: float
+    vectors: torch.Tensor
+
+
+def weight_dtype_for(mixed_precision: str) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def setup_attention(unet, attention: str, device: torch.device) -> None:
+    """sdpa is diffusers' default on torch 2; xformers only where it is installed and CUDA runs."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    if attention == "xformers":
+        try:
+            import xformers  # noqa: F401
+        except ImportError:
+            log.info("xformers is not installed: using torch SDPA attention")
+            attention = "sdpa"
+        else:
+            if device.type != "cuda":
+                log.info("xformers needs CUDA: using torch SDPA attention")
+                attention = "sdpa"
+            else:
+                unet.enable_xformers_memory_efficient_attention()
+                return
+    if attention == "sdpa":
+        unet.set_attn_processor(AttnProcessor2_0())
+    elif attention == "default":
+        unet.set_attn_processor(AttnProcessor())
+    else:
+        raise TIError(f"hardware.attention={attention!r} is unknown", "use sdpa, xformers or default")
+
+
+def denoising_loss(parts, text_encoder, cache: LatentCache, batch: dict, weight_dtype, device) -> torch.Tensor:
+    """MSE between the UNet's prediction and the noise (or the velocity for v-prediction models)."""
+    scheduler = parts.noise_scheduler
+    latents = cache.sample(batch["image_index"], batch["flipped"]).to(weight_dtype)
+    noise = torch.randn_like(latents)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    hidden = text_encoder(batch["input_ids"].to(device))[0].to(weight_dtype)
+    pred = parts.unet(noisy, timesteps, hidden).sample
+    if scheduler.config.prediction_type == "epsilon":
+        target = noise
+    elif scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise TIError(f"prediction type {scheduler.config.prediction_type!r} is not supported",
+                      "use a model whose scheduler predicts epsilon or v_prediction")
+    return F.mse_loss(pred.float(), target.float(), reduction="mean")
+
+
+def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding, tokens: list[str],
+                 placeholder_token: str, pixels: torch.Tensor, dataset: TextualInversionDataset,
+                 make_optimizer: Callable, base_lr: float, make_scheduler: Callable, train_cfg, hw_cfg, data_cfg,
+                 run_dir: Path, seed: int, resume_state: dict) -> TrainResult:
+    device = accelerator.device
+    weight_dtype = weight_dtype_for(accelerator.mixed_precision)
+    ga = int(train_cfg.gradient_accumulation_steps)
+    batch_size = int(train_cfg.batch_size)
+    max_steps = int(train_cfg.max_steps)
+    if ga < 1 or batch_size < 1 or max_steps < 1:
+        raise TIError("train.max_steps, train.batch_size and train.gradient_accumulation_steps must be >= 1",
+                      "set them to positive integers")
+
+    text_encoder, unet, vae = parts.text_encoder, parts.unet, parts.vae
+    for module in (text_encoder, unet, vae):
+        module.requires_grad_(False)
+    embedding.vectors.requires_grad_(True)
+    if hw_cfg.allow_tf32 and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    setup_attention(unet, hw_cfg.attention, device)
+    if hw_cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        text_encoder.gradient_checkpointing_enable()
+        unet.train()  # checkpointing is only active in train mode; the UNet has no dropout
+    else:
+        unet.eval()
+    text_encoder.train()
+    vae.eval()
+    for frozen in (unet, vae):  # the frozen parts run in the mixed-precision dtype
+        frozen.to(device) if weight_dtype == torch.float32 else frozen.to(device, dtype=weight_dtype)
+    text_encoder.to(device)  # the trained module stays fp32; autocast handles mixed precision
+
+    t0 = time.perf_counter()
+    cache = LatentCache.build(vae, pixels, with_flips=data_cfg.flip_p > 0, device=device, dtype=weight_dtype)
+    if hw_cfg.offload_idle:
+        vae.to("cpu")  # every latent is cached: the VAE is idle from here on
+    log.info("encoded %d images into the latent cache in %.2fs", pixels.shape[0], time.perf_counter() - t0)
+
+    lr = float(base_lr)
+    if train_cfg.scale_lr:
+        lr = lr * ga * batch_size * accelerator.num_processes
+    optimizer = make_optimizer(params=[embedding.vectors], lr=lr)
+    lr_scheduler = make_scheduler(optimizer=optimizer, num_training_steps=max_steps)
+
+    sampler = EpochSampler(len(dataset), seed)
+    dataloader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                            num_workers=int(data_cfg.num_workers), pin_memory=device.type == "cuda")
+    model, optimizer, dataloader = accelerator.prepare(embedding, optimizer, dataloader)
+    text_encoder.set_input_embeddings(model)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    checkpoints.register_hooks(accelerator)
+
+    global_step = 0
+    resume_path = checkpoints.resolve_resume(train_cfg.resume_from_checkpoint, run_dir)
+    if resume_path is not None:
+        global_step = checkpoints.load_checkpoint(accelerator, resume_path, resume_state)
+
+    micro_per_epoch = len(dataloader)
+    steps_per_epoch = math.ceil(micro_per_epoch / ga)
+    epoch, step_in_epoch = divmod(global_step, steps_per_epoch)
+    log.info("training %s: %d steps (%d images x %d repeats, batch %d x accumulation %d x %d processes), "
+             "lr %.3g", placeholder_token, max_steps, len(dataset) // dataset.repeats, dataset.repeats,
+             batch_size, ga, accelerator.num_processes, lr)
+
+    progress = tqdm(total=max_steps, initial=global_step, desc="steps", mininterval=2,
+                    disable=not accelerator.is_local_main_process)
+    started = time.perf_counter()
+    final_loss = None
+    step_loss = 0.0
+    while global_step < max_steps:
+        sampler.set_epoch(epoch)
+        batches = itertools.islice(enumerate(dataloader), step_in_epoch * ga, None)
+        for micro, batch in batches:
+            sync = (micro + 1) % ga == 0 or micro + 1 == micro_per_epoch
+            ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
+            with ctx, accelerator.autocast():
+                loss = denoising_loss(parts, text_encoder, cache, batch, weight_dtype, device)
+                accelerator.backward(loss / ga)
+            step_loss += loss.detach().float() / ga
+            if not sync:
+                continue
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            global_step += 1
+            final_loss = accelerator.reduce(step_loss, "mean").item()
+            step_loss = 0.0
+            if not math.isfinite(final_loss):
+                raise TIError(f"the loss became {final_loss} at step {global_step}",
+                              "lower optimizer.lr, or use hardware.mixed_precision=bf16 instead of fp16")
+            accelerator.log({"loss": final_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
+            progress.update(1)
+            progress.set_postfix(loss=f"{final_loss:.4f}", refresh=False)
+            if train_cfg.save_steps and global_step % int(train_cfg.save_steps) == 0 and accelerator.is_main_process:
+                save_learned_embeds(run_dir / f"learned_embeds-steps-{global_step}.safetensors",
+                                    placeholder_token, accelerator.unwrap_model(model).vectors)
+            if train_cfg.checkpointing_steps and global_step % int(train_cfg.checkpointing_steps) == 0:
+                checkpoints.save_checkpoint(accelerator, run_dir, global_step, resume_state,
+                                            train_cfg.checkpoints_total_limit)
+            if global_step >= max_steps:
+                break
+        epoch += 1
+        step_in_epoch = 0
+    progress.close()
+    seconds = time.perf_counter() - started
+    vectors = accelerator.unwrap_model(model).vectors.detach().float().cpu()
+    return TrainResult(global_step=global_step, final_loss=final_loss, seconds=seconds, vectors=vectors)
