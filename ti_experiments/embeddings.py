@@ -63,7 +63,8 @@ class PlaceholderEmbedding(nn.Module):
 
 
 def _vocab_has(tokenizer, token: str) -> bool:
-    return token in tokenizer.get_vocab()
+    """An added token, or a word the tokenizer already reads as one token ('toy' is 'toy</w>')."""
+    return token in tokenizer.get_vocab() or len(tokenizer.encode(token, add_special_tokens=False)) == 1
 
 
 def add_placeholder_tokens(

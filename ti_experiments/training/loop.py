@@ -126,8 +126,11 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding, tokens:
     lr_scheduler = make_scheduler(optimizer=optimizer, num_training_steps=max_steps)
 
     sampler = EpochSampler(len(dataset), seed)
+    # Its own generator: creating an epoch's iterator must not draw from the global RNG, or a
+    # resumed run (which creates one mid-epoch) would draw different noise from the uninterrupted one.
     dataloader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                            num_workers=int(data_cfg.num_workers), pin_memory=device.type == "cuda")
+                            num_workers=int(data_cfg.num_workers), pin_memory=device.type == "cuda",
+                            generator=torch.Generator().manual_seed(seed))
     model, optimizer, dataloader = accelerator.prepare(embedding, optimizer, dataloader)
     text_encoder.set_input_embeddings(model)
     accelerator.register_for_checkpointing(lr_scheduler)

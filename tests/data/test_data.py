@@ -1,0 +1,113 @@
+"""Concept images, training items and the latent cache."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from PIL import Image
+
+from ti_experiments.data import (
+    ConceptImages, DataSettings, EpochSampler, LatentCache, TEMPLATES, TextualInversionDataset,
+)
+from ti_experiments.errors import TIError
+
+
+def _img(path, size=(40, 20), color=(255, 0, 0)):
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def test_images_are_cropped_resized_and_scaled(tmp_path):
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    img.paste((255, 255, 255), (10, 0, 30, 20))  # white centre square, black sides
+    img.save(tmp_path / "a.png")
+    cropped = ConceptImages(tmp_path, DataSettings(resolution=16, center_crop=True))
+    squashed = ConceptImages(tmp_path, DataSettings(resolution=16, center_crop=False))
+    assert cropped.pixels.shape == (1, 3, 16, 16)
+    assert cropped.pixels.min() >= -1 and cropped.pixels.max() <= 1
+    assert torch.allclose(cropped.pixels, torch.ones_like(cropped.pixels), atol=0.02)  # only the centre
+    assert squashed.pixels[0, :, 8, 0].max() < -0.9  # the black border is kept when squashing
+
+
+def test_unreadable_files_are_skipped_with_a_warning(tmp_path, caplog):
+    _img(tmp_path / "good.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "notes.txt").write_text("hello")
+    with caplog.at_level(logging.WARNING):
+        images = ConceptImages(tmp_path, DataSettings(resolution=8))
+    assert [p.name for p in images.paths] == ["good.png"]
+    assert "broken.png" in caplog.text and "notes.txt" in caplog.text
+
+
+def test_grayscale_palette_and_alpha_images_become_rgb(tmp_path):
+    Image.new("L", (8, 8), 128).save(tmp_path / "l.png")
+    Image.new("P", (8, 8), 3).save(tmp_path / "p.png")
+    Image.new("RGBA", (8, 8), (1, 2, 3, 4)).save(tmp_path / "rgba.png")
+    assert ConceptImages(tmp_path, DataSettings(resolution=8)).pixels.shape == (3, 3, 8, 8)
+
+
+@pytest.mark.parametrize("setup,message", [
+    (lambda d: d / "missing", "does not exist"),
+    (lambda d: d, "is empty"),
+    (lambda d: (d / "x.png").write_bytes(b"junk") and d, "no file"),
+])
+def test_bad_folders_are_refused(tmp_path, setup, message):
+    folder = setup(tmp_path)
+    with pytest.raises(TIError, match=message):
+        ConceptImages(folder if folder is not None else tmp_path, DataSettings(resolution=8))
+
+
+def test_bad_data_settings_are_refused():
+    with pytest.raises(TIError, match="interpolation"):
+        DataSettings(interpolation="cubic-ish")
+    with pytest.raises(TIError, match="flip_p"):
+        DataSettings(flip_p=2)
+    with pytest.raises(TIError, match="repeats"):
+        DataSettings(repeats=0)
+
+
+class _Tok:
+    model_max_length = 8
+
+    def __call__(self, text, **kw):
+        class R:
+            input_ids = torch.tensor([[len(text)] * 8])
+        self.last = text
+        return R()
+
+
+def test_dataset_length_prompts_and_flips():
+    tok = _Tok()
+    ds = TextualInversionDataset(3, 5, tok, "<x> <x>_1", "style", flip_p=1.0)
+    assert len(ds) == 15
+    item = ds[(7, 123)]
+    assert item["image_index"] == 1 and item["flipped"] is True
+    assert "<x> <x>_1" in tok.last and tok.last.replace("<x> <x>_1", "{}") in TEMPLATES["style"]
+    assert not TextualInversionDataset(3, 5, tok, "<x>", "object", flip_p=0.0)[(0, 1)]["flipped"]
+    flips = [TextualInversionDataset(1, 1, tok, "<x>", "object", 0.5)[(0, s)]["flipped"] for s in range(400)]
+    assert 150 < sum(flips) < 250
+
+
+def test_sampler_is_a_reproducible_shuffle_per_epoch():
+    sampler = EpochSampler(10, seed=3)
+    first = list(sampler)
+    assert sorted(i for i, _ in first) == list(range(10))
+    assert list(EpochSampler(10, seed=3)) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+
+
+def test_latent_cache_draws_from_the_vae_distribution(tiny_model_path):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(tiny_model_path, subfolder="vae")
+    pixels = torch.rand(2, 3, 16, 16) * 2 - 1
+    cache = LatentCache.build(vae, pixels, with_flips=True, device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        mean = vae.encode(pixels.flip(-1)).latent_dist.mean
+    assert torch.allclose(cache.mean[1], mean, atol=1e-5)
+    sample = cache.sample(torch.tensor([1, 0]), torch.tensor([True, False]))
+    assert sample.shape == (2, 4, 8, 8)
+    assert not torch.equal(sample, cache.sample(torch.tensor([1, 0]), torch.tensor([True, False])))

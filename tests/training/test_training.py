@@ -1,0 +1,111 @@
+"""Short tiny-model runs in process: outputs, frozen rows, checkpoints, resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import CLIPTextModel
+
+import ti_experiments.experiment as experiment
+from conftest import TINY_RUN, compose
+from ti_experiments.experiment import run
+
+
+def _train(tmp_path, *overrides):
+    return run(compose(*TINY_RUN, *overrides, output_dir=tmp_path))
+
+
+def test_run_writes_the_concept_files(tmp_path):
+    run_dir = _train(tmp_path, "concept.num_vectors=2")
+    embeds = load_file(run_dir / "learned_embeds.safetensors")
+    assert list(embeds) == ["<demo-toy>"]
+    assert embeds["<demo-toy>"].shape == (2, 32) and embeds["<demo-toy>"].dtype == torch.float32
+    assert (run_dir / "token_identifier.txt").read_text() == "<demo-toy>"
+    assert (run_dir / "type_of_concept.txt").read_text() == "object"
+    assert sorted(p.name for p in run_dir.glob("learned_embeds-steps-*")) == [
+        "learned_embeds-steps-2.safetensors", "learned_embeds-steps-4.safetensors"]
+    assert torch.equal(load_file(run_dir / "learned_embeds-steps-4.safetensors")["<demo-toy>"],
+                       embeds["<demo-toy>"])
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_training_changes_only_the_new_rows(tmp_path, tiny_model_path, monkeypatch):
+    captured = {}
+    original = experiment.unsplice
+
+    def capture(text_encoder):
+        original(text_encoder)
+        captured["te"] = text_encoder
+
+    monkeypatch.setattr(experiment, "unsplice", capture)
+    run_dir = _train(tmp_path, "optimizer.lr=0.05")
+    fresh = CLIPTextModel.from_pretrained(tiny_model_path, subfolder="text_encoder").state_dict()
+    trained = captured["te"].state_dict()
+    key = next(k for k in fresh if k.endswith("token_embedding.weight"))
+    vocab = fresh[key].shape[0]
+    assert trained[key].shape[0] == vocab + 1
+    assert torch.equal(trained[key][:vocab], fresh[key])  # bit-identical frozen rows
+    for name, value in fresh.items():
+        if name != key:
+            assert torch.equal(trained[name], value), name
+    learned = load_file(run_dir / "learned_embeds.safetensors")["<demo-toy>"]
+    assert torch.equal(trained[key][vocab:], learned)
+    toy = fresh[key][vocab - 1]  # not the initializer: just check the row moved away from its start
+    init_row = captured["te"].get_input_embeddings().weight[vocab]
+    assert not torch.equal(init_row, toy)
+
+
+def test_learning_rate_scaling_and_accumulation(tmp_path, monkeypatch):
+    seen = {}
+    original = torch.optim.AdamW.__init__
+
+    def spy(self, params, lr=1e-3, **kw):
+        seen["lr"] = lr
+        original(self, params, lr=lr, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", spy)
+    _train(tmp_path, "train.gradient_accumulation_steps=3", "train.batch_size=2", "train.scale_lr=true",
+           "optimizer.lr=1e-3", "train.max_steps=2", "train.checkpointing_steps=null")
+    assert seen["lr"] == pytest.approx(1e-3 * 3 * 2)
+
+
+def test_checkpoint_limit_keeps_the_newest(tmp_path):
+    run_dir = _train(tmp_path, "train.max_steps=3", "train.checkpointing_steps=1",
+                     "train.checkpoints_total_limit=2")
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert (run_dir / "checkpoint-3" / "model.safetensors").stat().st_size < 10_000  # rows only
+
+
+def test_resume_continues_to_the_same_embedding(tmp_path):
+    common = ["train.gradient_accumulation_steps=2", "data.repeats=3", "train.checkpointing_steps=3",
+              "lr_scheduler=constant_with_warmup", "lr_scheduler.num_warmup_steps=4"]
+    straight = _train(tmp_path / "a", *common, "train.max_steps=6")
+    _train(tmp_path / "b", *common, "train.max_steps=3")  # stops at checkpoint-3, mid-epoch
+    resumed = _train(tmp_path / "b", *common, "train.max_steps=6", "train.resume_from_checkpoint=latest")
+    a = load_file(straight / "learned_embeds.safetensors")["<demo-toy>"]
+    b = load_file(resumed / "learned_embeds.safetensors")["<demo-toy>"]
+    assert torch.equal(a, b)
+    assert (resumed / "checkpoint-6").is_dir()
+
+
+def test_resume_from_a_checkpoint_of_another_concept_is_refused(tmp_path):
+    from ti_experiments.errors import TIError
+
+    _train(tmp_path / "a", "train.max_steps=2")
+    with pytest.raises(TIError, match="placeholder_tokens"):
+        _train(tmp_path / "b", "concept.num_vectors=2", f"train.resume_from_checkpoint={tmp_path / 'a'}")
+
+
+def test_tensorboard_receives_loss_and_lr(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = _train(tmp_path, "logger=tensorboard", "train.max_steps=2")
+    events = list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events
+    tags = set()
+    for path in events:
+        acc = EventAccumulator(str(path.parent))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"loss", "lr"} <= tags
