@@ -46,6 +46,8 @@ class TrackerSettings:
 
     def wandb_mode(self) -> str:
         """WANDB_MODE wins; then the config; 'online' without credentials becomes 'offline'."""
+        if os.environ.get("WANDB_MODE") == "":
+            del os.environ["WANDB_MODE"]  # wandb itself rejects an empty value
         mode = os.environ.get("WANDB_MODE") or self.mode
         if mode in (None, "auto"):
             mode = "online" if wandb_has_credentials() else "offline"
@@ -76,16 +78,13 @@ class TrackerSettings:
 
     def finish(self, accelerator) -> None:
         """Finish every tracker; say how to upload an offline W&B run."""
-        if self.name == "wandb" and accelerator.is_main_process and accelerator.trackers:
-            run = accelerator.get_tracker("wandb", unwrap=True)
-            sync_dir = getattr(getattr(run, "settings", None), "sync_dir", None)
-            offline = getattr(getattr(run, "settings", None), "_offline", False) or getattr(
-                getattr(run, "settings", None), "mode", "") == "offline"
-            accelerator.end_training()
-            if offline and sync_dir:
-                log.info("W&B ran offline; upload the run with: wandb sync %s", sync_dir)
-            return
+        run = None
+        if self.name == "wandb" and accelerator.is_main_process:
+            run = next((getattr(t, "run", None) for t in accelerator.trackers if t.name == "wandb"), None)
         accelerator.end_training()
+        settings = getattr(run, "settings", None)
+        if settings is not None and getattr(settings, "mode", "") == "offline":
+            log.info("W&B ran offline; upload this run later with: wandb sync %s", settings.sync_dir)
 
 
 def flatten(config: dict, prefix: str = "") -> dict:

@@ -1,0 +1,58 @@
+"""Trackers: W&B without credentials runs offline (never a login prompt) and receives loss and lr."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import TINY_RUN, compose
+from ti_experiments.errors import TIError
+from ti_experiments.experiment import run
+from ti_experiments.records.trackers import TrackerSettings, flatten
+
+
+def test_wandb_mode_resolution(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert TrackerSettings().wandb_mode() == "offline"
+    assert TrackerSettings(mode="online").wandb_mode() == "offline"  # no credentials: never a prompt
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert TrackerSettings().wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert TrackerSettings(mode="online").wandb_mode() == "disabled"
+    with pytest.raises(TIError, match="logger name"):
+        TrackerSettings(name="comet")
+
+
+def test_flatten_for_tensorboard():
+    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": "[1, 2]", "d": "None"}
+
+
+def test_wandb_offline_run_gets_loss_and_lr(monkeypatch, tmp_path):
+    import wandb
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    logged = []
+    original = wandb.Run.log
+
+    def spy(self, data, *args, **kwargs):
+        logged.append((kwargs.get("step"), dict(data)))
+        return original(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(wandb.Run, "log", spy)
+    configs = []
+    original_init = wandb.init
+
+    def init_spy(*args, **kwargs):
+        configs.append(kwargs)
+        return original_init(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", init_spy)
+    run_dir = run(compose(*[o for o in TINY_RUN if not o.startswith("logger")], "logger=wandb",
+                          "train.max_steps=2", output_dir=tmp_path / "run"))
+    assert [step for step, _ in logged] == [1, 2]
+    assert all({"loss", "lr"} <= set(data) for _, data in logged)
+    assert configs[0]["mode"] == "offline" and configs[0]["dir"] == str(run_dir)
+    assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
