@@ -19,9 +19,22 @@ from .experiment import CONF_DIR  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _task(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from .experiment import run
 
-    run(cfg)
+    try:
+        run(cfg)
+    except TIError as exc:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        _report(exc)  # here, before Hydra adds its own "Error executing job" line
+        sys.exit(2)
+
+
+def _report(exc: TIError) -> None:
+    print(f"error: {exc}", file=sys.stderr)
 
 
 def one_line(exc: BaseException) -> str:
@@ -55,7 +68,7 @@ def main() -> int:
     try:
         _task()
     except TIError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _report(exc)
         return 2
     except (HydraException, OmegaConfBaseException) as exc:
         if _USER_WANTS_TRACEBACK:

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,6 +21,19 @@ from .training import run_training
 log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def build(node, **kwargs):
+    """`instantiate`, but a user error raised by the target reaches the user as itself, not wrapped."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, TIError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
 
 
 def available_concepts() -> list[str]:
@@ -36,12 +50,16 @@ def check_concept(cfg: DictConfig) -> None:
         raise TIError(f"concept.learnable_property={prop!r} is unknown", "use object or style")
 
 
-def ensure_concept_images(concept: DictConfig) -> Path:
-    """The concept's folder; filled from its source (Hub download, demo drawing) when missing or empty."""
-    folder = Path(str(concept.train_data_dir)).expanduser()
+def ensure_concept_images(concept: DictConfig, cache_dir: Path) -> Path:
+    """The concept's folder, filled from its source (Hub download, demo drawing) when missing or empty.
+
+    Only folders inside the cache are filled: a mistyped path of the user's own is an error, not a
+    place to download into or draw demo pictures in.
+    """
+    folder = Path(str(concept.train_data_dir)).expanduser().resolve()
     empty = not folder.is_dir() or not list_image_files(folder)
-    if empty and concept.get("source") is not None:
-        instantiate(concept.source, target_dir=folder)
+    if empty and concept.get("source") is not None and folder.is_relative_to(cache_dir.expanduser().resolve()):
+        build(concept.source, target_dir=folder)
     return folder
 
 
@@ -78,11 +96,11 @@ def run(cfg: DictConfig) -> Path:
     from accelerate.utils import set_seed
 
     set_seed(int(cfg.seed))
-    data_settings = instantiate(cfg.data)
-    images = ConceptImages(ensure_concept_images(concept), data_settings)
-    tracker = instantiate(cfg.logger)
+    data_settings = build(cfg.data)
+    images = ConceptImages(ensure_concept_images(concept, Path(str(cfg.paths.cache_dir))), data_settings)
+    tracker = build(cfg.logger)
 
-    parts = instantiate(cfg.model)
+    parts = build(cfg.model)
     factor = parts.vae_scale_factor
     if data_settings.resolution % factor or data_settings.resolution < 8 * factor:
         raise TIError(f"data.resolution={data_settings.resolution} does not fit this model's VAE, which needs "
@@ -100,8 +118,8 @@ def run(cfg: DictConfig) -> Path:
         result = run_training(
             accelerator=accelerator, parts=parts, embedding=embedding, tokens=tokens,
             placeholder_token=concept.placeholder_token, pixels=images.pixels, dataset=dataset,
-            make_optimizer=instantiate(cfg.optimizer), base_lr=cfg.optimizer.lr,
-            make_scheduler=instantiate(cfg.lr_scheduler), train_cfg=cfg.train, hw_cfg=cfg.hardware,
+            make_optimizer=build(cfg.optimizer), base_lr=cfg.optimizer.lr,
+            make_scheduler=build(cfg.lr_scheduler), train_cfg=cfg.train, hw_cfg=cfg.hardware,
             data_cfg=data_settings, run_dir=run_dir, seed=int(cfg.seed),
             resume_state={"placeholder_tokens": tokens, "model": parts.source},
         )

@@ -109,3 +109,28 @@ def test_tensorboard_receives_loss_and_lr(tmp_path):
         acc.Reload()
         tags |= set(acc.Tags()["scalars"])
     assert {"loss", "lr"} <= tags
+
+
+def test_prediction_target_follows_the_scheduler():
+    from diffusers import DDPMScheduler
+
+    from ti_experiments.errors import TIError
+    from ti_experiments.training.loop import prediction_target
+
+    latents, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    t = torch.tensor([10, 900])
+    eps = DDPMScheduler(prediction_type="epsilon")
+    v = DDPMScheduler(prediction_type="v_prediction")
+    assert torch.equal(prediction_target(eps, latents, noise, t), noise)
+    alpha = v.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
+    sigma = (1 - v.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+    assert torch.allclose(prediction_target(v, latents, noise, t), alpha * noise - sigma * latents, atol=1e-6)
+    with pytest.raises(TIError, match="sample"):
+        prediction_target(DDPMScheduler(prediction_type="sample"), latents, noise, t)
+
+
+def test_bf16_and_gradient_checkpointing_keep_the_learned_rows_fp32(tmp_path):
+    run_dir = _train(tmp_path, "hardware.mixed_precision=bf16", "hardware.gradient_checkpointing=true",
+                     "hardware.offload_idle=true", "train.max_steps=2")
+    learned = load_file(run_dir / "learned_embeds.safetensors")["<demo-toy>"]
+    assert learned.dtype == torch.float32 and torch.isfinite(learned).all()

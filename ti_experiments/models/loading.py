@@ -50,6 +50,33 @@ def _from_pretrained(source: str, revision: str | None, variant: str | None, loc
     )
 
 
+def _weight_patterns(variant: str | None) -> list[str]:
+    """Only what training loads: configs, tokenizer, and one safetensors copy of each network."""
+    v = f".{variant}" if variant else ""
+    patterns = ["model_index.json", "tokenizer/*", "scheduler/*", "*/config.json",
+                "text_encoder/model.safetensors", "text_encoder/model-*.safetensors",
+                "text_encoder/model.safetensors.index.json"]
+    for sub in ("unet", "vae"):
+        patterns += [f"{sub}/diffusion_pytorch_model{v}.safetensors", f"{sub}/diffusion_pytorch_model{v}-*.safetensors",
+                     f"{sub}/diffusion_pytorch_model{v}.safetensors.index.json"]
+    return patterns
+
+
+def _download(source: str, revision: str | None, variant: str | None, fix: str) -> str:
+    """One snapshot download: it fails within seconds without a network, unlike per-file loading,
+    which retries every file with back-off for minutes."""
+    from huggingface_hub import snapshot_download
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise TIError(f"model {source!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set", fix)
+    log.info("downloading %s from the Hugging Face Hub", source)
+    try:
+        return snapshot_download(source, revision=revision, allow_patterns=_weight_patterns(variant))
+    except Exception as exc:  # noqa: BLE001
+        raise TIError(f"could not download model {source!r} from the Hugging Face Hub (no network, or no "
+                      f"access?): {_first_line(exc)}", fix + " (model=tiny works offline)") from None
+
+
 def load_components(pretrained_model_name_or_path: str, revision: str | None = None,
                     variant: str | None = None, resolution: int = 512) -> SDComponents:
     """Local diffusers folder, or Hub id (the local HF cache first, then the network)."""
@@ -67,29 +94,22 @@ def load_components(pretrained_model_name_or_path: str, revision: str | None = N
     elif not _HUB_ID.match(source) or source.startswith((".", "~", os.sep)):
         raise TIError(f"model path {source!r} does not exist", fix)
     else:
-        try:
+        try:  # already in the local Hugging Face cache: no network needed
             parts = _from_pretrained(source, revision, variant, local_only=True)
-        except Exception:  # noqa: BLE001 - not in the local cache: try the network
-            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-            if offline:
-                raise TIError(f"model {source!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set",
-                              fix) from None
+        except Exception:  # noqa: BLE001
+            folder = _download(source, revision, variant, fix)
             try:
-                log.info("downloading %s from the Hugging Face Hub", source)
-                parts = _from_pretrained(source, revision, variant, local_only=False)
+                parts = _from_pretrained(folder, None, variant, local_only=True)
             except Exception as exc:  # noqa: BLE001
-                raise TIError(f"could not load model {source!r} from the Hugging Face Hub (no network, or no "
-                              f"access?): {_first_line(exc)}", fix + " (try model=tiny offline)") from None
+                raise TIError(f"could not load model {source!r}: {_first_line(exc)}", fix) from None
     return SDComponents(source=source, resolution=resolution, **parts)
 
 
 def load_tiny_components(pretrained_model_name_or_path: str, resolution: int = 64) -> SDComponents:
     """The offline demo model: built once, deterministically, into the cache, then loaded like any folder."""
-    from .tiny import ensure_tiny_model
+    from .tiny import TINY_MODEL_VERSION, ensure_tiny_model
 
     path = Path(str(pretrained_model_name_or_path)).expanduser()
-    built = ensure_tiny_model(path.parent)
-    if built != path:
-        raise TIError(f"{path} is not the tiny model's folder (this version builds {built.name})",
-                      f"set model.pretrained_model_name_or_path to {built}")
+    if path.name == f"tiny-sd-{TINY_MODEL_VERSION}":
+        ensure_tiny_model(path.parent)  # build it only where this version's folder belongs
     return load_components(str(path), resolution=resolution)

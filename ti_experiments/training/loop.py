@@ -70,14 +70,19 @@ def denoising_loss(parts, text_encoder, cache: LatentCache, batch: dict, weight_
     noisy = scheduler.add_noise(latents, noise, timesteps)
     hidden = text_encoder(batch["input_ids"].to(device))[0].to(weight_dtype)
     pred = parts.unet(noisy, timesteps, hidden).sample
-    if scheduler.config.prediction_type == "epsilon":
-        target = noise
-    elif scheduler.config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        raise TIError(f"prediction type {scheduler.config.prediction_type!r} is not supported",
-                      "use a model whose scheduler predicts epsilon or v_prediction")
+    target = prediction_target(scheduler, latents, noise, timesteps)
     return F.mse_loss(pred.float(), target.float(), reduction="mean")
+
+
+def prediction_target(scheduler, latents, noise, timesteps) -> torch.Tensor:
+    """What the UNet must predict: the noise (SD 1.x, epsilon) or the velocity (SD 2.x 768, v_prediction)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise TIError(f"prediction type {kind!r} is not supported",
+                  "use a model whose scheduler predicts epsilon or v_prediction")
 
 
 def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding, tokens: list[str],

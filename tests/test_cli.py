@@ -1,0 +1,163 @@
+"""The real command line on bad input: one clean `error: <problem>; fix: <fix>` line, exit code 2,
+no traceback, and no embedding written. Every case is a subprocess (~5 s of imports each)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+# A short tiny-model run; each case adds the one bad override it is about.
+BASE = ["+concept=demo", "model=tiny", "hardware=cpu", "logger=none", "train.max_steps=2"]
+
+# A concept whose images are the user's own (source: null, as the README suggests); with +concept=demo a
+# missing or empty folder is filled with demo images by design (README: `source`, where images come from
+# when the folder is empty), so it would not be an error.
+OWN_FOLDER = ["+concept=my_style"] + BASE[1:]
+
+
+def _run_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run"
+
+
+def _cli(tmp_path: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return run_cli(*args, f"hydra.run.dir={_run_dir(tmp_path)}", timeout=timeout)
+
+
+def _show(result: subprocess.CompletedProcess) -> str:
+    return f"exit code {result.returncode}\n--- stderr ---\n{result.stderr[-4000:]}\n--- stdout ---\n{result.stdout[-2000:]}"
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, run_dir: Path, *needles: str) -> str:
+    """Exit 2, exactly one `error: <problem>; fix: <fix>` line on stderr naming the problem, no
+    traceback anywhere, no learned embedding in the run directory. Returns the error line."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, _show(result)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, _show(result)
+    assert "Error executing job" not in result.stderr, _show(result)
+    line = lines[0]
+    assert "fix:" in line, line
+    # One problem, one fix: nothing echoed twice, no Hydra wrapper around our own message.
+    assert line.count("fix:") == 1 and re.fullmatch(r"error: \S.*; fix: \S.*", line), line
+    assert "Error in call to target" not in line, line
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in: {line}"
+    assert "Traceback" not in output, _show(result)
+    assert not list(run_dir.rglob("learned_embeds*.safetensors")), sorted(run_dir.rglob("*"))
+    return line
+
+
+# ---------------------------------------------------------------- configuration and concept values
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        pytest.param(["model=tiny", "hardware=cpu", "logger=none"], ["no concept", "+concept="],
+                     id="01-no-concept"),
+        pytest.param(BASE + ["concept.placeholder_token=toy"], ["'toy'", "vocabulary"],
+                     id="06-placeholder-in-vocab"),
+        pytest.param(BASE + ["concept.initializer_token=zqxvbn"], ["initializer_token", "zqxvbn", "not one"],
+                     id="07-initializer-several-tokens"),
+        pytest.param(BASE + ["concept.num_vectors=0"], ["num_vectors", "0"], id="08-num-vectors-0"),
+        pytest.param(BASE + ["data.resolution=63"], ["data.resolution=63", "VAE"], id="09-resolution-63"),
+        pytest.param(BASE + ["train.not_a_key=1"], ["not_a_key"], id="10-unknown-key"),
+        pytest.param(BASE + ["hardware=h100"], ["h100", "Available options", "a100", "cpu", "v100"],
+                     id="11-unknown-option"),
+        pytest.param(["hardware=v100", "+concept=demo", "model=tiny", "logger=none", "train.max_steps=2"],
+                     ["fp16", "GPU"], id="15-fp16-without-gpu"),
+    ],
+)
+def test_bad_value(tmp_path, args, needles):
+    assert_clean_error(_cli(tmp_path, *args), _run_dir(tmp_path), *needles)
+
+
+# ---------------------------------------------------------------- concept image folders
+
+def _png(path: Path, color: tuple[int, int, int]) -> None:
+    Image.new("RGB", (32, 32), color).save(path)
+
+
+def test_missing_image_folder(tmp_path):
+    folder = tmp_path / "missing"
+    result = _cli(tmp_path, *OWN_FOLDER, f"concept.train_data_dir={folder}")
+    assert_clean_error(result, _run_dir(tmp_path), str(folder), "does not exist")
+    assert not folder.exists()
+
+
+def test_empty_image_folder(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    result = _cli(tmp_path, *OWN_FOLDER, f"concept.train_data_dir={folder}")
+    assert_clean_error(result, _run_dir(tmp_path), str(folder), "empty")
+    assert not list(folder.iterdir())
+
+
+def test_folder_without_readable_images(tmp_path):
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not an image\n")
+    (folder / "x.png").write_bytes(b"\x00garbage, not a PNG\xff" * 8)
+    result = _cli(tmp_path, *BASE, f"concept.train_data_dir={folder}")
+    assert_clean_error(result, _run_dir(tmp_path), str(folder), "readable image")
+
+
+def test_corrupt_file_is_skipped_with_a_warning(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    _png(folder / "a.png", (200, 40, 40))
+    _png(folder / "b.png", (40, 40, 200))
+    (folder / "broken.png").write_bytes(b"\x89PNG but then garbage" * 4)
+    result = _cli(tmp_path, *BASE, f"concept.train_data_dir={folder}")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, _show(result)
+    assert (_run_dir(tmp_path) / "learned_embeds.safetensors").is_file()
+    assert "Traceback" not in output, _show(result)
+    assert not [line for line in result.stderr.splitlines() if line.startswith("error:")], _show(result)
+    warnings = [line for line in output.splitlines() if "broken.png" in line]
+    assert warnings and any("WARNING" in line or "skipping" in line for line in warnings), _show(result)
+    assert "2 training images" in output, _show(result)
+
+
+# ---------------------------------------------------------------- models and the Hub
+
+def test_model_path_does_not_exist(tmp_path):
+    # Under tmp_path rather than /does/not/exist: the bug above would otherwise write into /.
+    missing = tmp_path / "does" / "not" / "exist"
+    result = _cli(tmp_path, *BASE, f"model.pretrained_model_name_or_path={missing}")
+    assert_clean_error(result, _run_dir(tmp_path), str(missing), "exist")
+    assert not (tmp_path / "does").exists(), "a model was built next to the missing path"
+
+
+def test_hub_model_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty HF cache: the model is surely absent
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = _cli(tmp_path, "+concept=demo", "model=sd15", "hardware=cpu", "logger=none", "train.max_steps=2")
+    assert_clean_error(result, _run_dir(tmp_path), "stable-diffusion-v1-5/stable-diffusion-v1-5", "HF_HUB_OFFLINE")
+
+
+def test_hub_model_without_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the real network path
+    start = time.monotonic()
+    try:
+        result = _cli(tmp_path, "+concept=demo", "model=sd15", "hardware=cpu", "logger=none", "train.max_steps=2",
+                      timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"no clean failure within 120 s without a network (gave up after {time.monotonic() - start:.0f} s)")
+    assert_clean_error(result, _run_dir(tmp_path), "stable-diffusion-v1-5/stable-diffusion-v1-5", "Hub")
+
+
+def test_hub_concept_images_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = _cli(tmp_path, "+concept=cat_toy", "model=tiny", "hardware=cpu", "logger=none", "train.max_steps=2")
+    assert_clean_error(result, _run_dir(tmp_path), "diffusers/cat_toy_example", "concept.train_data_dir")
