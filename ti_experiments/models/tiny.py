@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ti_experiments.files import atomic_dir
+from ..data.templates import OBJECT_TEMPLATES, STYLE_TEMPLATES
+from ..files import atomic_dir
 
 # Bump whenever anything below changes the bytes written: it names the cache folder, so an old
 # build is never mistaken for a new one.
@@ -29,63 +30,10 @@ EOS_TOKEN = "<|endoftext|>"
 END_OF_WORD = "</w>"
 MODEL_MAX_LENGTH = 77
 
-# Textual-inversion prompt templates (object and style); every word in them must be one token,
-# as in the real CLIP vocabulary, so that prompts tokenize to realistic lengths.
-_PROMPT_TEMPLATES = (
-    "a photo of a {}",
-    "a rendering of a {}",
-    "a cropped photo of the {}",
-    "the photo of a {}",
-    "a photo of a clean {}",
-    "a photo of a dirty {}",
-    "a dark photo of the {}",
-    "a photo of my {}",
-    "a photo of the cool {}",
-    "a close-up photo of a {}",
-    "a bright photo of the {}",
-    "a cropped photo of a {}",
-    "a photo of the {}",
-    "a good photo of the {}",
-    "a photo of one {}",
-    "a close-up photo of the {}",
-    "a rendition of the {}",
-    "a photo of the clean {}",
-    "a rendition of a {}",
-    "a photo of a nice {}",
-    "a good photo of a {}",
-    "a photo of the nice {}",
-    "a photo of the small {}",
-    "a photo of the weird {}",
-    "a photo of the large {}",
-    "a photo of a cool {}",
-    "a photo of a small {}",
-    "a photo of a big {}",
-    "a weird photo of a {}",
-    "a large photo of a {}",
-    "a small photo of a {}",
-    "a painting in the style of {}",
-    "a rendering in the style of {}",
-    "a cropped painting in the style of {}",
-    "the painting in the style of {}",
-    "a clean painting in the style of {}",
-    "a dirty painting in the style of {}",
-    "a dark painting in the style of {}",
-    "a picture in the style of {}",
-    "a cool painting in the style of {}",
-    "a close-up painting in the style of {}",
-    "a bright painting in the style of {}",
-    "a good painting in the style of {}",
-    "a rendition in the style of {}",
-    "a nice painting in the style of {}",
-    "a small painting in the style of {}",
-    "a weird painting in the style of {}",
-    "a large painting in the style of {}",
-)
-
 # Words people use as initializer tokens or in validation prompts, plus common English filler,
 # so that hand-written prompts also tokenize mostly into whole words.
 _EXTRA_WORDS = """
-toy cat dog train object style painting art sculpture figure doll car beach forest city
+big toy cat dog train object style painting art sculpture figure doll car beach forest city
 mountain red blue green yellow black white orange purple pink brown gray grey gold silver
 person man woman boy girl child baby face portrait people friend family
 house home room table chair bed door window wall floor roof garden park street road bridge
@@ -142,7 +90,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 def tokenizer_words() -> list[str]:
     """The words the tiny tokenizer keeps whole: sorted, so the BPE training is reproducible."""
     words: set[str] = set(_EXTRA_WORDS)
-    for template in _PROMPT_TEMPLATES:
+    for template in OBJECT_TEMPLATES + STYLE_TEMPLATES:
         # CLIP's pre-tokenizer splits "close-up" into "close", "-", "up"; keep letter runs.
         for chunk in template.replace("{}", " ").replace("-", " ").split():
             words.add(chunk)
