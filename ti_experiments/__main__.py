@@ -26,29 +26,44 @@ def _task(cfg: DictConfig) -> None:
 
     try:
         run(cfg)
-    except TIError as exc:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+    except Exception as exc:
+        line = user_message(exc)
+        if line is None or HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
-        _report(exc)  # here, before Hydra adds its own "Error executing job" line
+        print(line, file=sys.stderr)  # here, before Hydra adds its own "Error executing job" line
         sys.exit(2)
 
 
-def _report(exc: TIError) -> None:
-    print(f"error: {exc}", file=sys.stderr)
+def user_message(exc: BaseException) -> str | None:
+    """The one-line message for an error the user can fix; None for a bug (which keeps its traceback)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(exc, TIError):
+        return f"error: {exc}"
+    if isinstance(exc, (HydraException, OmegaConfBaseException)) and not _USER_WANTS_TRACEBACK:
+        text = one_line(exc)
+        return f"error: {text}; fix: {_hydra_hint(text)}"
+    return None
 
 
 def one_line(exc: BaseException) -> str:
-    """Hydra/OmegaConf messages span lines ('Available options: ...'); fold them into one."""
-    pieces = []
+    """Hydra/OmegaConf messages span lines ('Available options in ...:' then one per line); fold them."""
+    lines: list[str] = []
     for source in (exc, exc.__cause__):
-        if source is None:
+        text = str(source or "").split("Config search path")[0]
+        lines += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("object_type=")]
+    pieces: list[str] = []
+    listing = False
+    for line in lines:
+        if line in pieces:
             continue
-        for line in str(source).splitlines():
-            line = line.strip()
-            if line and line not in pieces:
-                pieces.append(line)
-    text = " ".join(p if p.endswith((":", ".")) else p + ";" for p in pieces).rstrip(";")
-    return text.replace(": ;", ":")
+        if listing and not line.endswith(":"):
+            pieces[-1] += (" " if pieces[-1].endswith(":") else ", ") + line
+            continue
+        pieces.append(line)
+        listing = line.endswith(":")
+    return "; ".join(p.rstrip(".") for p in pieces)
 
 
 def _hydra_hint(text: str) -> str:
@@ -62,23 +77,17 @@ def _hydra_hint(text: str) -> str:
 
 
 def main() -> int:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     try:
         _task()
-    except TIError as exc:
-        _report(exc)
-        return 2
-    except (HydraException, OmegaConfBaseException) as exc:
-        if _USER_WANTS_TRACEBACK:
-            raise
-        text = one_line(exc)
-        print(f"error: {text}; fix: {_hydra_hint(text)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        line = user_message(exc)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return 2
     return 0
 
 
