@@ -63,18 +63,22 @@ def ensure_concept_images(concept: DictConfig, cache_dir: Path) -> Path:
     return folder
 
 
-def make_accelerator(hardware: DictConfig, tracker, run_dir: Path):
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
+def check_precision(hardware: DictConfig) -> None:
+    """Before any model is loaded: a precision this machine cannot run is a config error."""
     precision = hardware.mixed_precision
     if precision not in ("no", "fp16", "bf16"):
         raise TIError(f"hardware.mixed_precision={precision!r} is unknown", "use no, fp16 or bf16")
     if precision == "fp16" and not torch.cuda.is_available():
         raise TIError("fp16 mixed precision needs a CUDA GPU and none is available",
                       "use hardware=cpu (or hardware.mixed_precision=no or bf16)")
+
+
+def make_accelerator(hardware: DictConfig, tracker, run_dir: Path):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
     return Accelerator(
-        mixed_precision=precision,
+        mixed_precision=hardware.mixed_precision,
         log_with=tracker.log_with,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
     )
@@ -96,6 +100,7 @@ def run(cfg: DictConfig) -> Path:
     from accelerate.utils import set_seed
 
     set_seed(int(cfg.seed))
+    check_precision(cfg.hardware)
     data_settings = build(cfg.data)
     images = ConceptImages(ensure_concept_images(concept, Path(str(cfg.paths.cache_dir))), data_settings)
     tracker = build(cfg.logger)
@@ -116,7 +121,7 @@ def run(cfg: DictConfig) -> Path:
     try:
         tracker.start(accelerator, run_dir, OmegaConf.to_container(cfg, resolve=True))
         result = run_training(
-            accelerator=accelerator, parts=parts, embedding=embedding, tokens=tokens,
+            accelerator=accelerator, parts=parts, embedding=embedding,
             placeholder_token=concept.placeholder_token, pixels=images.pixels, dataset=dataset,
             make_optimizer=build(cfg.optimizer), base_lr=cfg.optimizer.lr,
             make_scheduler=build(cfg.lr_scheduler), train_cfg=cfg.train, hw_cfg=cfg.hardware,

@@ -85,7 +85,7 @@ def prediction_target(scheduler, latents, noise, timesteps) -> torch.Tensor:
                   "use a model whose scheduler predicts epsilon or v_prediction")
 
 
-def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding, tokens: list[str],
+def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
                  placeholder_token: str, pixels: torch.Tensor, dataset: TextualInversionDataset,
                  make_optimizer: Callable, base_lr: float, make_scheduler: Callable, train_cfg, hw_cfg, data_cfg,
                  run_dir: Path, seed: int, resume_state: dict) -> TrainResult:
