@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import shutil
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
@@ -27,10 +28,7 @@ def download_hub_dataset(repo_id: str, target_dir: str | Path, revision: str | N
         with atomic_dir(target_dir) as tmp:
             snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision,
                               local_dir=str(tmp), allow_patterns=IMAGE_PATTERNS)
-            for extra in (tmp / ".cache",):  # huggingface_hub's bookkeeping, not images
-                if extra.exists():
-                    import shutil
-                    shutil.rmtree(extra)
+            shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping
     except Exception as exc:  # noqa: BLE001 - every failure here has the same remedy
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise TIError(
