@@ -25,7 +25,7 @@ def _task(cfg: DictConfig) -> None:
     from .experiment import run
 
     try:
-        run(cfg)
+        run(cfg, overrides=list(HydraConfig.get().overrides.task))
     except Exception as exc:
         line = user_message(exc)
         if line is None or HydraConfig.get().mode == RunMode.MULTIRUN:

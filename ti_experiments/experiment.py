@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -16,7 +18,10 @@ from .data.images import list_image_files
 from .embeddings import add_placeholder_tokens, placeholder_tokens, save_learned_embeds, unsplice
 from .errors import TIError
 from .files import write_text_atomic
+from .records.run_record import MetricsLog, RunRecord, write_summary
 from .training import run_training
+from .validation import Validator
+from .validation import make_settings as make_validation_settings
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +96,33 @@ def write_concept_files(run_dir: Path, placeholder: str, learnable_property: str
     write_text_atomic(run_dir / "type_of_concept.txt", learnable_property)
 
 
-def run(cfg: DictConfig) -> Path:
-    """Train one concept; return the run directory."""
+def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
+    """Train one concept; return the run directory. run.json says how it ended, whatever happens."""
     check_concept(cfg)
     run_dir = Path(str(cfg.paths.output_dir)).expanduser()
     run_dir.mkdir(parents=True, exist_ok=True)
+    record = RunRecord(run_dir, cfg, overrides)
+    try:
+        _train(cfg, run_dir)
+    except KeyboardInterrupt as exc:
+        record.finish("interrupted", exc)
+        raise
+    except BaseException as exc:
+        record.finish("failed", exc)
+        raise
+    record.finish("completed")
+    return run_dir
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> None:
+    started = time.perf_counter()
     concept = cfg.concept
     from accelerate.utils import set_seed
 
     set_seed(int(cfg.seed))
     check_precision(cfg.hardware)
     data_settings = build(cfg.data)
+    validation = make_validation_settings(cfg.validation, concept.get("validation_prompt"), data_settings.resolution)
     images = ConceptImages(ensure_concept_images(concept, Path(str(cfg.paths.cache_dir))), data_settings)
     tracker = build(cfg.logger)
 
@@ -118,8 +139,11 @@ def run(cfg: DictConfig) -> Path:
                                       concept.learnable_property, data_settings.flip_p)
 
     accelerator = make_accelerator(cfg.hardware, tracker, run_dir)
+    failed = True
     try:
         tracker.start(accelerator, run_dir, OmegaConf.to_container(cfg, resolve=True))
+        validator = (Validator(validation, parts, parts.text_encoder, accelerator, tracker, run_dir)
+                     if validation.enabled else None)
         result = run_training(
             accelerator=accelerator, parts=parts, embedding=embedding,
             placeholder_token=concept.placeholder_token, pixels=images.pixels, dataset=dataset,
@@ -127,17 +151,22 @@ def run(cfg: DictConfig) -> Path:
             make_scheduler=build(cfg.lr_scheduler), train_cfg=cfg.train, hw_cfg=cfg.hardware,
             data_cfg=data_settings, run_dir=run_dir, seed=int(cfg.seed),
             resume_state={"placeholder_tokens": tokens, "model": parts.source},
+            metrics_log_factory=partial(MetricsLog, run_dir, accelerator, accelerator.device),
+            validate=validator,
         )
         if accelerator.is_main_process:
             write_concept_files(run_dir, concept.placeholder_token, concept.learnable_property, result.vectors)
             unsplice(parts.text_encoder)
+            write_summary(run_dir, final_loss=result.final_loss, steps=result.global_step,
+                          wall_seconds=time.perf_counter() - started, train_seconds=result.seconds,
+                          steps_trained=result.steps_trained, device=accelerator.device)
             log.info("done: %d steps in %.1fs, final loss %s; embedding in %s", result.global_step,
                      result.seconds, f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a",
                      run_dir / "learned_embeds.safetensors")
+        failed = False
     finally:
-        tracker.finish(accelerator)
+        tracker.finish(accelerator, failed=failed)
         _reset_accelerate()
-    return run_dir
 
 
 def _reset_accelerate() -> None:

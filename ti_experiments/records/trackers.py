@@ -76,13 +76,33 @@ class TrackerSettings:
             raise TIError(f"the {self.name} tracker did not start (is the package installed?)",
                           f"pip install {self.name}, or use logger=none")
 
-    def finish(self, accelerator) -> None:
-        """Finish every tracker; say how to upload an offline W&B run."""
+    def log_images(self, accelerator, step: int, images: dict[str, list]) -> None:
+        """Validation images at the global step, captioned with their prompt."""
+        if not images or not accelerator.is_main_process:
+            return
+        for tracker in accelerator.trackers:
+            if tracker.name == "wandb":
+                import wandb
+
+                tracker.log({"validation": [wandb.Image(img, caption=prompt)
+                                            for prompt, imgs in images.items() for img in imgs]}, step=step)
+            elif tracker.name == "tensorboard":
+                import numpy as np
+
+                for p, (prompt, imgs) in enumerate(images.items()):
+                    batch = np.stack([np.asarray(img) for img in imgs])
+                    tracker.writer.add_images(f"validation/{p:02d}", batch, step, dataformats="NHWC")
+                    tracker.writer.add_text(f"validation/{p:02d}/prompt", prompt, step)
+
+    def finish(self, accelerator, failed: bool = False) -> None:
+        """Finish every tracker (a failed run is marked failed in W&B); say how to upload an offline run."""
         run = None
         if self.name == "wandb" and accelerator.is_main_process:
             run = next((getattr(t, "run", None) for t in accelerator.trackers if t.name == "wandb"), None)
-        accelerator.end_training()
         settings = getattr(run, "settings", None)
+        if run is not None and failed:
+            run.finish(exit_code=1)
+        accelerator.end_training()
         if settings is not None and getattr(settings, "mode", "") == "offline":
             log.info("W&B ran offline; upload this run later with: wandb sync %s", settings.sync_dir)
 

@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ class TrainResult:
     final_loss: float | None
     seconds: float
     vectors: torch.Tensor
+    steps_trained: int
 
 
 def weight_dtype_for(mixed_precision: str) -> torch.dtype:
@@ -88,7 +90,8 @@ def prediction_target(scheduler, latents, noise, timesteps) -> torch.Tensor:
 def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
                  placeholder_token: str, pixels: torch.Tensor, dataset: TextualInversionDataset,
                  make_optimizer: Callable, base_lr: float, make_scheduler: Callable, train_cfg, hw_cfg, data_cfg,
-                 run_dir: Path, seed: int, resume_state: dict) -> TrainResult:
+                 run_dir: Path, seed: int, resume_state: dict, metrics_log_factory: Callable,
+                 validate: Callable | None = None) -> TrainResult:
     device = accelerator.device
     weight_dtype = weight_dtype_for(accelerator.mixed_precision)
     ga = int(train_cfg.gradient_accumulation_steps)
@@ -153,9 +156,13 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
              "lr %.3g", placeholder_token, max_steps, len(dataset) // dataset.repeats, dataset.repeats,
              batch_size, ga, accelerator.num_processes, lr)
 
-    progress = tqdm(total=max_steps, initial=global_step, desc="steps", mininterval=2,
-                    disable=not accelerator.is_local_main_process)
+    metrics = metrics_log_factory(start_step=global_step)
+    # A bar for a person at a terminal; CI logs and other processes get a line every 10% instead.
+    show_bar = accelerator.is_local_main_process and sys.stderr.isatty()
+    progress = tqdm(total=max_steps, initial=global_step, desc="steps", mininterval=1, disable=not show_bar)
+    every = max(1, max_steps // 10)
     started = time.perf_counter()
+    start_step = global_step
     final_loss = None
     step_loss = 0.0
     while global_step < max_steps:
@@ -179,15 +186,21 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
             if not math.isfinite(final_loss):
                 raise TIError(f"the loss became {final_loss} at step {global_step}",
                               "lower optimizer.lr, or use hardware.mixed_precision=bf16 instead of fp16")
-            accelerator.log({"loss": final_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
+            row = metrics.log(global_step, {"loss": final_loss, "lr": lr_scheduler.get_last_lr()[0]})
             progress.update(1)
-            progress.set_postfix(loss=f"{final_loss:.4f}", refresh=False)
+            progress.set_postfix(loss=f"{final_loss:.4f}", lr=f"{row['lr']:.2e}",
+                                 steps_per_s=f"{row['steps_per_sec'] or 0:.2f}", refresh=False)
+            if not show_bar and accelerator.is_main_process and (global_step % every == 0 or global_step == max_steps):
+                log.info("step %d/%d  loss %.4f  lr %.3g  %.2f steps/s", global_step, max_steps, final_loss,
+                         row["lr"], row["steps_per_sec"] or 0.0)
             if train_cfg.save_steps and global_step % int(train_cfg.save_steps) == 0 and accelerator.is_main_process:
                 save_learned_embeds(run_dir / f"learned_embeds-steps-{global_step}.safetensors",
                                     placeholder_token, accelerator.unwrap_model(model).vectors)
             if train_cfg.checkpointing_steps and global_step % int(train_cfg.checkpointing_steps) == 0:
                 checkpoints.save_checkpoint(accelerator, run_dir, global_step, resume_state,
                                             train_cfg.checkpoints_total_limit)
+            if validate is not None and validate.settings.due(global_step, max_steps):
+                validate(global_step)
             if global_step >= max_steps:
                 break
         epoch += 1
@@ -195,4 +208,5 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
     progress.close()
     seconds = time.perf_counter() - started
     vectors = accelerator.unwrap_model(model).vectors.detach().float().cpu()
-    return TrainResult(global_step=global_step, final_loss=final_loss, seconds=seconds, vectors=vectors)
+    return TrainResult(global_step=global_step, final_loss=final_loss, seconds=seconds, vectors=vectors,
+                       steps_trained=global_step - start_step)

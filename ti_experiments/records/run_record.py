@@ -1,0 +1,119 @@
+"""The run directory as the record: resolved config, run.json (status), metrics.jsonl, summary.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..files import write_text_atomic
+from . import environment
+from .memory import peak_memory_bytes
+
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class RunRecord:
+    """Writes `resolved_config.yaml` and `run.json` at the start, and keeps run.json's status true."""
+
+    def __init__(self, run_dir: Path, cfg: DictConfig, overrides: list[str] | None = None):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "run.json"
+        write_text_atomic(self.run_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        self.data = {
+            "status": "running",
+            "error": None,
+            "run_dir": str(self.run_dir.resolve()),
+            "command": environment.command_line(),
+            "overrides": overrides,
+            "seeds": {"train": int(cfg.seed), "validation": OmegaConf.select(cfg, "validation.seed")},
+            "start_time": _now(),
+            "end_time": None,
+            "git": environment.git_state(),
+            "versions": environment.package_versions(),
+            "hardware": environment.hardware(),
+        }
+        write_json(self.path, self.data)
+
+    def finish(self, status: str, error: BaseException | None = None) -> None:
+        assert status in STATUSES
+        self.data["status"] = status
+        self.data["end_time"] = _now()
+        if error is not None:
+            self.data["error"] = {
+                "type": type(error).__name__,
+                "message": str(error),
+                "traceback": "".join(traceback.format_exception(error)),
+            }
+        write_json(self.path, self.data)
+
+
+class MetricsLog:
+    """One JSON line per optimizer step in metrics.jsonl, and the same values to the trackers."""
+
+    def __init__(self, run_dir: Path, accelerator, device, start_step: int = 0):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.accelerator = accelerator
+        self.device = device
+        self.started = time.perf_counter()
+        self.start_step = start_step
+        self.last: dict = {}
+
+    def log(self, step: int, values: dict) -> dict:
+        seconds = time.perf_counter() - self.started
+        row = {"step": step, **values, "seconds": round(seconds, 4),
+               "steps_per_sec": round((step - self.start_step) / seconds, 4) if seconds > 0 else None,
+               "peak_memory_bytes": peak_memory_bytes(self.device)}
+        self.accelerator.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=step)
+        if self.accelerator.is_main_process:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        self.last = row
+        return row
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The rows of metrics.jsonl; a last line cut short by a crash is skipped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def write_summary(run_dir: Path, *, final_loss, steps: int, wall_seconds: float, train_seconds: float,
+                  steps_trained: int, device, extra: dict | None = None) -> dict:
+    embeds = Path(run_dir) / "learned_embeds.safetensors"
+    summary = {
+        "final_loss": final_loss,
+        "steps": steps,
+        "wall_seconds": round(wall_seconds, 3),
+        "train_seconds": round(train_seconds, 3),
+        "steps_per_sec": round(steps_trained / train_seconds, 4) if train_seconds > 0 else None,
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "learned_embeds_sha256": sha256(embeds) if embeds.exists() else None,
+        **(extra or {}),
+    }
+    write_json(Path(run_dir) / "summary.json", summary)
+    return summary

@@ -1,0 +1,115 @@
+"""Validation images during training: the in-memory modules, a fixed seed, a fast multistep sampler.
+
+Generation runs under a forked RNG, so turning validation on or off never changes what is trained.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import TIError
+from .files import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ValidationSettings:
+    """The `validation` config node."""
+
+    enabled: bool = True
+    prompts: list = field(default_factory=list)
+    steps: int | None = 100
+    num_images: int = 4
+    num_inference_steps: int = 25
+    guidance_scale: float = 7.5
+    seed: int = 0
+    resolution: int = 512
+
+    def __post_init__(self):
+        if self.enabled and not self.prompts:
+            raise TIError("validation is on but has no prompt",
+                          "set concept.validation_prompt or validation.prompts=[...], or validation.enabled=false")
+        if self.num_images < 1 or self.num_inference_steps < 1:
+            raise TIError("validation.num_images and validation.num_inference_steps must be >= 1",
+                          "set them to positive integers")
+        if self.steps is not None and self.steps < 1:
+            raise TIError(f"validation.steps={self.steps} must be >= 1 or null (only at the end)",
+                          "use e.g. validation.steps=100")
+
+    def due(self, step: int, max_steps: int) -> bool:
+        return self.enabled and (step >= max_steps or bool(self.steps and step % self.steps == 0))
+
+
+def make_settings(node, concept_prompt: str | None, resolution: int) -> ValidationSettings:
+    prompts = list(node.prompts) if node.get("prompts") else ([concept_prompt] if concept_prompt else [])
+    return ValidationSettings(enabled=bool(node.enabled), prompts=prompts, steps=node.steps,
+                              num_images=int(node.num_images), num_inference_steps=int(node.num_inference_steps),
+                              guidance_scale=float(node.guidance_scale), seed=int(node.seed),
+                              resolution=int(resolution))
+
+
+class Validator:
+    """Builds a pipeline around the modules being trained (no copy) and writes/logs its images."""
+
+    def __init__(self, settings: ValidationSettings, parts, text_encoder, accelerator, tracker, run_dir: Path):
+        self.settings = settings
+        self.parts = parts
+        self.text_encoder = text_encoder
+        self.accelerator = accelerator
+        self.tracker = tracker
+        self.run_dir = Path(run_dir)
+
+    def _pipeline(self):
+        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline(
+            vae=self.parts.vae, text_encoder=self.text_encoder, tokenizer=self.parts.tokenizer,
+            unet=self.parts.unet,
+            scheduler=DPMSolverMultistepScheduler.from_config(self.parts.noise_scheduler.config),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @torch.no_grad()
+    def __call__(self, step: int) -> dict[str, list]:
+        """Generate, save as validation/step-N/PP-II.png, log to the tracker; main process only."""
+        if not self.accelerator.is_main_process:
+            return {}
+        s = self.settings
+        device = self.accelerator.device
+        vae_device = next(self.parts.vae.parameters()).device
+        modes = (self.parts.unet.training, self.text_encoder.training)
+        self.parts.vae.to(device)
+        self.parts.unet.eval()
+        self.text_encoder.eval()
+        images: dict[str, list] = {}
+        out_dir = self.run_dir / "validation" / f"step-{step}"
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                    self.accelerator.autocast():
+                pipe = self._pipeline()
+                for p, prompt in enumerate(s.prompts):
+                    generator = torch.Generator(device=device).manual_seed(s.seed + p)
+                    result = pipe(prompt, num_images_per_prompt=s.num_images, height=s.resolution,
+                                  width=s.resolution, num_inference_steps=s.num_inference_steps,
+                                  guidance_scale=s.guidance_scale, generator=generator)
+                    images[prompt] = result.images
+                    for i, image in enumerate(result.images):
+                        with atomic_path(out_dir / f"{p:02d}-{i:02d}.png") as tmp:
+                            image.save(tmp, format="PNG")
+                del pipe
+        finally:
+            self.parts.vae.to(vae_device)
+            self.parts.unet.train(modes[0])
+            self.text_encoder.train(modes[1])
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        self.tracker.log_images(self.accelerator, step, images)
+        log.info("validation images for step %d in %s", step, out_dir)
+        return images
