@@ -1,0 +1,60 @@
+"""The report compares real runs: one row each, the settings that differ, and files on disk."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from PIL import Image
+
+import ti_experiments.training.loop as loop
+from conftest import TINY_RUN, compose
+from ti_experiments.experiment import run
+from ti_experiments.report import main, report
+
+VALIDATION = ["validation.enabled=true", "validation.steps=null", "validation.num_images=1",
+              "validation.num_inference_steps=2"]
+
+
+@pytest.fixture()
+def sweep(tmp_path, monkeypatch):
+    for i, lr in enumerate(("1e-3", "1e-2")):
+        run(compose(*TINY_RUN, *VALIDATION, f"optimizer.lr={lr}", output_dir=tmp_path / "sweep" / str(i)))
+    original = loop.denoising_loss
+    monkeypatch.setattr(loop, "denoising_loss", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+    with pytest.raises(RuntimeError):
+        run(compose(*TINY_RUN, *VALIDATION, "optimizer.lr=5e-2", output_dir=tmp_path / "sweep" / "2"))
+    monkeypatch.setattr(loop, "denoising_loss", original)
+    return tmp_path / "sweep"
+
+
+def test_report_on_a_sweep_directory(sweep, capsys):
+    assert main([str(sweep)]) == 0
+    printed = capsys.readouterr().out
+    result = report([sweep])
+    header, rows = result["header"], result["rows"]
+    assert header[:2] == ["run", "optimizer.lr"] and "status" in header and "final_loss" in header
+    assert [r[0] for r in rows] == ["0", "1", "2"]
+    assert [r[1] for r in rows] == [1e-3, 1e-2, 5e-2]
+    status = header.index("status")
+    assert [r[status] for r in rows] == ["completed", "completed", "failed"]
+    assert rows[0][header.index("final_loss")] > 0 and rows[2][header.index("final_loss")] is None
+    assert "| 0 | 0.001 | completed |" in printed
+    with open(sweep / "report.csv") as f:
+        assert len(list(csv.reader(f))) == 4
+    assert (sweep / "report.md").read_text().count("\n") == 5
+    assert Image.open(sweep / "loss_curves.png").size[0] > 100
+    assert Image.open(sweep / "validation.png").size == (3 * 256, 276)
+
+
+def test_report_of_run_directories_into_another_folder(sweep, tmp_path):
+    out = tmp_path / "report"
+    result = report([sweep / "0", sweep / "1"], out)
+    assert len(result["rows"]) == 2 and (out / "report.md").exists()
+
+
+def test_report_on_nothing_is_a_clean_error(tmp_path, capsys):
+    assert main([str(tmp_path / "missing")]) == 2
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 2 and "fix:" in err

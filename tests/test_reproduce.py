@@ -1,0 +1,46 @@
+"""Through the real command line: reproduce a finished run, and runs started together stay apart."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TINY_RUN, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def _module(name: str, *args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", name, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=os.environ.copy())
+
+
+def test_reproduce_gives_the_same_embedding(tmp_path):
+    first = tmp_path / "first"
+    done = run_cli(*TINY_RUN, "seed=3", f"hydra.run.dir={first}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = _module("ti_experiments.reproduce", str(first), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    [second] = list((tmp_path / "outputs" / "runs").glob("*/*"))
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (first, second))
+    assert a["learned_embeds_sha256"] == b["learned_embeds_sha256"] and a["steps"] == b["steps"] == 4
+    assert "reproduced_from: " + str(first) in (second / "resolved_config.yaml").read_text()
+    assert json.loads((second / "run.json").read_text())["status"] == "completed"
+
+
+def test_reproduce_of_a_folder_that_is_not_a_run(tmp_path):
+    result = _module("ti_experiments.reproduce", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("error:") and "Traceback" not in result.stderr
+
+
+def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
+    cmd = [sys.executable, "-m", "ti_experiments", "model=tiny"]  # no concept: stops right after Hydra's set-up
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [2, 2]
+    dirs = list((tmp_path / "outputs" / "runs").glob("*/*"))
+    assert len(dirs) == 2 and all((d / ".hydra" / "config.yaml").exists() for d in dirs)

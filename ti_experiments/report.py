@@ -1,0 +1,226 @@
+"""`python -m ti_experiments.report PATH... [--out DIR]`: compare runs in one table.
+
+PATH is a run directory or any directory above runs (a sweep). One row per run: the settings that
+differ between the runs, status, final loss, speed, memory and any evaluation metric in summary.json.
+Writes report.md, report.csv, loss_curves.png and validation.png; failed and unfinished runs are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from .files import atomic_path, write_text_atomic
+from .records.run_record import read_metrics
+
+STANDARD = {"final_loss", "steps", "wall_seconds", "train_seconds", "steps_per_sec", "peak_memory_bytes",
+            "learned_embeds_sha256"}
+IGNORED_PREFIXES = ("paths.", "reproduced_from")
+
+
+class ReportError(Exception):
+    pass
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    runs: list[Path] = []
+    for path in paths:
+        if not path.exists():
+            raise ReportError(f"{path} does not exist; fix: pass run directories or a sweep directory")
+        found = [path] if (path / "run.json").is_file() else sorted(p.parent for p in path.rglob("run.json"))
+        runs += [r for r in found if r not in runs]
+    if not runs:
+        raise ReportError(f"no run.json under {', '.join(map(str, paths))}; fix: pass the directory of a run "
+                          "or of a sweep")
+    return runs
+
+
+def _flatten(node, prefix=""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _flatten(value, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], node
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def load_run(run_dir: Path) -> dict:
+    config_path = run_dir / "resolved_config.yaml"
+    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    return {
+        "dir": run_dir,
+        "record": _load_json(run_dir / "run.json"),
+        "summary": _load_json(run_dir / "summary.json"),
+        "config": dict(_flatten(config or {})),
+        "metrics": read_metrics(run_dir),
+    }
+
+
+def differing_keys(runs: list[dict]) -> list[str]:
+    keys = sorted({k for r in runs for k in r["config"]})
+    return [k for k in keys if not k.startswith(IGNORED_PREFIXES)
+            and len({json.dumps(r["config"].get(k), default=str) for r in runs}) > 1]
+
+
+def _names(runs: list[dict]) -> list[str]:
+    """Short, unique names: the run directories relative to their common parent."""
+    dirs = [r["dir"].resolve() for r in runs]
+    if len(dirs) == 1:
+        return [dirs[0].name]
+    parts = [d.parts for d in dirs]
+    common = 0
+    while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+        common += 1
+    return ["/".join(p[common:]) for p in parts]
+
+
+def table(runs: list[dict]) -> tuple[list[str], list[list]]:
+    varying = differing_keys(runs)
+    metrics = sorted({k for r in runs for k, v in r["summary"].items()
+                      if k not in STANDARD and isinstance(v, (int, float))})
+    header = ["run", *varying, "status", "final_loss", "steps", "steps_per_sec", "peak_memory_gb", *metrics]
+    rows = []
+    for name, r in zip(_names(runs), runs):
+        s = r["summary"]
+        status = r["record"].get("status", "unknown")
+        if status == "running" and not s:
+            status = "running/unfinished"
+        peak = s.get("peak_memory_bytes")
+        rows.append([name, *[r["config"].get(k) for k in varying], status, s.get("final_loss"), s.get("steps"),
+                     s.get("steps_per_sec"), round(peak / 2**30, 3) if peak else None,
+                     *[s.get(k) for k in metrics]])
+    return header, rows
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows([["" if v is None else v for v in row] for row in rows])
+    write_text_atomic(path, buffer.getvalue())
+
+
+def plot_losses(path: Path, runs: list[dict], names: list[str]) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    drawn = False
+    for name, r in zip(names, runs):
+        points = [(m["step"], m["loss"]) for m in r["metrics"] if m.get("loss") is not None]
+        if not points:
+            continue
+        steps, losses = zip(*points)
+        smooth, ema = [], losses[0]
+        for loss in losses:  # an EMA, since the per-step loss of textual inversion is very noisy
+            ema = 0.9 * ema + 0.1 * loss
+            smooth.append(ema)
+        line, = ax.plot(steps, smooth, label=name)
+        ax.plot(steps, losses, color=line.get_color(), alpha=0.15)
+        drawn = True
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (EMA 0.9; raw faint)")
+    if drawn:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return drawn
+
+
+def last_validation_image(run_dir: Path) -> Path | None:
+    steps = sorted((run_dir / "validation").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    for step_dir in reversed(steps):
+        images = sorted(step_dir.glob("*.png"))
+        if images:
+            return images[0]
+    return None
+
+
+def validation_strip(path: Path, runs: list[dict], names: list[str], size: int = 256) -> bool:
+    from PIL import Image, ImageDraw
+
+    tiles = []
+    for name, r in zip(names, runs):
+        image_path = last_validation_image(r["dir"])
+        tile = Image.new("RGB", (size, size + 20), "white")
+        if image_path is not None:
+            with Image.open(image_path) as img:
+                tile.paste(img.convert("RGB").resize((size, size)), (0, 20))
+            suffix = f" ({image_path.parent.name})"
+        else:
+            suffix = " (no image)"
+        ImageDraw.Draw(tile).text((4, 4), name[-(40 - len(suffix)):] + suffix, fill="black")
+        tiles.append(tile)
+    strip = Image.new("RGB", (size * len(tiles), size + 20), "white")
+    for i, tile in enumerate(tiles):
+        strip.paste(tile, (i * size, 0))
+    with atomic_path(path) as tmp:
+        strip.save(tmp, format="PNG")
+    return any(last_validation_image(r["dir"]) for r in runs)
+
+
+def report(paths: list[Path], out: Path | None = None) -> dict:
+    run_dirs = find_runs(paths)
+    runs = [load_run(d) for d in run_dirs]
+    names = _names(runs)
+    if out is None:
+        out = paths[0] if len(paths) == 1 else Path("outputs/reports") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out.mkdir(parents=True, exist_ok=True)
+    header, rows = table(runs)
+    text = markdown(header, rows)
+    write_text_atomic(out / "report.md", text)
+    write_csv(out / "report.csv", header, rows)
+    plot_losses(out / "loss_curves.png", runs, names)
+    validation_strip(out / "validation.png", runs, names)
+    return {"header": header, "rows": rows, "markdown": text, "out": out}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ti_experiments.report", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="run directories or sweep directories")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write the report (default: the one PATH given, else outputs/reports/<time>)")
+    args = parser.parse_args(argv)
+    try:
+        result = report(args.paths, args.out)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(result["markdown"], end="")
+    print(f"\nwritten: {', '.join(str(result['out'] / n) for n in ('report.md', 'report.csv', 'loss_curves.png', 'validation.png'))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
