@@ -56,3 +56,24 @@ def test_wandb_offline_run_gets_loss_and_lr(monkeypatch, tmp_path):
     assert all({"loss", "lr"} <= set(data) for _, data in logged)
     assert configs[0]["mode"] == "offline" and configs[0]["dir"] == str(run_dir)
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_wandb_online_but_unreachable_falls_back_to_offline(monkeypatch, tmp_path):
+    import wandb
+
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # credentials, but no network here
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    modes = []
+    original_init = wandb.init
+
+    def init(*args, **kwargs):
+        modes.append(kwargs["mode"])
+        if kwargs["mode"] == "online":
+            raise wandb.errors.CommError("could not reach api.wandb.ai")
+        return original_init(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    run_dir = run(compose(*[o for o in TINY_RUN if not o.startswith("logger")], "logger=wandb",
+                          "train.max_steps=1", output_dir=tmp_path))
+    assert modes == ["online", "offline"]
+    assert list((run_dir / "wandb").glob("offline-run-*"))

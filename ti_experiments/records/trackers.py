@@ -64,14 +64,25 @@ class TrackerSettings:
             return
         init_kwargs = {}
         if self.name == "wandb":
+            import wandb
+
             init_kwargs["wandb"] = {
                 "dir": str(run_dir), "mode": self.wandb_mode(), "entity": self.entity,
                 "name": self.run_name or run_dir.name, "group": self.group, "tags": list(self.tags),
+                "settings": wandb.Settings(init_timeout=60),
             }
             tracker_config = config
         else:
             tracker_config = flatten(config)
-        accelerator.init_trackers(self.project, config=tracker_config, init_kwargs=init_kwargs)
+        try:
+            accelerator.init_trackers(self.project, config=tracker_config, init_kwargs=init_kwargs)
+        except Exception as exc:  # noqa: BLE001 - W&B online but unreachable: keep the run, log offline
+            if self.name != "wandb" or init_kwargs["wandb"]["mode"] != "online":
+                raise
+            log.warning("W&B could not start online (%s); logging offline instead", str(exc).splitlines()[0])
+            accelerator.trackers = []
+            init_kwargs["wandb"]["mode"] = "offline"
+            accelerator.init_trackers(self.project, config=tracker_config, init_kwargs=init_kwargs)
         if not accelerator.trackers and accelerator.is_main_process:
             raise TIError(f"the {self.name} tracker did not start (is the package installed?)",
                           f"pip install {self.name}, or use logger=none")
