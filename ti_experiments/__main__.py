@@ -76,8 +76,25 @@ def _hydra_hint(text: str) -> str:
     return "see the README's configuration section"
 
 
+def _distributed_args(argv: list[str]) -> list[str]:
+    """Under accelerate launch / torchrun every process runs this command: they must share one run
+    directory, and only the first may write Hydra's files and the log file."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return argv
+    if any(a in ("-m", "--multirun") for a in argv):
+        raise TIError("a multirun cannot be started under accelerate launch or torchrun",
+                      "launch each job separately, or use a launcher (hydra/launcher=slurm)")
+    if not any(a.startswith("hydra.run.dir=") for a in argv):
+        raise TIError("several processes need one run directory, and each would pick its own timestamp",
+                      "add hydra.run.dir=outputs/runs/NAME to the command")
+    if int(os.environ.get("RANK", "0")) > 0:
+        argv = argv + ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    return argv
+
+
 def main() -> int:
     try:
+        sys.argv = [sys.argv[0], *_distributed_args(sys.argv[1:])]
         _task()
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

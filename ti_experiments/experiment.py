@@ -68,6 +68,21 @@ def ensure_concept_images(concept: DictConfig, cache_dir: Path) -> Path:
     return folder
 
 
+def hydra_identity() -> dict:
+    """Sweep and job of this run when Hydra launched it, and its group choices (for tracker grouping)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    choices = {k: v for k, v in hc.runtime.choices.items() if k in ("concept", "model", "hardware") and v}
+    if hc.mode != RunMode.MULTIRUN:
+        return {"choices": choices}
+    sweep = "/".join(Path(str(hc.sweep.dir)).parts[-2:])
+    return {"sweep": sweep, "job": int(hc.job.num), "choices": choices}
+
+
 def check_precision(hardware: DictConfig) -> None:
     """Before any model is loaded: a precision this machine cannot run is a config error."""
     precision = hardware.mixed_precision
@@ -78,11 +93,17 @@ def check_precision(hardware: DictConfig) -> None:
                       "use hardware=cpu (or hardware.mixed_precision=no or bf16)")
 
 
+def no_accelerator() -> bool:
+    """No CUDA or MPS: tell Accelerate so, and several processes (torchrun) train data-parallel on CPU."""
+    return not torch.cuda.is_available() and not torch.backends.mps.is_available()
+
+
 def make_accelerator(hardware: DictConfig, tracker, run_dir: Path):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
     return Accelerator(
+        cpu=no_accelerator(),
         mixed_precision=hardware.mixed_precision,
         log_with=tracker.log_with,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
@@ -98,19 +119,27 @@ def write_concept_files(run_dir: Path, placeholder: str, learnable_property: str
 
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     """Train one concept; return the run directory. run.json says how it ended, whatever happens."""
+    from accelerate import PartialState
+
     check_concept(cfg)
     run_dir = Path(str(cfg.paths.output_dir)).expanduser()
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = RunRecord(run_dir, cfg, overrides)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()  # a sweep's previous job must not count here
+    # With several processes (accelerate launch) only the main one keeps the record.
+    record = RunRecord(run_dir, cfg, overrides) if PartialState(cpu=no_accelerator()).is_main_process else None
     try:
         _train(cfg, run_dir)
     except KeyboardInterrupt as exc:
-        record.finish("interrupted", exc)
+        if record:
+            record.finish("interrupted", exc)
         raise
     except BaseException as exc:
-        record.finish("failed", exc)
+        if record:
+            record.finish("failed", exc)
         raise
-    record.finish("completed")
+    if record:
+        record.finish("completed")
     return run_dir
 
 
@@ -125,6 +154,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> None:
     validation = make_validation_settings(cfg.validation, concept.get("validation_prompt"), data_settings.resolution)
     images = ConceptImages(ensure_concept_images(concept, Path(str(cfg.paths.cache_dir))), data_settings)
     tracker = build(cfg.logger)
+    tracker.identify(run_dir, **hydra_identity())
 
     parts = build(cfg.model)
     factor = parts.vae_scale_factor
@@ -154,6 +184,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> None:
             metrics_log_factory=partial(MetricsLog, run_dir, accelerator, accelerator.device),
             validate=validator,
         )
+        log.info("process %d of %d: learned embedding sha256 %s", accelerator.process_index,
+                 accelerator.num_processes, tensor_sha256(result.vectors))
         if accelerator.is_main_process:
             write_concept_files(run_dir, concept.placeholder_token, concept.learnable_property, result.vectors)
             unsplice(parts.text_encoder)
@@ -167,6 +199,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> None:
     finally:
         tracker.finish(accelerator, failed=failed)
         _reset_accelerate()
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
 
 
 def _reset_accelerate() -> None:

@@ -2,7 +2,8 @@
 
 PATH is a run directory or any directory above runs (a sweep). One row per run: the settings that
 differ between the runs, status, final loss, speed, memory and any evaluation metric in summary.json.
-Writes report.md, report.csv, loss_curves.png and validation.png; failed and unfinished runs are kept.
+Writes report.md, report.csv, loss_curves.png, sweep.png (final loss and metrics against each value that
+differs) and validation.png; failed and unfinished runs are kept.
 """
 
 from __future__ import annotations
@@ -158,6 +159,45 @@ def plot_losses(path: Path, runs: list[dict], names: list[str]) -> bool:
     return drawn
 
 
+def plot_sweep(path: Path, runs: list[dict], keys: list[str]) -> bool:
+    """Final loss (and each evaluation metric) against every swept value: one panel per pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = ["final_loss"] + sorted({k for r in runs for k, v in r["summary"].items()
+                                       if k not in STANDARD and isinstance(v, (int, float))})
+    if not keys:
+        return False
+    fig, axes = plt.subplots(len(metrics), len(keys), figsize=(4 * len(keys), 3 * len(metrics)), dpi=100,
+                             squeeze=False)
+    for col, key in enumerate(keys):
+        values = [r["config"].get(key) for r in runs]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        order = sorted(set(map(str, values)), key=lambda v: float(v) if numeric else v)
+        for row, metric in enumerate(metrics):
+            ax = axes[row][col]
+            points = [(v, r["summary"].get(metric)) for v, r in zip(values, runs)
+                      if r["summary"].get(metric) is not None]
+            if numeric:
+                ax.scatter([v for v, _ in points], [m for _, m in points])
+                if len({v for v, _ in points}) > 1 and min(v for v, _ in points) > 0 \
+                        and max(v for v, _ in points) / min(v for v, _ in points) >= 10:
+                    ax.set_xscale("log")
+            else:
+                ax.scatter([order.index(str(v)) for v, _ in points], [m for _, m in points])
+                ax.set_xticks(range(len(order)), order, rotation=30)
+            ax.set_xlabel(key)
+            ax.set_ylabel(metric)
+    fig.suptitle("each point is one run (failed runs have no value)", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return True
+
+
 def last_validation_image(run_dir: Path) -> Path | None:
     steps = sorted((run_dir / "validation").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     for step_dir in reversed(steps):
@@ -202,6 +242,7 @@ def report(paths: list[Path], out: Path | None = None) -> dict:
     write_text_atomic(out / "report.md", text)
     write_csv(out / "report.csv", header, rows)
     plot_losses(out / "loss_curves.png", runs, names)
+    plot_sweep(out / "sweep.png", runs, differing_keys(runs))
     validation_strip(out / "validation.png", runs, names)
     return {"header": header, "rows": rows, "markdown": text, "out": out}
 
@@ -218,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(result["markdown"], end="")
-    print(f"\nwritten: {', '.join(str(result['out'] / n) for n in ('report.md', 'report.csv', 'loss_curves.png', 'validation.png'))}")
+    names = [n for n in ("report.md", "report.csv", "loss_curves.png", "sweep.png", "validation.png")
+             if (result["out"] / n).exists()]
+    print(f"\nwritten: {', '.join(str(result['out'] / n) for n in names)}")
     return 0
 
 

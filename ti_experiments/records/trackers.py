@@ -40,6 +40,15 @@ class TrackerSettings:
         if self.name not in TRACKERS:
             raise TIError(f"logger name {self.name!r} is unknown", f"use logger={'|'.join(TRACKERS)}")
 
+    def identify(self, run_dir: Path, sweep: str | None = None, job: int | None = None,
+                 choices: dict | None = None) -> None:
+        """Defaults from where the run sits: sweep jobs share a group, the run's choices become tags."""
+        if self.group is None and sweep is not None:
+            self.group = sweep
+        if self.run_name is None:
+            self.run_name = f"{sweep}/{job}" if sweep is not None else Path(run_dir).name
+        self.tags = list(dict.fromkeys([*self.tags, *[f"{k}:{v}" for k, v in (choices or {}).items()]]))
+
     @property
     def log_with(self) -> str | None:
         return None if self.name == "none" else self.name
@@ -68,7 +77,7 @@ class TrackerSettings:
 
             init_kwargs["wandb"] = {
                 "dir": str(run_dir), "mode": self.wandb_mode(), "entity": self.entity,
-                "name": self.run_name or run_dir.name, "group": self.group, "tags": list(self.tags),
+                "name": self.run_name, "group": self.group, "tags": list(self.tags),
                 "settings": wandb.Settings(init_timeout=60),
             }
             tracker_config = config
