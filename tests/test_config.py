@@ -125,3 +125,22 @@ def test_sweep_and_hydra_settings(tmp_path):
         cfg = hydra_compose(config_name="config", overrides=["+concept=demo"], return_hydra_config=True)
     assert cfg.hydra.job.chdir is False
     assert cfg.hydra.run.dir.startswith("outputs/") and cfg.hydra.sweep.dir.startswith("outputs/")
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "parallel"])
+def test_launcher_configs_compose(launcher, monkeypatch):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    monkeypatch.setenv("TI_OUTPUT_ROOT", "/shared/ti")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=["+concept=demo", f"hydra/launcher={launcher}"],
+                            return_hydra_config=True)
+    launcher_cfg = cfg.hydra.launcher
+    if launcher == "slurm":
+        assert launcher_cfg._target_.endswith("SlurmLauncher")
+        assert launcher_cfg.gpus_per_node == 1 and launcher_cfg.timeout_min > 0 and "partition" in launcher_cfg
+        assert cfg.hydra.sweep.dir.startswith("/shared/ti/sweeps/")  # TI_OUTPUT_ROOT: shared storage
+        assert launcher_cfg.submitit_folder.startswith("/shared/ti/sweeps/")
+    else:
+        assert launcher_cfg._target_.endswith("JoblibLauncher") and launcher_cfg.n_jobs == 2

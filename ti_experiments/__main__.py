@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -15,20 +16,29 @@ from omegaconf import DictConfig  # noqa: E402
 
 from .errors import TIError  # noqa: E402
 from .experiment import CONF_DIR  # noqa: E402
+from .records.callbacks import SweepReport  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _task(cfg: DictConfig) -> None:
+def _task(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from .experiment import run
+    from .experiment import objective, run
 
     try:
-        run(cfg, overrides=list(HydraConfig.get().overrides.task))
+        run_dir = run(cfg, overrides=list(HydraConfig.get().overrides.task))
+        return objective(run_dir, str(cfg.objective))
     except Exception as exc:
         line = user_message(exc)
-        if line is None or HydraConfig.get().mode == RunMode.MULTIRUN:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # The job is recorded as failed in its run.json; the sweep goes on with the next one.
+            if line is None:
+                logging.getLogger("ti_experiments").exception("job %s failed", HydraConfig.get().job.num)
+            else:
+                print(line, file=sys.stderr)
+            return float("inf")  # a searching sweeper (Optuna) treats it as the worst trial
+        if line is None:
             raise
         print(line, file=sys.stderr)  # here, before Hydra adds its own "Error executing job" line
         sys.exit(2)
@@ -96,6 +106,11 @@ def main() -> int:
     try:
         sys.argv = [sys.argv[0], *_distributed_args(sys.argv[1:])]
         _task()
+        failed = SweepReport.failed_jobs
+        if failed:
+            print(f"error: {len(failed)} job(s) of the sweep failed: {', '.join(failed)}; fix: see each job's "
+                  "run.json and the sweep's report.md", file=sys.stderr)
+            return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -207,6 +207,18 @@ def tensor_sha256(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
 
 
+def objective(run_dir: Path, key: str) -> float:
+    """The number a searching sweeper minimises: summary.json[key]; +inf when the run left none."""
+    import json
+    import math
+
+    try:
+        value = json.loads((Path(run_dir) / "summary.json").read_text()).get(key)
+    except (OSError, ValueError):
+        return math.inf
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
+
+
 def _reset_accelerate() -> None:
     """Accelerate keeps process-wide singletons; the next run in this process (sweeps, tests) starts clean."""
     from accelerate.state import AcceleratorState, GradientState, PartialState

@@ -21,7 +21,7 @@ import yaml
 from .files import atomic_path, write_text_atomic
 from .records.run_record import read_metrics
 
-STANDARD = {"final_loss", "steps", "wall_seconds", "train_seconds", "steps_per_sec", "peak_memory_bytes",
+STANDARD = {"final_loss", "avg_loss", "steps", "wall_seconds", "train_seconds", "steps_per_sec", "peak_memory_bytes",
             "learned_embeds_sha256"}
 IGNORED_PREFIXES = ("paths.", "reproduced_from")
 
@@ -92,7 +92,8 @@ def table(runs: list[dict]) -> tuple[list[str], list[list]]:
     varying = differing_keys(runs)
     metrics = sorted({k for r in runs for k, v in r["summary"].items()
                       if k not in STANDARD and isinstance(v, (int, float))})
-    header = ["run", *varying, "status", "final_loss", "steps", "steps_per_sec", "peak_memory_gb", *metrics]
+    header = ["run", *varying, "status", "final_loss", "avg_loss", "steps", "steps_per_sec", "peak_memory_gb",
+              *metrics]
     rows = []
     for name, r in zip(_names(runs), runs):
         s = r["summary"]
@@ -100,7 +101,8 @@ def table(runs: list[dict]) -> tuple[list[str], list[list]]:
         if status == "running" and not s:
             status = "running/unfinished"
         peak = s.get("peak_memory_bytes")
-        rows.append([name, *[r["config"].get(k) for k in varying], status, s.get("final_loss"), s.get("steps"),
+        rows.append([name, *[r["config"].get(k) for k in varying], status, s.get("final_loss"), s.get("avg_loss"),
+                     s.get("steps"),
                      s.get("steps_per_sec"), round(peak / 2**30, 3) if peak else None,
                      *[s.get(k) for k in metrics]])
     return header, rows
@@ -166,7 +168,7 @@ def plot_sweep(path: Path, runs: list[dict], keys: list[str]) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = ["final_loss"] + sorted({k for r in runs for k, v in r["summary"].items()
+    metrics = ["final_loss", "avg_loss"] + sorted({k for r in runs for k, v in r["summary"].items()
                                        if k not in STANDARD and isinstance(v, (int, float))})
     if not keys:
         return False

@@ -77,3 +77,13 @@ def test_wandb_online_but_unreachable_falls_back_to_offline(monkeypatch, tmp_pat
                           "train.max_steps=1", output_dir=tmp_path))
     assert modes == ["online", "offline"]
     assert list((run_dir / "wandb").glob("offline-run-*"))
+
+
+def test_sweep_jobs_are_grouped_and_tagged(tmp_path):
+    t = TrackerSettings(tags=["mine"])
+    t.identify(tmp_path / "3", sweep="2026-01-01/10-00-00-000001", job=3, choices={"concept": "demo"})
+    assert t.group == "2026-01-01/10-00-00-000001" and t.run_name == "2026-01-01/10-00-00-000001/3"
+    assert t.tags == ["mine", "concept:demo"]
+    single = TrackerSettings(group="g", run_name="r")
+    single.identify(tmp_path / "x")
+    assert (single.group, single.run_name) == ("g", "r")

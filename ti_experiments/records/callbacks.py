@@ -12,6 +12,8 @@ log = logging.getLogger(__name__)
 
 
 class SweepReport(Callback):
+    failed_jobs: list[str] = []  # read by the command line to set its exit code
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from ..report import ReportError, report
 
@@ -23,6 +25,7 @@ class SweepReport(Callback):
             return
         status = result["header"].index("status")
         failed = [row[0] for row in result["rows"] if row[status] != "completed"]
+        SweepReport.failed_jobs[:] = failed
         log.info("sweep report: %s", sweep_dir / "report.md")
         if failed:
             log.warning("%d of %d jobs did not complete: %s", len(failed), len(result["rows"]), ", ".join(failed))

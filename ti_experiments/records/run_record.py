@@ -105,8 +105,12 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def write_summary(run_dir: Path, *, final_loss, steps: int, wall_seconds: float, train_seconds: float,
                   steps_trained: int, device, extra: dict | None = None) -> dict:
     embeds = Path(run_dir) / "learned_embeds.safetensors"
+    losses = [row["loss"] for row in read_metrics(run_dir) if row.get("loss") is not None]
+    tail = losses[-max(1, len(losses) // 10):]
     summary = {
         "final_loss": final_loss,
+        # the per-step loss is very noisy: the mean over the last 10% of steps compares runs better
+        "avg_loss": sum(tail) / len(tail) if tail else None,
         "steps": steps,
         "wall_seconds": round(wall_seconds, 3),
         "train_seconds": round(train_seconds, 3),
