@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -143,8 +144,24 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     return run_dir
 
 
-def _train(cfg: DictConfig, run_dir: Path) -> None:
-    started = time.perf_counter()
+@dataclass
+class Prepared:
+    """Everything a run needs before Accelerate starts: checked settings, images, model, tokens."""
+
+    cfg: DictConfig
+    run_dir: Path
+    data_settings: object
+    validation: object
+    images: ConceptImages
+    tracker: object
+    parts: object
+    embedding: object
+    tokens: list
+    dataset: TextualInversionDataset
+
+
+def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
+    """Check cheap things first (precision, data, validation), then load the model and add the tokens."""
     concept = cfg.concept
     from accelerate.utils import set_seed
 
@@ -167,28 +184,39 @@ def _train(cfg: DictConfig, run_dir: Path) -> None:
     tokens = placeholder_tokens(concept.placeholder_token, concept.num_vectors)
     dataset = TextualInversionDataset(len(images), data_settings.repeats, parts.tokenizer, " ".join(tokens),
                                       concept.learnable_property, data_settings.flip_p)
+    return Prepared(cfg, run_dir, data_settings, validation, images, tracker, parts, embedding, tokens, dataset)
 
-    accelerator = make_accelerator(cfg.hardware, tracker, run_dir)
+
+def fit(p: Prepared, accelerator, metrics_log_factory, validator=None):
+    """The training loop on a prepared run (the experiment and the benchmark both come through here)."""
+    cfg = p.cfg
+    return run_training(
+        accelerator=accelerator, parts=p.parts, embedding=p.embedding,
+        placeholder_token=cfg.concept.placeholder_token, pixels=p.images.pixels, dataset=p.dataset,
+        make_optimizer=build(cfg.optimizer), base_lr=cfg.optimizer.lr,
+        make_scheduler=build(cfg.lr_scheduler), train_cfg=cfg.train, hw_cfg=cfg.hardware,
+        data_cfg=p.data_settings, run_dir=p.run_dir, seed=int(cfg.seed),
+        resume_state={"placeholder_tokens": p.tokens, "model": p.parts.source},
+        metrics_log_factory=metrics_log_factory, validate=validator,
+    )
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> None:
+    started = time.perf_counter()
+    p = prepare(cfg, run_dir)
+    accelerator = make_accelerator(cfg.hardware, p.tracker, run_dir)
     failed = True
     try:
-        tracker.start(accelerator, run_dir, OmegaConf.to_container(cfg, resolve=True))
-        validator = (Validator(validation, parts, parts.text_encoder, accelerator, tracker, run_dir)
-                     if validation.enabled else None)
-        result = run_training(
-            accelerator=accelerator, parts=parts, embedding=embedding,
-            placeholder_token=concept.placeholder_token, pixels=images.pixels, dataset=dataset,
-            make_optimizer=build(cfg.optimizer), base_lr=cfg.optimizer.lr,
-            make_scheduler=build(cfg.lr_scheduler), train_cfg=cfg.train, hw_cfg=cfg.hardware,
-            data_cfg=data_settings, run_dir=run_dir, seed=int(cfg.seed),
-            resume_state={"placeholder_tokens": tokens, "model": parts.source},
-            metrics_log_factory=partial(MetricsLog, run_dir, accelerator, accelerator.device),
-            validate=validator,
-        )
+        p.tracker.start(accelerator, run_dir, OmegaConf.to_container(cfg, resolve=True))
+        validator = (Validator(p.validation, p.parts, p.parts.text_encoder, accelerator, p.tracker, run_dir)
+                     if p.validation.enabled else None)
+        result = fit(p, accelerator, partial(MetricsLog, run_dir, accelerator, accelerator.device), validator)
         log.info("process %d of %d: learned embedding sha256 %s", accelerator.process_index,
                  accelerator.num_processes, tensor_sha256(result.vectors))
         if accelerator.is_main_process:
-            write_concept_files(run_dir, concept.placeholder_token, concept.learnable_property, result.vectors)
-            unsplice(parts.text_encoder)
+            write_concept_files(run_dir, cfg.concept.placeholder_token, cfg.concept.learnable_property,
+                                result.vectors)
+            unsplice(p.parts.text_encoder)
             write_summary(run_dir, final_loss=result.final_loss, steps=result.global_step,
                           wall_seconds=time.perf_counter() - started, train_seconds=result.seconds,
                           steps_trained=result.steps_trained, device=accelerator.device)
@@ -197,8 +225,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> None:
                      run_dir / "learned_embeds.safetensors")
         failed = False
     finally:
-        tracker.finish(accelerator, failed=failed)
-        _reset_accelerate()
+        p.tracker.finish(accelerator, failed=failed)
+        reset_accelerate()
 
 
 def tensor_sha256(tensor: torch.Tensor) -> str:
@@ -219,7 +247,7 @@ def objective(run_dir: Path, key: str) -> float:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
 
 
-def _reset_accelerate() -> None:
+def reset_accelerate() -> None:
     """Accelerate keeps process-wide singletons; the next run in this process (sweeps, tests) starts clean."""
     from accelerate.state import AcceleratorState, GradientState, PartialState
 

@@ -78,8 +78,15 @@ def _download(source: str, revision: str | None, variant: str | None, fix: str) 
 
 
 def load_components(pretrained_model_name_or_path: str, revision: str | None = None,
-                    variant: str | None = None, resolution: int = 512) -> SDComponents:
-    """Local diffusers folder, or Hub id (the local HF cache first, then the network)."""
+                    variant: str | None = None, resolution: int = 512, architecture: str | None = None,
+                    random_init: bool = False, cache_dir: str | None = None) -> SDComponents:
+    """Local diffusers folder, or Hub id (the local HF cache first, then the network); or, with
+    random_init, the named architecture with random weights (offline, for speed and memory)."""
+    if random_init:
+        from .random_init import random_components
+
+        parts = random_components(str(architecture), cache_dir or "~/.cache/ti_experiments")
+        return SDComponents(source=f"random:{architecture}", resolution=resolution, **parts)
     source = str(pretrained_model_name_or_path)
     fix = "set model.pretrained_model_name_or_path to a local diffusers folder or a reachable Hub id"
     path = Path(source).expanduser()

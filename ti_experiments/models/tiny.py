@@ -139,11 +139,17 @@ def _learn_merges(words: list[str]) -> list[tuple[str, str]]:
     return merges
 
 
-def write_tokenizer_files(out_dir: Path) -> None:
-    """Write vocab.json and merges.txt in CLIP's layout: bytes, bytes</w>, merges, specials."""
+def write_tokenizer_files(out_dir: Path, vocab_size: int | None = None) -> None:
+    """Write vocab.json and merges.txt in CLIP's layout: bytes, bytes</w>, merges, specials.
+
+    With `vocab_size` (e.g. CLIP's 49408) unused filler entries pad the vocabulary so the specials get
+    CLIP's ids and a text encoder of the real shape fits it.
+    """
     merges = _learn_merges(tokenizer_words())
     base = list(_bytes_to_unicode().values())
     tokens = base + [c + END_OF_WORD for c in base] + [a + b for a, b in merges]
+    if vocab_size is not None:
+        tokens += [f"<|unused-{i}|>" for i in range(vocab_size - 2 - len(tokens))]
     tokens += [BOS_TOKEN, EOS_TOKEN]
     vocab = {token: index for index, token in enumerate(tokens)}
     if len(vocab) != len(tokens):

@@ -32,6 +32,8 @@ class TrainResult:
     seconds: float
     vectors: torch.Tensor
     steps_trained: int
+    # what a caller may time or inspect after training: cache, optimizer, dataloader, model, weight_dtype
+    state: dict
 
 
 def weight_dtype_for(mixed_precision: str) -> torch.dtype:
@@ -209,4 +211,6 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
     seconds = time.perf_counter() - started
     vectors = accelerator.unwrap_model(model).vectors.detach().float().cpu()
     return TrainResult(global_step=global_step, final_loss=final_loss, seconds=seconds, vectors=vectors,
-                       steps_trained=global_step - start_step)
+                       steps_trained=global_step - start_step,
+                       state={"cache": cache, "optimizer": optimizer, "dataloader": dataloader, "model": model,
+                              "weight_dtype": weight_dtype, "sampler": sampler})

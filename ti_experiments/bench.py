@@ -1,0 +1,194 @@
+"""`python -m ti_experiments.bench [--warmup N] [--steps N] [--phase-steps N] [overrides...]`
+
+Times real optimizer steps of the training loop after a warm-up, then times each phase of the same
+step on its own, and prints a table and one JSON line. The limit ratio is the median step divided by
+the work no implementation can skip: text encoder and UNet forward and backward on the same batch.
+Overrides are the experiment's (default concept: demo), e.g. `model=sd15 model.random_init=true
+data.resolution=256 hardware=cpu`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+PHASES = ("data", "latents (cache)", "text encoder fwd", "unet fwd", "unet bwd", "text encoder bwd",
+          "optimizer")
+UNAVOIDABLE = ("text encoder fwd", "unet fwd", "unet bwd", "text encoder bwd")
+
+
+def _process_start() -> float:
+    import psutil
+
+    return psutil.Process().create_time()
+
+
+class StepTimes:
+    """A MetricsLog stand-in: remembers when each optimizer step ended."""
+
+    def __init__(self, start_step: int = 0):
+        self.ends: list[float] = []
+        self.first_end_wall: float | None = None
+
+    def log(self, step: int, values: dict) -> dict:
+        self.ends.append(time.perf_counter())
+        if self.first_end_wall is None:
+            self.first_end_wall = time.time()
+        return {"lr": values.get("lr", 0.0), "steps_per_sec": None}
+
+
+def time_phases(p, state, accelerator, n: int) -> list[dict]:
+    """Each phase of a training step, one at a time, synchronised; the same work as the loop's step."""
+    parts, device = p.parts, accelerator.device
+    text_encoder, unet, scheduler = parts.text_encoder, parts.unet, parts.noise_scheduler
+    cache, optimizer, dtype = state["cache"], state["optimizer"], state["weight_dtype"]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    batches = iter(state["dataloader"])
+    rows = []
+    for _ in range(n):
+        t = {}
+
+        def tick(name, start):
+            sync()
+            t[name] = time.perf_counter() - start
+            return time.perf_counter()
+
+        now = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(state["dataloader"])
+            batch = next(batches)
+        now = tick("data", now)
+        with accelerator.autocast():
+            latents = cache.sample(batch["image_index"], batch["flipped"]).to(dtype)
+            noise = torch.randn_like(latents)
+            steps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
+            noisy = scheduler.add_noise(latents, noise, steps)
+            now = tick("latents (cache)", now)
+            hidden = text_encoder(batch["input_ids"].to(device))[0]
+            now = tick("text encoder fwd", now)
+            leaf = hidden.detach().to(dtype).requires_grad_(True)
+            pred = unet(noisy, steps, leaf).sample
+            loss = F.mse_loss(pred.float(), noise.float())
+            now = tick("unet fwd", now)
+        accelerator.backward(loss)
+        now = tick("unet bwd", now)
+        hidden.backward(leaf.grad.to(hidden.dtype))
+        now = tick("text encoder bwd", now)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tick("optimizer", now)
+        rows.append(t)
+    return rows
+
+
+def _memory(device) -> dict:
+    from .records.memory import peak_memory_bytes
+
+    out = {"peak_rss_gib": peak_memory_bytes("cpu") / 2**30}
+    if device.type == "cuda":
+        out["peak_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        out["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+    return out
+
+
+def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int) -> dict:
+    from hydra import compose, initialize_config_dir
+
+    from .experiment import CONF_DIR, fit, make_accelerator, prepare, reset_accelerate
+
+    started = _process_start()
+    if not any(o.startswith("+concept=") for o in overrides):
+        overrides = ["+concept=demo", *overrides]
+    forced = [f"train.max_steps={warmup + steps}", "train.save_steps=null", "train.checkpointing_steps=null",
+              "train.resume_from_checkpoint=null", "validation.enabled=false", "logger=none"]
+    run_dir = Path(tempfile.mkdtemp(prefix="ti-bench-"))
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*overrides, *forced, f"paths.output_dir={run_dir}"])
+    p = prepare(cfg, run_dir)
+    accelerator = make_accelerator(cfg.hardware, p.tracker, run_dir)
+    try:
+        times = StepTimes()
+        result = fit(p, accelerator, lambda start_step: times)
+        step_seconds = [b - a for a, b in zip(times.ends[max(warmup - 1, 0):], times.ends[max(warmup, 1):])]
+        if not step_seconds:
+            step_seconds = [times.ends[-1] - times.ends[-2]] if len(times.ends) > 1 else [result.seconds]
+        phases = time_phases(p, result.state, accelerator, phase_steps)
+        device = accelerator.device
+        memory = _memory(device)
+    finally:
+        reset_accelerate()
+    median_step = statistics.median(step_seconds)
+    phase_medians = {name: statistics.median(r[name] for r in phases) for name in PHASES}
+    unavoidable = statistics.median(sum(r[n] for n in UNAVOIDABLE) for r in phases)
+    batch = int(cfg.train.batch_size) * int(cfg.train.gradient_accumulation_steps)
+    phase_medians["other"] = max(0.0, median_step - sum(phase_medians.values()))
+    return {
+        "model": p.parts.source, "resolution": p.data_settings.resolution, "batch_size": int(cfg.train.batch_size),
+        "gradient_accumulation_steps": int(cfg.train.gradient_accumulation_steps),
+        "mixed_precision": cfg.hardware.mixed_precision, "gradient_checkpointing": cfg.hardware.gradient_checkpointing,
+        "device": str(device), "threads": torch.get_num_threads(),
+        "warmup_steps": warmup, "timed_steps": len(step_seconds), "phase_steps": phase_steps,
+        "median_step_s": median_step, "images_per_s": batch / median_step,
+        "step_s": step_seconds,
+        "time_to_first_step_s": times.first_end_wall - started,
+        "phases_s": phase_medians,
+        "unavoidable_s": unavoidable,
+        "limit_ratio": median_step / unavoidable,
+        **memory,
+    }
+
+
+def table(r: dict) -> str:
+    lines = [f"model {r['model']}, {r['resolution']} px, batch {r['batch_size']} x accumulation "
+             f"{r['gradient_accumulation_steps']}, precision {r['mixed_precision']}, gradient checkpointing "
+             f"{r['gradient_checkpointing']}, {r['device']} ({r['threads']} threads)",
+             f"{'median s / optimizer step':<34}{r['median_step_s']:.3f}   ({r['timed_steps']} steps after "
+             f"{r['warmup_steps']} warm-up)",
+             f"{'images / s':<34}{r['images_per_s']:.3f}",
+             f"{'time to first step s':<34}{r['time_to_first_step_s']:.2f}",
+             f"{'peak RSS GiB':<34}{r['peak_rss_gib']:.2f}"]
+    if "peak_allocated_gib" in r:
+        lines.append(f"{'peak GPU allocated / reserved GiB':<34}{r['peak_allocated_gib']:.2f} / "
+                     f"{r['peak_reserved_gib']:.2f}")
+    lines.append(f"phases (median of {r['phase_steps']} micro-steps timed one phase at a time):")
+    for name, seconds in r["phases_s"].items():
+        mark = " *" if name in UNAVOIDABLE else ""
+        lines.append(f"  {name:<32}{seconds:.3f}  {100 * seconds / r['median_step_s']:5.1f}%{mark}")
+    lines.append(f"{'unavoidable work (*) s':<34}{r['unavoidable_s']:.3f}")
+    lines.append(f"{'limit ratio (step / unavoidable)':<34}{r['limit_ratio']:.3f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ti_experiments.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--warmup", type=int, default=2, help="optimizer steps not timed (default 2)")
+    parser.add_argument("--steps", type=int, default=5, help="optimizer steps timed (default 5)")
+    parser.add_argument("--phase-steps", type=int, default=3, help="steps timed phase by phase (default 3)")
+    args, overrides = parser.parse_known_args(argv)
+    from .__main__ import user_message
+
+    try:
+        result = benchmark(overrides, args.warmup, args.steps, args.phase_steps)
+    except Exception as exc:
+        line = user_message(exc)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return 2
+    print(table(result))
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

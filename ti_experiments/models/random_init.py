@@ -1,0 +1,68 @@
+"""Stable Diffusion v1.5's exact architecture with random weights, built offline.
+
+Speed and memory depend on shapes, not on the weights: this measures the real model's cost without
+downloading 4 GB. The tokenizer is the tiny BPE padded to CLIP's 49408 entries, so the embedding
+matrix has SD 1.5's shape too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import TIError
+
+ARCHITECTURES = {
+    "sd15": {
+        "unet": dict(
+            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5,
+            act_fn="silu", flip_sin_to_cos=True, freq_shift=0, downsample_padding=1, mid_block_scale_factor=1,
+        ),
+        "vae": dict(
+            in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+            block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, act_fn="silu", norm_num_groups=32, scaling_factor=0.18215,
+        ),
+        "text_encoder": dict(
+            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        ),
+        "scheduler": dict(
+            num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+            prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+        ),
+    },
+}
+
+
+def random_components(name: str, cache_dir: str | Path, seed: int = 0) -> dict:
+    """tokenizer, text_encoder, vae, unet and noise_scheduler of `name`'s shapes, randomly initialised."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from .tiny import MODEL_MAX_LENGTH, write_tokenizer_files
+
+    if name not in ARCHITECTURES:
+        raise TIError(f"model.random_init is available for {', '.join(ARCHITECTURES)} only, not {name!r}",
+                      "use model=sd15 model.random_init=true, or model.random_init=false")
+    arch = ARCHITECTURES[name]
+    vocab = arch["text_encoder"]["vocab_size"]
+    tok_dir = Path(cache_dir).expanduser() / "models" / f"tokenizer-{vocab}"
+    if not (tok_dir / "vocab.json").exists():
+        write_tokenizer_files(tok_dir, vocab_size=vocab)
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=MODEL_MAX_LENGTH)
+    if len(tokenizer) != vocab:
+        raise AssertionError(f"padded tokenizer has {len(tokenizer)} entries, not {vocab}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**arch["unet"])
+        vae = AutoencoderKL(**arch["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(**arch["text_encoder"]))
+    return dict(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(), unet=unet.eval(),
+                noise_scheduler=DDPMScheduler.from_config(arch["scheduler"]))
