@@ -68,7 +68,7 @@ def test_sd21_is_768_and_hardware_only_sets_hardware(tmp_path):
     assert compose("+concept=demo", "model=sd21", output_dir=tmp_path).data.resolution == 768
     for option in ("v100", "a100", "low_vram", "cpu"):
         keys = set(OmegaConf.load(CONF_DIR / "hardware" / f"{option}.yaml"))
-        assert keys == {"mixed_precision", "allow_tf32", "gradient_checkpointing", "attention", "offload_idle",
+        assert keys == {"mixed_precision", "allow_tf32", "gradient_checkpointing", "attention", "offload_idle", "channels_last",
                         "batch_size", "gradient_accumulation_steps"}
 
 

@@ -91,6 +91,73 @@ def time_phases(p, state, accelerator, n: int) -> list[dict]:
     return rows
 
 
+def _fresh_vae(p, device, dtype):
+    """The reference step needs a whole VAE (training drops its encoder once the latents are cached)."""
+    source = p.parts.source
+    if source.startswith("random:"):
+        from .models.random_init import random_vae
+
+        vae = random_vae(source.split(":", 1)[1])
+    else:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", local_files_only=True)
+    vae = vae.to(device) if dtype == torch.float32 else vae.to(device, dtype=dtype)
+    return vae.requires_grad_(False).eval()
+
+
+def time_reference(p, accelerator, cfg, n: int, warmup: int) -> list[float]:
+    """Optimizer steps computed the way the diffusers example computes them, on the same model and
+    batch: VAE encode every micro-step, AdamW over the whole embedding matrix, frozen rows restored."""
+    import random
+
+    from .data.templates import TEMPLATES
+    from .embeddings import unsplice
+
+    parts, device = p.parts, accelerator.device
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    text_encoder, unet, scheduler, tokenizer = parts.text_encoder, parts.unet, parts.noise_scheduler, parts.tokenizer
+    vae = _fresh_vae(p, device, dtype)
+    unsplice(text_encoder)
+    weight = text_encoder.get_input_embeddings().weight
+    weight.requires_grad_(True)
+    original = weight.detach().clone()
+    no_updates = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
+    no_updates[p.embedding.first_id:] = False
+    o = cfg.optimizer
+    optimizer = torch.optim.AdamW([weight], lr=float(o.lr), betas=tuple(o.get("betas", (0.9, 0.999))),
+                                  weight_decay=float(o.get("weight_decay", 1e-2)), eps=float(o.get("eps", 1e-8)))
+    rng = random.Random(0)
+    templates = TEMPLATES[cfg.concept.learnable_property]
+    placeholder = " ".join(p.tokens)
+    bs, ga = int(cfg.train.batch_size), int(cfg.train.gradient_accumulation_steps)
+    pixels = p.images.pixels
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    ends = []
+    for step in range(warmup + n):
+        for _ in range(ga):
+            idx = [rng.randrange(len(pixels)) for _ in range(bs)]
+            batch = torch.stack([pixels[i].flip(-1) if rng.random() < p.data_settings.flip_p else pixels[i]
+                                 for i in idx])
+            ids = tokenizer([rng.choice(templates).format(placeholder) for _ in idx], padding="max_length",
+                            truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+            with accelerator.autocast():
+                latents = vae.encode(batch.to(device, dtype)).latent_dist.sample() * vae.config.scaling_factor
+                noise = torch.randn_like(latents)
+                t = torch.randint(0, scheduler.config.num_train_timesteps, (bs,), device=device)
+                hidden = text_encoder(ids.to(device))[0].to(dtype)
+                pred = unet(scheduler.add_noise(latents, noise, t), t, hidden).sample
+                loss = F.mse_loss(pred.float(), noise.float()) / ga
+            loss.backward()
+            optimizer.step()  # the example steps (and restores) every micro-step; Accelerate skips
+            optimizer.zero_grad()  # the non-final ones, so here only the last one of each group steps
+            with torch.no_grad():
+                weight[no_updates] = original[no_updates]
+        sync()
+        ends.append(time.perf_counter())
+    return [b - a for a, b in zip(ends[max(warmup - 1, 0):], ends[max(warmup, 1):])]
+
+
 def _memory(device) -> dict:
     from .records.memory import peak_memory_bytes
 
@@ -101,7 +168,7 @@ def _memory(device) -> dict:
     return out
 
 
-def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int) -> dict:
+def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, reference: bool = False) -> dict:
     from hydra import compose, initialize_config_dir
 
     from .experiment import CONF_DIR, fit, make_accelerator, prepare, reset_accelerate
@@ -124,7 +191,8 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int) -
             step_seconds = [times.ends[-1] - times.ends[-2]] if len(times.ends) > 1 else [result.seconds]
         phases = time_phases(p, result.state, accelerator, phase_steps)
         device = accelerator.device
-        memory = _memory(device)
+        memory = _memory(device)  # before the reference step, which needs more
+        reference_steps = time_reference(p, accelerator, cfg, steps, warmup) if reference else None
     finally:
         reset_accelerate()
     median_step = statistics.median(step_seconds)
@@ -145,6 +213,9 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int) -
         "unavoidable_s": unavoidable,
         "limit_ratio": median_step / unavoidable,
         **memory,
+        **({"reference_median_step_s": statistics.median(reference_steps),
+            "reference_step_s": reference_steps,
+            "speedup_vs_reference": statistics.median(reference_steps) / median_step} if reference_steps else {}),
     }
 
 
@@ -166,6 +237,9 @@ def table(r: dict) -> str:
         lines.append(f"  {name:<32}{seconds:.3f}  {100 * seconds / r['median_step_s']:5.1f}%{mark}")
     lines.append(f"{'unavoidable work (*) s':<34}{r['unavoidable_s']:.3f}")
     lines.append(f"{'limit ratio (step / unavoidable)':<34}{r['limit_ratio']:.3f}")
+    if "reference_median_step_s" in r:
+        lines.append(f"{'example-style step s (same run)':<34}{r['reference_median_step_s']:.3f}")
+        lines.append(f"{'speed-up vs example-style step':<34}{r['speedup_vs_reference']:.2f}x")
     return "\n".join(lines)
 
 
@@ -174,11 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="optimizer steps not timed (default 2)")
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps timed (default 5)")
     parser.add_argument("--phase-steps", type=int, default=3, help="steps timed phase by phase (default 3)")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time the diffusers example's way of computing the same step, in this run")
     args, overrides = parser.parse_known_args(argv)
     from .__main__ import user_message
 
     try:
-        result = benchmark(overrides, args.warmup, args.steps, args.phase_steps)
+        result = benchmark(overrides, args.warmup, args.steps, args.phase_steps, args.reference)
     except Exception as exc:
         line = user_message(exc)
         if line is None:

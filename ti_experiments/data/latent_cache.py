@@ -18,9 +18,10 @@ class LatentCache:
         self.scaling_factor = scaling_factor
 
     @classmethod
-    @torch.no_grad()
-    def build(cls, vae, pixels: torch.Tensor, with_flips: bool, device, dtype, batch_size: int = 4):
+    @torch.inference_mode()
+    def build(cls, vae, pixels: torch.Tensor, with_flips: bool, device, dtype, batch_size: int = 1):
         variants = [pixels, pixels.flip(-1)] if with_flips else [pixels]
+        # one image at a time: the encoder's activations at 512 px are ~0.6 GiB per image
         means, stds = [], []
         for variant in variants:
             m, s = [], []

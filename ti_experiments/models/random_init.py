@@ -66,3 +66,12 @@ def random_components(name: str, cache_dir: str | Path, seed: int = 0) -> dict:
         text_encoder = CLIPTextModel(CLIPTextConfig(**arch["text_encoder"]))
     return dict(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(), unet=unet.eval(),
                 noise_scheduler=DDPMScheduler.from_config(arch["scheduler"]))
+
+
+def random_vae(name: str, seed: int = 0):
+    """Only the VAE of `name` (the benchmark's reference step encodes every step)."""
+    from diffusers import AutoencoderKL
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderKL(**ARCHITECTURES[name]["vae"]).eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import logging
 import math
@@ -111,6 +112,8 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     setup_attention(unet, hw_cfg.attention, device)
+    if hw_cfg.get("channels_last"):
+        unet.to(memory_format=torch.channels_last)
     if hw_cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         text_encoder.gradient_checkpointing_enable()
@@ -125,8 +128,15 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
 
     t0 = time.perf_counter()
     cache = LatentCache.build(vae, pixels, with_flips=data_cfg.flip_p > 0, device=device, dtype=weight_dtype)
-    if hw_cfg.offload_idle:
-        vae.to("cpu")  # every latent is cached: the VAE is idle from here on
+    # Every latent is cached: training needs no encoder, and the decoder only for validation images.
+    vae.encoder = None
+    vae.quant_conv = None
+    if validate is None:
+        parts.vae = None
+        del vae
+    elif hw_cfg.offload_idle:
+        vae.to("cpu")  # validation brings it back for generation
+    gc.collect()
     log.info("encoded %d images into the latent cache in %.2fs", pixels.shape[0], time.perf_counter() - t0)
 
     lr = float(base_lr)
