@@ -181,7 +181,10 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
     run_dir = Path(tempfile.mkdtemp(prefix="ti-bench-"))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[*overrides, *forced, f"paths.output_dir={run_dir}"])
+    from .records.memory import peak_memory_bytes
+
     p = prepare(cfg, run_dir)
+    loaded_peak = peak_memory_bytes("cpu") / 2**30
     accelerator = make_accelerator(cfg.hardware, p.tracker, run_dir)
     try:
         times = StepTimes()
@@ -212,6 +215,7 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
         "phases_s": phase_medians,
         "unavoidable_s": unavoidable,
         "limit_ratio": median_step / unavoidable,
+        "peak_rss_after_load_gib": loaded_peak,
         **memory,
         **({"reference_median_step_s": statistics.median(reference_steps),
             "reference_step_s": reference_steps,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from ..errors import TIError
 
@@ -15,19 +16,21 @@ log = logging.getLogger(__name__)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-@dataclass
 class SDComponents:
-    tokenizer: object
-    text_encoder: object
-    vae: object
-    unet: object
-    noise_scheduler: object
-    source: str
-    resolution: int
+    """The frozen parts. `unet` may be given as a zero-argument loader: it is then loaded on first use,
+    after the VAE has encoded the training images and left, so the two never share memory."""
+
+    def __init__(self, tokenizer, text_encoder, vae, unet, noise_scheduler, source: str, resolution: int):
+        self.tokenizer, self.text_encoder, self.vae = tokenizer, text_encoder, vae
+        self.noise_scheduler, self.source, self.resolution = noise_scheduler, source, resolution
+        self._unet = unet
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+    def unet(self):
+        if callable(self._unet) and not isinstance(self._unet, torch.nn.Module):
+            self._unet = self._unet()
+        return self._unet
 
 
 def _first_line(exc: BaseException) -> str:
@@ -46,8 +49,20 @@ def _from_pretrained(source: str, revision: str | None, variant: str | None, loc
         noise_scheduler=DDPMScheduler.from_pretrained(source, subfolder="scheduler", **common),
         text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights),
         vae=AutoencoderKL.from_pretrained(source, subfolder="vae", variant=variant, **weights),
-        unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet", variant=variant, **weights),
+        unet=_deferred(lambda: UNet2DConditionModel.from_pretrained(source, subfolder="unet", variant=variant,
+                                                                   **weights), source),
     )
+
+
+def _deferred(load, source: str):
+    """A loader whose failure still reaches the user as one clear line."""
+    def run():
+        try:
+            return load()
+        except Exception as exc:  # noqa: BLE001
+            raise TIError(f"could not load the UNet of {source!r}: {_first_line(exc)}",
+                          "check the model folder (unet/ weights) or model.pretrained_model_name_or_path") from None
+    return run
 
 
 def _weight_patterns(variant: str | None) -> list[str]:

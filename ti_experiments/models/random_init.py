@@ -59,12 +59,15 @@ def random_components(name: str, cache_dir: str | Path, seed: int = 0) -> dict:
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=MODEL_MAX_LENGTH)
     if len(tokenizer) != vocab:
         raise AssertionError(f"padded tokenizer has {len(tokenizer)} entries, not {vocab}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**arch["unet"])
-        vae = AutoencoderKL(**arch["vae"])
-        text_encoder = CLIPTextModel(CLIPTextConfig(**arch["text_encoder"]))
-    return dict(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(), unet=unet.eval(),
+    def seeded(offset, build):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + offset)
+            return build().eval()
+
+    return dict(tokenizer=tokenizer,
+                text_encoder=seeded(2, lambda: CLIPTextModel(CLIPTextConfig(**arch["text_encoder"]))),
+                vae=seeded(1, lambda: AutoencoderKL(**arch["vae"])),
+                unet=lambda: seeded(0, lambda: UNet2DConditionModel(**arch["unet"])),  # built when first used
                 noise_scheduler=DDPMScheduler.from_config(arch["scheduler"]))
 
 
@@ -73,5 +76,5 @@ def random_vae(name: str, seed: int = 0):
     from diffusers import AutoencoderKL
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + 1)
         return AutoencoderKL(**ARCHITECTURES[name]["vae"]).eval()

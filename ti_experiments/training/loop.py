@@ -104,10 +104,29 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
         raise TIError("train.max_steps, train.batch_size and train.gradient_accumulation_steps must be >= 1",
                       "set them to positive integers")
 
-    text_encoder, unet, vae = parts.text_encoder, parts.unet, parts.vae
-    for module in (text_encoder, unet, vae):
-        module.requires_grad_(False)
+    text_encoder, vae = parts.text_encoder, parts.vae
+    text_encoder.requires_grad_(False)
+    vae.requires_grad_(False)
     embedding.vectors.requires_grad_(True)
+
+    # First the VAE: encode every training image once, then let it go before the UNet arrives.
+    t0 = time.perf_counter()
+    vae.eval()
+    vae.to(device) if weight_dtype == torch.float32 else vae.to(device, dtype=weight_dtype)
+    cache = LatentCache.build(vae, pixels, with_flips=data_cfg.flip_p > 0, device=device, dtype=weight_dtype)
+    log.info("encoded %d images into the latent cache in %.2fs", pixels.shape[0], time.perf_counter() - t0)
+    # Training needs no encoder, and the decoder only for validation images.
+    vae.encoder = None
+    vae.quant_conv = None
+    if validate is None:
+        parts.vae = None
+        del vae
+    elif hw_cfg.offload_idle:
+        vae.to("cpu")  # validation brings it back for generation
+    gc.collect()
+
+    unet = parts.unet  # loaded (or built) now, if it was deferred
+    unet.requires_grad_(False)
     if hw_cfg.allow_tf32 and device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -121,23 +140,9 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
     else:
         unet.eval()
     text_encoder.train()
-    vae.eval()
-    for frozen in (unet, vae):  # the frozen parts run in the mixed-precision dtype
-        frozen.to(device) if weight_dtype == torch.float32 else frozen.to(device, dtype=weight_dtype)
-    text_encoder.to(device)  # the trained module stays fp32; autocast handles mixed precision
-
-    t0 = time.perf_counter()
-    cache = LatentCache.build(vae, pixels, with_flips=data_cfg.flip_p > 0, device=device, dtype=weight_dtype)
-    # Every latent is cached: training needs no encoder, and the decoder only for validation images.
-    vae.encoder = None
-    vae.quant_conv = None
-    if validate is None:
-        parts.vae = None
-        del vae
-    elif hw_cfg.offload_idle:
-        vae.to("cpu")  # validation brings it back for generation
-    gc.collect()
-    log.info("encoded %d images into the latent cache in %.2fs", pixels.shape[0], time.perf_counter() - t0)
+    # the frozen UNet runs in the mixed-precision dtype; the trained text encoder stays fp32 (autocast)
+    unet.to(device) if weight_dtype == torch.float32 else unet.to(device, dtype=weight_dtype)
+    text_encoder.to(device)
 
     lr = float(base_lr)
     if train_cfg.scale_lr:
