@@ -19,7 +19,6 @@ from .data.images import list_image_files
 from .embeddings import add_placeholder_tokens, placeholder_tokens, save_learned_embeds, unsplice
 from .errors import TIError
 from .files import write_text_atomic
-from .records.memory import return_freed_memory
 from .records.run_record import MetricsLog, RunRecord, write_summary
 from .training import run_training
 from .validation import Validator
@@ -167,7 +166,6 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
     from accelerate.utils import set_seed
 
     set_seed(int(cfg.seed))
-    return_freed_memory()
     check_precision(cfg.hardware)
     data_settings = build(cfg.data)
     validation = make_validation_settings(cfg.validation, concept.get("validation_prompt"), data_settings.resolution)
