@@ -134,3 +134,35 @@ def test_bf16_and_gradient_checkpointing_keep_the_learned_rows_fp32(tmp_path):
                      "hardware.offload_idle=true", "train.max_steps=2")
     learned = load_file(run_dir / "learned_embeds.safetensors")["<demo-toy>"]
     assert learned.dtype == torch.float32 and torch.isfinite(learned).all()
+
+
+def test_the_unet_arrives_after_the_vae_has_cached_the_latents_and_left(tmp_path):
+    from functools import partial
+
+    from ti_experiments.experiment import fit, make_accelerator, prepare, reset_accelerate
+    from ti_experiments.records.run_record import MetricsLog
+
+    for validation in ("false", "true"):
+        (tmp_path / validation).mkdir()
+        cfg = compose(*TINY_RUN, "train.max_steps=1", f"validation.enabled={validation}",
+                      "validation.num_inference_steps=1", "validation.num_images=1",
+                      output_dir=tmp_path / validation)
+        p = prepare(cfg, tmp_path / validation)
+        assert not isinstance(p.parts._unet, torch.nn.Module)  # not loaded yet
+        accelerator = make_accelerator(cfg.hardware, p.tracker, tmp_path / validation)
+        try:
+            validator = None
+            if validation == "true":
+                from ti_experiments.validation import Validator
+                validator = Validator(p.validation, p.parts, p.parts.text_encoder, accelerator, p.tracker,
+                                      tmp_path / validation)
+            fit(p, accelerator, partial(MetricsLog, tmp_path / validation, accelerator, accelerator.device),
+                validator)
+        finally:
+            reset_accelerate()
+        assert isinstance(p.parts.unet, torch.nn.Module)
+        if validation == "false":
+            assert p.parts.vae is None  # nothing needs it any more
+        else:
+            assert p.parts.vae.encoder is None and p.parts.vae.decoder is not None
+            assert (tmp_path / validation / "validation" / "step-1" / "00-00.png").exists()
