@@ -6,17 +6,15 @@ import logging
 import os
 import sys
 
-# Let Hydra's own errors reach main() instead of being printed over several lines by Hydra;
-# a user who sets HYDRA_FULL_ERROR still gets the full traceback.
-_USER_WANTS_TRACEBACK = bool(os.environ.get("HYDRA_FULL_ERROR"))
-os.environ["HYDRA_FULL_ERROR"] = "1"
+import hydra
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from .errors import TIError
+from .experiment import CONF_DIR
+from .records.callbacks import SweepReport
 
-from .errors import TIError  # noqa: E402
-from .experiment import CONF_DIR  # noqa: E402
-from .records.callbacks import SweepReport  # noqa: E402
+# A user who sets HYDRA_FULL_ERROR gets full tracebacks; main() decides, for its own run only.
+_USER_WANTS_TRACEBACK = False
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -103,6 +101,18 @@ def _distributed_args(argv: list[str]) -> list[str]:
 
 
 def main() -> int:
+    global _USER_WANTS_TRACEBACK
+    _USER_WANTS_TRACEBACK = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    # Let Hydra's own errors reach us instead of being printed over several lines by Hydra.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        return _main()
+    finally:
+        if not _USER_WANTS_TRACEBACK:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+def _main() -> int:
     try:
         sys.argv = [sys.argv[0], *_distributed_args(sys.argv[1:])]
         _task()
