@@ -125,12 +125,17 @@ def _main() -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        line = user_message(exc)
-        if line is None:
-            raise
-        print(line, file=sys.stderr)
-        return 2
+        return report_or_raise(exc)
     return 0
+
+
+def report_or_raise(exc: Exception) -> int:
+    """A user error: print its one line and return exit code 2. A bug: re-raise, traceback and all."""
+    line = user_message(exc)
+    if line is None:
+        raise exc
+    print(line, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

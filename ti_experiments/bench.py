@@ -53,13 +53,13 @@ def time_phases(p, state, accelerator, n: int) -> list[dict]:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     batches = iter(state["dataloader"])
     rows = []
+    def tick(t, name, start):
+        sync()
+        t[name] = time.perf_counter() - start
+        return time.perf_counter()
+
     for _ in range(n):
         t = {}
-
-        def tick(name, start):
-            sync()
-            t[name] = time.perf_counter() - start
-            return time.perf_counter()
 
         now = time.perf_counter()
         try:
@@ -67,26 +67,26 @@ def time_phases(p, state, accelerator, n: int) -> list[dict]:
         except StopIteration:
             batches = iter(state["dataloader"])
             batch = next(batches)
-        now = tick("data", now)
+        now = tick(t, "data", now)
         with accelerator.autocast():
             latents = cache.sample(batch["image_index"], batch["flipped"]).to(dtype)
             noise = torch.randn_like(latents)
             steps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
             noisy = scheduler.add_noise(latents, noise, steps)
-            now = tick("latents (cache)", now)
+            now = tick(t, "latents (cache)", now)
             hidden = text_encoder(batch["input_ids"].to(device))[0]
-            now = tick("text encoder fwd", now)
+            now = tick(t, "text encoder fwd", now)
             leaf = hidden.detach().to(dtype).requires_grad_(True)
             pred = unet(noisy, steps, leaf).sample
             loss = F.mse_loss(pred.float(), noise.float())
-            now = tick("unet fwd", now)
+            now = tick(t, "unet fwd", now)
         accelerator.backward(loss)
-        now = tick("unet bwd", now)
+        now = tick(t, "unet bwd", now)
         hidden.backward(leaf.grad.to(hidden.dtype))
-        now = tick("text encoder bwd", now)
+        now = tick(t, "text encoder bwd", now)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        tick("optimizer", now)
+        tick(t, "optimizer", now)
         rows.append(t)
     return rows
 
@@ -134,8 +134,8 @@ def time_reference(p, accelerator, cfg, n: int, warmup: int) -> list[float]:
     pixels = p.images.pixels
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     ends = []
-    for step in range(warmup + n):
-        for _ in range(ga):
+    for _ in range(warmup + n):
+        for _micro in range(ga):
             idx = [rng.randrange(len(pixels)) for _ in range(bs)]
             batch = torch.stack([pixels[i].flip(-1) if rng.random() < p.data_settings.flip_p else pixels[i]
                                  for i in idx])
@@ -255,16 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", action="store_true",
                         help="also time the diffusers example's way of computing the same step, in this run")
     args, overrides = parser.parse_known_args(argv)
-    from .__main__ import user_message
+    from .__main__ import report_or_raise
 
     try:
         result = benchmark(overrides, args.warmup, args.steps, args.phase_steps, args.reference)
     except Exception as exc:
-        line = user_message(exc)
-        if line is None:
-            raise
-        print(line, file=sys.stderr)
-        return 2
+        return report_or_raise(exc)
     print(table(result))
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}))
     return 0
