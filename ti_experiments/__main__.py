@@ -121,9 +121,9 @@ def _main() -> int:
             print(f"error: {len(failed)} job(s) of the sweep failed: {', '.join(failed)}; fix: see each job's "
                   "run.json and the sweep's report.md", file=sys.stderr)
             return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or the loop's clean stop (signals.Interrupted)
+        print(f"error: {exc}" if str(exc) else "error: interrupted", file=sys.stderr)
+        return 128 + getattr(exc, "signum", 2)
     except Exception as exc:
         return report_or_raise(exc)
     return 0

@@ -7,6 +7,7 @@ import gc
 import itertools
 import logging
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from ..data import EpochSampler, LatentCache, TextualInversionDataset
 from ..embeddings import PlaceholderEmbedding, save_learned_embeds
 from ..errors import TIError
 from . import checkpoints
+from .signals import Interrupted, StopRequests
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,14 @@ class TrainResult:
     steps_trained: int
     # what a caller may time or inspect after training: cache, optimizer, dataloader, model, weight_dtype
     state: dict
+
+
+def _stop_requested(stop: StopRequests, accelerator, device) -> bool:
+    """Whether any process was asked to stop; all processes agree, so they stop at the same step."""
+    if accelerator.num_processes == 1:
+        return stop.signum is not None
+    flag = torch.tensor([1.0 if stop.signum is not None else 0.0], device=device)
+    return bool(accelerator.reduce(flag, "sum").item() > 0)
 
 
 def weight_dtype_for(mixed_precision: str) -> torch.dtype:
@@ -182,46 +192,63 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
     start_step = global_step
     final_loss = None
     step_loss = 0.0
-    while global_step < max_steps:
-        sampler.set_epoch(epoch)
-        batches = itertools.islice(enumerate(dataloader), step_in_epoch * ga, None)
-        for micro, batch in batches:
-            sync = (micro + 1) % ga == 0 or micro + 1 == micro_per_epoch
-            ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
-            with ctx, accelerator.autocast():
-                loss = denoising_loss(parts, text_encoder, cache, batch, weight_dtype, device)
-                accelerator.backward(loss / ga)
-            step_loss += loss.detach().float() / ga
-            if not sync:
-                continue
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            global_step += 1
-            final_loss = accelerator.reduce(step_loss, "mean").item()
-            step_loss = 0.0
-            if not math.isfinite(final_loss):
-                raise TIError(f"the loss became {final_loss} at step {global_step}",
-                              "lower optimizer.lr, or use hardware.mixed_precision=bf16 instead of fp16")
-            row = metrics.log(global_step, {"loss": final_loss, "lr": lr_scheduler.get_last_lr()[0]})
-            progress.update(1)
-            progress.set_postfix(loss=f"{final_loss:.4f}", lr=f"{row['lr']:.2e}",
-                                 steps_per_s=f"{row['steps_per_sec'] or 0:.2f}", refresh=False)
-            if not show_bar and accelerator.is_main_process and (global_step % every == 0 or global_step == max_steps):
-                log.info("step %d/%d  loss %.4f  lr %.3g  %.2f steps/s", global_step, max_steps, final_loss,
-                         row["lr"], row["steps_per_sec"] or 0.0)
-            if train_cfg.save_steps and global_step % int(train_cfg.save_steps) == 0 and accelerator.is_main_process:
-                save_learned_embeds(run_dir / f"learned_embeds-steps-{global_step}.safetensors",
-                                    placeholder_token, accelerator.unwrap_model(model).vectors)
-            if train_cfg.checkpointing_steps and global_step % int(train_cfg.checkpointing_steps) == 0:
-                checkpoints.save_checkpoint(accelerator, run_dir, global_step, resume_state,
-                                            train_cfg.checkpoints_total_limit)
-            if validate is not None and validate.settings.due(global_step, max_steps):
-                validate(global_step)
-            if global_step >= max_steps:
-                break
-        epoch += 1
-        step_in_epoch = 0
+    with StopRequests() as stop:
+        while global_step < max_steps:
+            sampler.set_epoch(epoch)
+            batches = itertools.islice(enumerate(dataloader), step_in_epoch * ga, None)
+            for micro, batch in batches:
+                sync = (micro + 1) % ga == 0 or micro + 1 == micro_per_epoch
+                ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
+                with ctx, accelerator.autocast():
+                    loss = denoising_loss(parts, text_encoder, cache, batch, weight_dtype, device)
+                    accelerator.backward(loss / ga)
+                step_loss += loss.detach().float() / ga
+                if not sync:
+                    continue
+                final_loss = accelerator.reduce(step_loss, "mean").item()
+                if not math.isfinite(final_loss):  # before the update: the embedding stays the last good one
+                    raise TIError(f"the loss became {final_loss} at step {global_step + 1}; the embedding was "
+                                  "not updated with it",
+                                  "lower optimizer.lr, or use hardware.mixed_precision=bf16 instead of fp16")
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                global_step += 1
+                step_loss = 0.0
+                row = metrics.log(global_step, {"loss": final_loss, "lr": lr_scheduler.get_last_lr()[0]})
+                progress.update(1)
+                progress.set_postfix(loss=f"{final_loss:.4f}", lr=f"{row['lr']:.2e}",
+                                     steps_per_s=f"{row['steps_per_sec'] or 0:.2f}", refresh=False)
+                if not show_bar and accelerator.is_main_process and (global_step % every == 0
+                                                                    or global_step == max_steps):
+                    log.info("step %d/%d  loss %.4f  lr %.3g  %.2f steps/s", global_step, max_steps, final_loss,
+                             row["lr"], row["steps_per_sec"] or 0.0)
+                saved = bool(train_cfg.save_steps) and global_step % int(train_cfg.save_steps) == 0
+                if saved and accelerator.is_main_process:
+                    save_learned_embeds(run_dir / f"learned_embeds-steps-{global_step}.safetensors",
+                                        placeholder_token, accelerator.unwrap_model(model).vectors)
+                checkpointed = bool(train_cfg.checkpointing_steps) and global_step % int(train_cfg.checkpointing_steps) == 0
+                if checkpointed:
+                    checkpoints.save_checkpoint(accelerator, run_dir, global_step, resume_state,
+                                                train_cfg.checkpoints_total_limit)
+                if _stop_requested(stop, accelerator, device):
+                    if accelerator.is_main_process and not saved:
+                        save_learned_embeds(run_dir / f"learned_embeds-steps-{global_step}.safetensors",
+                                            placeholder_token, accelerator.unwrap_model(model).vectors)
+                    if not checkpointed:
+                        checkpoints.save_checkpoint(accelerator, run_dir, global_step, resume_state,
+                                                    train_cfg.checkpoints_total_limit)
+                    progress.close()
+                    raise Interrupted(f"stopped by {signal.Signals(stop.signum or signal.SIGTERM).name} at step "
+                                      f"{global_step}; checkpoint-{global_step} and the embedding of that step are "
+                                      f"saved in {run_dir}; fix: resume with hydra.run.dir={run_dir} "
+                                      "train.resume_from_checkpoint=latest", stop.signum or signal.SIGTERM)
+                if validate is not None and validate.settings.due(global_step, max_steps):
+                    validate(global_step)
+                if global_step >= max_steps:
+                    break
+            epoch += 1
+            step_in_epoch = 0
     progress.close()
     seconds = time.perf_counter() - started
     vectors = accelerator.unwrap_model(model).vectors.detach().float().cpu()

@@ -1,0 +1,49 @@
+"""Ctrl-C and SIGTERM (a preempted job) stop a run cleanly at the next optimizer step.
+
+The handler only records the request; the loop checks it after each optimizer step, writes a
+checkpoint and the current embedding, and raises `Interrupted`, so a resumed run ends exactly where
+an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised by the loop after it saved its state; run.json records the run as interrupted."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopRequests:
+    """While active (main thread only), SIGINT/SIGTERM set `signum` instead of killing the process;
+    a second signal of the same kind while stopping falls back to the default behaviour."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # asked twice: stop now
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+        return False
