@@ -161,3 +161,12 @@ def test_hub_concept_images_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = _cli(tmp_path, "+concept=cat_toy", "model=tiny", "hardware=cpu", "logger=none", "train.max_steps=2")
     assert_clean_error(result, _run_dir(tmp_path), "diffusers/cat_toy_example", "concept.train_data_dir")
+
+
+def test_an_output_directory_that_cannot_be_written(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run_cli(*BASE, f"hydra.run.dir={blocker / 'run'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "cannot write" in line and str(blocker) in line and "fix:" in line

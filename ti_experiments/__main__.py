@@ -49,6 +49,9 @@ def user_message(exc: BaseException) -> str | None:
 
     if isinstance(exc, TIError):
         return f"error: {exc}"
+    if isinstance(exc, OSError) and exc.filename:  # a path the user gave: unwritable, not a folder, disk full
+        return (f"error: cannot write {exc.filename} ({exc.strerror or exc.__class__.__name__}); fix: choose a "
+                "writable hydra.run.dir (or TI_OUTPUT_ROOT) with free space")
     if isinstance(exc, (HydraException, OmegaConfBaseException)) and not _USER_WANTS_TRACEBACK:
         text = one_line(exc)
         return f"error: {text}; fix: {_hydra_hint(text)}"

@@ -111,3 +111,35 @@ def test_latent_cache_draws_from_the_vae_distribution(tiny_model_path):
     sample = cache.sample(torch.tensor([1, 0]), torch.tensor([True, False]))
     assert sample.shape == (2, 4, 8, 8)
     assert not torch.equal(sample, cache.sample(torch.tensor([1, 0]), torch.tensor([True, False])))
+
+
+def test_16_bit_cmyk_and_exif_rotated_images_are_converted(tmp_path):
+    import numpy as np
+
+    Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)).save(tmp_path / "a16.png")
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "b.jpg")  # red in CMYK
+    rotated = Image.new("RGB", (16, 8), (0, 0, 0))
+    rotated.paste((255, 255, 255), (0, 0, 8, 8))  # white left half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    rotated.save(tmp_path / "c.jpg", exif=exif)
+    images = ConceptImages(tmp_path, DataSettings(resolution=8, center_crop=False, interpolation="nearest"))
+    px = {p.name: images.pixels[i] for i, p in enumerate(images.paths)}
+    assert px["a16.png"].min() > 0.99  # 65535 is white, not clipped garbage
+    assert px["b.jpg"][0].mean() > 0.8 and px["b.jpg"][1].mean() < -0.8  # red
+    # displayed upright the image is 8 wide x 16 tall with the white half on top
+    assert px["c.jpg"][:, :4].mean() > 0.8 and px["c.jpg"][:, 4:].mean() < -0.8
+
+
+def test_small_images_are_upscaled_with_a_warning(tmp_path, caplog):
+    _img(tmp_path / "small.png", size=(4, 4))
+    with caplog.at_level(logging.WARNING):
+        images = ConceptImages(tmp_path, DataSettings(resolution=16))
+    assert images.pixels.shape == (1, 3, 16, 16) and "upscaling" in caplog.text
+
+
+def test_a_huge_jpeg_is_decoded_at_a_reduced_scale(tmp_path):
+    Image.new("RGB", (4096, 4096), (10, 200, 30)).save(tmp_path / "huge.jpg", quality=90)
+    images = ConceptImages(tmp_path, DataSettings(resolution=64))
+    assert images.pixels.shape == (1, 3, 64, 64)
+    assert images.pixels[0, 1].mean() > 0.4  # green survives

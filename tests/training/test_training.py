@@ -166,3 +166,39 @@ def test_the_unet_arrives_after_the_vae_has_cached_the_latents_and_left(tmp_path
         else:
             assert p.parts.vae.encoder is None and p.parts.vae.decoder is not None
             assert (tmp_path / validation / "validation" / "step-1" / "00-00.png").exists()
+
+
+def test_a_nan_loss_stops_before_the_update_and_keeps_the_last_good_embedding(tmp_path, monkeypatch):
+    import ti_experiments.training.loop as loop
+    from ti_experiments.errors import TIError
+
+    calls = {"n": 0}
+    original = loop.denoising_loss
+
+    def nan_at_third(*args, **kwargs):
+        calls["n"] += 1
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(loop, "denoising_loss", nan_at_third)
+    with pytest.raises(TIError, match="at step 3.*bf16"):
+        _train(tmp_path, "train.save_steps=1")
+    good = load_file(tmp_path / "learned_embeds-steps-2.safetensors")["<demo-toy>"]
+    assert torch.isfinite(good).all() and not (tmp_path / "learned_embeds-steps-3.safetensors").exists()
+
+
+def test_a_corrupt_checkpoint_is_refused_and_the_previous_one_named(tmp_path):
+    from ti_experiments.errors import TIError
+
+    _train(tmp_path, "train.checkpointing_steps=1", "train.max_steps=2")
+    (tmp_path / "checkpoint-2" / "optimizer.bin").write_bytes(b"garbage")
+    with pytest.raises(TIError, match=r"checkpoint-2 is corrupt.*checkpoint-1"):
+        _train(tmp_path, "train.max_steps=3", "train.resume_from_checkpoint=latest")
+
+
+@pytest.mark.parametrize("lr", ["-1e-3", "0", "abc"])
+def test_a_learning_rate_that_is_not_positive_is_refused(tmp_path, lr):
+    from ti_experiments.errors import TIError
+
+    with pytest.raises(TIError, match="optimizer.lr"):
+        _train(tmp_path, f"optimizer.lr={lr}")

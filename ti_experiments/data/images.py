@@ -51,10 +51,17 @@ class DataSettings:
             raise TIError(f"data.num_workers={self.num_workers!r} must be >= 0", "use 0 to load in the main process")
 
 
-def _open_rgb(path: Path) -> Image.Image:
+def _open_rgb(path: Path, resolution: int) -> Image.Image:
+    """Any mode (grayscale, palette, 16-bit, alpha, CMYK) as RGB, turned as its EXIF says."""
     with Image.open(path) as img:
+        if img.format == "JPEG" and min(img.size) >= 4 * resolution:
+            img.draft("RGB", (2 * resolution, 2 * resolution))  # decode a huge photo at a reduced scale
         img.load()
         img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale, don't clip
+            arr = np.asarray(img, dtype=np.float64)
+            top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+            img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), mode="L")
         return img.convert("RGB")
 
 
@@ -96,10 +103,13 @@ class ConceptImages:
         tensors: list[torch.Tensor] = []
         for path in files:
             try:
-                img = _open_rgb(path)
+                img = _open_rgb(path, settings.resolution)
             except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
                 log.warning("skipping %s: not a readable image (%s)", path, exc.__class__.__name__)
                 continue
+            if min(img.size) < settings.resolution:
+                log.warning("%s is %dx%d, smaller than data.resolution=%d: upscaling it", path.name, *img.size,
+                            settings.resolution)
             tensors.append(_to_tensor(prepare_image(img, settings)))
             self.paths.append(path)
         if not tensors:

@@ -84,12 +84,26 @@ def resolve_resume(resume_from: str | None, run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(accelerator, path: Path, expected: dict) -> int:
-    """Restore the state; refuse a checkpoint made for other tokens or another model."""
-    state = json.loads((path / STATE_FILE).read_text())
+    """Restore the state; refuse a checkpoint made for other tokens or another model, or a broken one."""
+    step_of = lambda c: int(_NAME.match(c.name).group(1)) if _NAME.match(c.name) else -1  # noqa: E731
+    older = [c for c in list_checkpoints(path.parent) if step_of(c) < step_of(path)]
+
+    def corrupt(reason: str) -> TIError:
+        fix = (f"resume from the previous one: train.resume_from_checkpoint={older[-1]}" if older
+               else "delete it, or start without train.resume_from_checkpoint")
+        return TIError(f"checkpoint {path} is corrupt or incomplete ({reason})", fix)
+
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise corrupt(f"{STATE_FILE}: {exc.__class__.__name__}") from None
     for key in ("placeholder_tokens", "model"):
         if state.get(key) != expected.get(key):
             raise TIError(f"checkpoint {path} was made with {key}={state.get(key)!r}, this run has "
                           f"{expected.get(key)!r}", "resume with the settings of the original run")
-    accelerator.load_state(str(path), strict=False)
+    try:
+        accelerator.load_state(str(path), strict=False)
+    except Exception as exc:  # noqa: BLE001 - whatever broke in it, the remedy is the same
+        raise corrupt(str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__) from None
     log.info("resumed from %s at step %d", path, state["global_step"])
     return int(state["global_step"])

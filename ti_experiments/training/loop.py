@@ -154,7 +154,12 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
     unet.to(device) if weight_dtype == torch.float32 else unet.to(device, dtype=weight_dtype)
     text_encoder.to(device)
 
-    lr = float(base_lr)
+    try:
+        lr = float(base_lr)
+    except (TypeError, ValueError):
+        lr = float("nan")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise TIError(f"optimizer.lr={base_lr!r} is not a positive number", "use e.g. optimizer.lr=5e-4")
     if train_cfg.scale_lr:
         lr = lr * ga * batch_size * accelerator.num_processes
     optimizer = make_optimizer(params=[embedding.vectors], lr=lr)
