@@ -187,6 +187,15 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
     return Prepared(cfg, run_dir, data_settings, validation, images, tracker, parts, embedding, tokens, dataset)
 
 
+def comparable_settings(cfg: DictConfig) -> dict:
+    """The resolved settings a resumed run compares with its checkpoint's (paths and resume excluded)."""
+    from .records.trackers import flatten
+
+    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+    return {k: v for k, v in flat.items() if not k.startswith(("paths.", "train.resume_from_checkpoint",
+                                                                "reproduced_from"))}
+
+
 def fit(p: Prepared, accelerator, metrics_log_factory, validator=None):
     """The training loop on a prepared run (the experiment and the benchmark both come through here)."""
     cfg = p.cfg
@@ -196,7 +205,8 @@ def fit(p: Prepared, accelerator, metrics_log_factory, validator=None):
         make_optimizer=build(cfg.optimizer), base_lr=cfg.optimizer.lr,
         make_scheduler=build(cfg.lr_scheduler), train_cfg=cfg.train, hw_cfg=cfg.hardware,
         data_cfg=p.data_settings, run_dir=p.run_dir, seed=int(cfg.seed),
-        resume_state={"placeholder_tokens": p.tokens, "model": p.parts.source},
+        resume_state={"placeholder_tokens": p.tokens, "model": p.parts.source,
+                      "config": comparable_settings(cfg)},
         metrics_log_factory=metrics_log_factory, validate=validator,
     )
 

@@ -59,3 +59,23 @@ def test_a_stopped_run_saves_its_state_and_resumes_to_the_same_result(tmp_path, 
     b = load_file(tmp_path / "straight" / "learned_embeds.safetensors")["<demo-toy>"]
     assert (a == b).all()
     assert json.loads((stopped / "run.json").read_text())["status"] == "completed"
+
+
+def test_kill_9_leaves_only_complete_files_and_resume_finishes(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [a for a in RUN if not a.startswith(("train.save_steps", "train.checkpointing_steps"))]
+    args += ["train.save_steps=1", "train.checkpointing_steps=1", "train.checkpoints_total_limit=3"]
+    proc = subprocess.Popen([sys.executable, "-m", "ti_experiments", *args, f"hydra.run.dir={run_dir}"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.monotonic() + 120
+    while _steps_done(run_dir) < 8 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait(timeout=60)
+    for path in run_dir.glob("learned_embeds-steps-*.safetensors"):
+        assert load_file(path)["<demo-toy>"].shape == (1, 32)  # every file with a final name is whole
+    for checkpoint in run_dir.glob("checkpoint-*"):
+        assert (checkpoint / "trainer_state.json").exists() and (checkpoint / "model.safetensors").exists()
+    resumed = run_cli(*args, f"hydra.run.dir={run_dir}", "train.resume_from_checkpoint=latest")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 60

@@ -202,3 +202,14 @@ def test_a_learning_rate_that_is_not_positive_is_refused(tmp_path, lr):
 
     with pytest.raises(TIError, match="optimizer.lr"):
         _train(tmp_path, f"optimizer.lr={lr}")
+
+
+def test_resume_lists_changed_settings(tmp_path, caplog):
+    import logging
+
+    _train(tmp_path, "train.max_steps=2")
+    with caplog.at_level(logging.WARNING):
+        _train(tmp_path, "train.max_steps=3", "optimizer.lr=1e-3", "train.resume_from_checkpoint=latest")
+    warning = next(r.getMessage() for r in caplog.records if "changed settings" in r.getMessage())
+    assert "optimizer.lr: 0.0005 -> 0.001" in warning and "train.max_steps: 2 -> 3" in warning
+    assert "paths." not in warning

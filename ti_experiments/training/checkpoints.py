@@ -101,6 +101,11 @@ def load_checkpoint(accelerator, path: Path, expected: dict) -> int:
         if state.get(key) != expected.get(key):
             raise TIError(f"checkpoint {path} was made with {key}={state.get(key)!r}, this run has "
                           f"{expected.get(key)!r}", "resume with the settings of the original run")
+    before, now = state.get("config") or {}, expected.get("config") or {}
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if before and changed:
+        log.warning("resuming %s with changed settings: %s", path.name,
+                    ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed))
     try:
         accelerator.load_state(str(path), strict=False)
     except Exception as exc:  # noqa: BLE001 - whatever broke in it, the remedy is the same
