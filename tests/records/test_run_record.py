@@ -103,3 +103,11 @@ def test_progress_is_logged_in_lines_when_not_a_terminal(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert lines[0].startswith("step 1/10") and lines[-1].startswith("step 10/10")
     assert "loss" in lines[-1] and "lr" in lines[-1] and "steps/s" in lines[-1]
+
+
+def test_read_metrics_skips_a_cut_line_and_keeps_the_last_record_of_a_step(tmp_path):
+    from ti_experiments.records.run_record import read_metrics
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1}\n{"step": 2, "loss": 2}\n{"step": 3, "lo'
+                                            '\n{"step": 2, "loss": 5}\n{"step": 3, "loss": 6}\n')
+    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [(1, 1), (2, 5), (3, 6)]

@@ -90,16 +90,18 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    """The rows of metrics.jsonl; a last line cut short by a crash is skipped."""
+    """The rows of metrics.jsonl by step. A line cut short by a crash is skipped; a step logged again by a
+    run resumed from an earlier checkpoint replaces the first record of it."""
     path = Path(run_dir) / "metrics.jsonl"
-    rows = []
+    rows: dict = {}
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-    return rows
+            rows[row.get("step")] = row
+    return sorted(rows.values(), key=lambda r: r.get("step") or 0)
 
 
 def write_summary(run_dir: Path, *, final_loss, steps: int, wall_seconds: float, train_seconds: float,
