@@ -217,7 +217,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> None:
     accelerator = make_accelerator(cfg.hardware, p.tracker, run_dir)
     failed = True
     try:
-        p.tracker.start(accelerator, run_dir, OmegaConf.to_container(cfg, resolve=True))
+        p.tracker.start(accelerator, run_dir, OmegaConf.to_container(cfg, resolve=True),
+                        resuming=bool(cfg.train.resume_from_checkpoint))
         validator = (Validator(p.validation, p.parts, p.parts.text_encoder, accelerator, p.tracker, run_dir)
                      if p.validation.enabled else None)
         result = fit(p, accelerator, partial(MetricsLog, run_dir, accelerator, accelerator.device), validator)

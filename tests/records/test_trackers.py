@@ -87,3 +87,24 @@ def test_sweep_jobs_are_grouped_and_tagged(tmp_path):
     single = TrackerSettings(group="g", run_name="r")
     single.identify(tmp_path / "x")
     assert (single.group, single.run_name) == ("g", "r")
+
+
+def test_a_resumed_run_continues_its_wandb_run(monkeypatch, tmp_path):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    calls = []
+    original_init = wandb.init
+
+    def init(*args, **kwargs):
+        run = original_init(*args, **kwargs)
+        calls.append((kwargs.get("id"), kwargs.get("resume"), run.id))
+        return run
+
+    monkeypatch.setattr(wandb, "init", init)
+    base = [o for o in TINY_RUN if not o.startswith("logger")] + ["logger=wandb"]
+    run(compose(*base, "train.max_steps=2", output_dir=tmp_path))
+    run(compose(*base, "train.max_steps=3", "train.resume_from_checkpoint=latest", output_dir=tmp_path))
+    (first_id, first_resume, first_run), (second_id, second_resume, second_run) = calls
+    assert first_id is None and first_resume is None
+    assert second_id == first_run and second_resume == "allow" and second_run == first_run

@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TIError
+from ..files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
 TRACKERS = ("wandb", "tensorboard", "none")
+WANDB_ID_FILE = "wandb_run_id.txt"
 
 
 def wandb_has_credentials() -> bool:
@@ -67,11 +69,13 @@ class TrackerSettings:
             raise TIError(f"logger.mode={mode!r} is unknown", "use online, offline, disabled or null (auto)")
         return mode
 
-    def start(self, accelerator, run_dir: Path, config: dict) -> None:
-        """Open the tracker run on the main process; the config is flattened for TensorBoard."""
+    def start(self, accelerator, run_dir: Path, config: dict, resuming: bool = False) -> None:
+        """Open the tracker run on the main process; the config is flattened for TensorBoard. A run
+        resumed in its own directory continues its W&B run (same id) instead of starting a new one."""
         if self.log_with is None:
             return
         init_kwargs = {}
+        id_file = Path(run_dir) / WANDB_ID_FILE
         if self.name == "wandb":
             import wandb
 
@@ -80,6 +84,8 @@ class TrackerSettings:
                 "name": self.run_name, "group": self.group, "tags": list(self.tags),
                 "settings": wandb.Settings(init_timeout=60),
             }
+            if resuming and id_file.is_file():
+                init_kwargs["wandb"].update(id=id_file.read_text().strip(), resume="allow")
             tracker_config = config
         else:
             tracker_config = flatten(config)
@@ -95,6 +101,10 @@ class TrackerSettings:
         if not accelerator.trackers and accelerator.is_main_process:
             raise TIError(f"the {self.name} tracker did not start (is the package installed?)",
                           f"pip install {self.name}, or use logger=none")
+        if self.name == "wandb" and accelerator.is_main_process:
+            run = next((getattr(t, "run", None) for t in accelerator.trackers if t.name == "wandb"), None)
+            if getattr(run, "id", None):
+                write_text_atomic(id_file, run.id)
 
     def log_images(self, accelerator, step: int, images: dict[str, list]) -> None:
         """Validation images at the global step, captioned with their prompt."""
