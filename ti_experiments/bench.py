@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .training.loop import prediction_target, weight_dtype_for
+
 PHASES = ("data", "latents (cache)", "text encoder fwd", "unet fwd", "unet bwd", "text encoder bwd",
           "optimizer")
 UNAVOIDABLE = ("text encoder fwd", "unet fwd", "unet bwd", "text encoder bwd")
@@ -78,7 +80,7 @@ def time_phases(p, state, accelerator, n: int) -> list[dict]:
             now = tick(t, "text encoder fwd", now)
             leaf = hidden.detach().to(dtype).requires_grad_(True)
             pred = unet(noisy, steps, leaf).sample
-            loss = F.mse_loss(pred.float(), noise.float())
+            loss = F.mse_loss(pred.float(), prediction_target(scheduler, latents, noise, steps).float())
             now = tick(t, "unet fwd", now)
         accelerator.backward(loss)
         now = tick(t, "unet bwd", now)
@@ -115,7 +117,7 @@ def time_reference(p, accelerator, cfg, n: int, warmup: int) -> list[float]:
     from .embeddings import unsplice
 
     parts, device = p.parts, accelerator.device
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    dtype = weight_dtype_for(accelerator.mixed_precision)
     text_encoder, unet, scheduler, tokenizer = parts.text_encoder, parts.unet, parts.noise_scheduler, parts.tokenizer
     vae = _fresh_vae(p, device, dtype)
     unsplice(text_encoder)
@@ -147,7 +149,7 @@ def time_reference(p, accelerator, cfg, n: int, warmup: int) -> list[float]:
                 t = torch.randint(0, scheduler.config.num_train_timesteps, (bs,), device=device)
                 hidden = text_encoder(ids.to(device))[0].to(dtype)
                 pred = unet(scheduler.add_noise(latents, noise, t), t, hidden).sample
-                loss = F.mse_loss(pred.float(), noise.float()) / ga
+                loss = F.mse_loss(pred.float(), prediction_target(scheduler, latents, noise, t).float()) / ga
             loss.backward()
             optimizer.step()  # the example steps (and restores) every micro-step; Accelerate skips
             optimizer.zero_grad()  # the non-final ones, so here only the last one of each group steps

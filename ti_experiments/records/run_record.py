@@ -74,7 +74,6 @@ class MetricsLog:
         self.device = device
         self.started = time.perf_counter()
         self.start_step = start_step
-        self.last: dict = {}
 
     def log(self, step: int, values: dict) -> dict:
         seconds = time.perf_counter() - self.started
@@ -85,7 +84,6 @@ class MetricsLog:
         if self.accelerator.is_main_process:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
-        self.last = row
         return row
 
 

@@ -102,7 +102,7 @@ class TrackerSettings:
             raise TIError(f"the {self.name} tracker did not start (is the package installed?)",
                           f"pip install {self.name}, or use logger=none")
         if self.name == "wandb" and accelerator.is_main_process:
-            run = next((getattr(t, "run", None) for t in accelerator.trackers if t.name == "wandb"), None)
+            run = _wandb_run(accelerator)
             if getattr(run, "id", None):
                 write_text_atomic(id_file, run.id)
 
@@ -128,13 +128,18 @@ class TrackerSettings:
         """Finish every tracker (a failed run is marked failed in W&B); say how to upload an offline run."""
         run = None
         if self.name == "wandb" and accelerator.is_main_process:
-            run = next((getattr(t, "run", None) for t in accelerator.trackers if t.name == "wandb"), None)
+            run = _wandb_run(accelerator)
         settings = getattr(run, "settings", None)
         if run is not None and failed:
             run.finish(exit_code=1)
         accelerator.end_training()
         if settings is not None and getattr(settings, "mode", "") == "offline":
             log.info("W&B ran offline; upload this run later with: wandb sync %s", settings.sync_dir)
+
+
+def _wandb_run(accelerator):
+    """The raw W&B run behind Accelerate's tracker, or None."""
+    return next((getattr(t, "run", None) for t in accelerator.trackers if t.name == "wandb"), None)
 
 
 def flatten(config: dict, prefix: str = "") -> dict:

@@ -35,7 +35,7 @@ class TrainResult:
     seconds: float
     vectors: torch.Tensor
     steps_trained: int
-    # what a caller may time or inspect after training: cache, optimizer, dataloader, model, weight_dtype
+    # what the benchmark times after training: cache, optimizer, dataloader, weight_dtype
     state: dict
 
 
@@ -259,5 +259,5 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
     vectors = accelerator.unwrap_model(model).vectors.detach().float().cpu()
     return TrainResult(global_step=global_step, final_loss=final_loss, seconds=seconds, vectors=vectors,
                        steps_trained=global_step - start_step,
-                       state={"cache": cache, "optimizer": optimizer, "dataloader": dataloader, "model": model,
-                              "weight_dtype": weight_dtype, "sampler": sampler})
+                       state={"cache": cache, "optimizer": optimizer, "dataloader": dataloader,
+                              "weight_dtype": weight_dtype})
