@@ -95,3 +95,61 @@ def test_a_nan_embedding_never_replaces_a_good_file(tmp_path):
         save_learned_embeds(path, "<x>", torch.full((1, 4), float("nan")))
     assert torch.equal(load_file(path)["<x>"], torch.ones(1, 4))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.safetensors"]
+
+
+def _rows(n=2, d=32, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("fmt", ["diffusers", "a1111", "sdxl", "a1111-pt", "folder", "diffusers-sdxl"])
+def test_read_embedding_every_format(tmp_path, fmt):
+    from ti_experiments.embeddings import read_embedding, save_a1111, save_sdxl
+
+    a, b = _rows(d=32), _rows(d=64, seed=1)
+    if fmt == "diffusers":
+        path, want, token = save_learned_embeds(tmp_path / "x.safetensors", "<t>", a), [a], "<t>"
+    elif fmt == "a1111":
+        path, want, token = save_a1111(tmp_path / "my-style.safetensors", a), [a], "my-style"
+    elif fmt == "sdxl":
+        path, want, token = save_sdxl(tmp_path / "x.safetensors", a, b), [a, b], None
+    elif fmt == "a1111-pt":
+        path = tmp_path / "old.pt"
+        torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": a}, "name": "oldname", "step": 5}, path)
+        want, token = [a], "oldname"
+    elif fmt == "folder":
+        save_learned_embeds(tmp_path / "learned_embeds.safetensors", "<key>", a)
+        (tmp_path / "token_identifier.txt").write_text("<named>")
+        path, want, token = tmp_path, [a], "<named>"
+    else:
+        save_learned_embeds(tmp_path / "learned_embeds.safetensors", "<t>", a)
+        save_learned_embeds(tmp_path / "learned_embeds_2.safetensors", "<t>", b)
+        path, want, token = tmp_path, [a, b], "<t>"
+    emb = read_embedding(path)
+    assert emb.format == fmt if fmt != "folder" else emb.format == "diffusers"
+    assert emb.token == token
+    assert len(emb.vectors) == len(want) and all(torch.equal(x, y) for x, y in zip(emb.vectors, want))
+
+
+def test_read_embedding_refuses_what_is_not_one(tmp_path):
+    from safetensors.torch import save_file
+
+    from ti_experiments.embeddings import check_fits, read_embedding
+
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(TIError, match="not a readable embedding"):
+        read_embedding(bad)
+    two = tmp_path / "two.safetensors"
+    save_file({"a": torch.zeros(1, 4), "b": torch.zeros(1, 4)}, str(two))
+    with pytest.raises(TIError, match="not a textual-inversion embedding"):
+        read_embedding(two)
+    code = tmp_path / "code.pt"
+    torch.save({"string_to_param": torch.nn.ParameterDict({"*": torch.nn.Parameter(torch.zeros(1, 4))})}, code)
+    with pytest.raises(TIError, match="not a readable embedding"):  # weights_only refuses pickled classes
+        read_embedding(code)
+    with pytest.raises(TIError, match="does not exist"):
+        read_embedding(tmp_path / "missing.safetensors")
+    emb = read_embedding(save_learned_embeds(tmp_path / "sd2.safetensors", "<t>", torch.zeros(1, 1024)))
+    with pytest.raises(TIError, match=r"SD 2.x embedding and does not fit this model \(SD 1.x\)"):
+        check_fits(emb, [768])
+    check_fits(emb, [1024])

@@ -9,6 +9,7 @@ adaptive optimizers see only the rows they train.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -117,17 +118,147 @@ def unsplice(text_encoder) -> None:
 
 def save_learned_embeds(path: str | os.PathLike, placeholder_token: str, vectors: torch.Tensor) -> Path:
     """The diffusers layout: one key, the placeholder, a [num_vectors, dim] fp32 tensor."""
-    tensor = vectors.detach().to("cpu", torch.float32).contiguous()
-    if not torch.isfinite(tensor).all():
-        raise TIError(
-            f"the learned embedding for {placeholder_token} is not finite (NaN or inf); nothing was saved",
-            "lower optimizer.lr or use hardware.mixed_precision=bf16",
-        )
+    return _save_tensors(path, {placeholder_token: vectors})
+
+
+def save_a1111(path: str | os.PathLike, vectors: torch.Tensor) -> Path:
+    """AUTOMATIC1111 / ComfyUI / kohya layout for SD 1.x/2.x: one `emb_params` key; the file name is the token."""
+    return _save_tensors(path, {"emb_params": vectors})
+
+
+def save_sdxl(path: str | os.PathLike, clip_l: torch.Tensor, clip_g: torch.Tensor) -> Path:
+    """The SDXL layout A1111 and ComfyUI read: `clip_l` (first encoder) and `clip_g` (second) in one file."""
+    return _save_tensors(path, {"clip_l": clip_l, "clip_g": clip_g})
+
+
+def _save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> Path:
+    out = {}
+    for key, vectors in tensors.items():
+        tensor = vectors.detach().to("cpu", torch.float32).contiguous()
+        if not torch.isfinite(tensor).all():
+            raise TIError(f"the embedding {key!r} for {path} is not finite (NaN or inf); nothing was saved",
+                          "lower optimizer.lr or use hardware.mixed_precision=bf16")
+        out[key] = tensor
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file({placeholder_token: tensor}, str(tmp), metadata={"format": "pt"})
+        save_file(out, str(tmp), metadata={"format": "pt"})
     return path
 
 
 def load_learned_embeds(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return load_file(str(path))
+
+
+@dataclass
+class EmbeddingFile:
+    """A concept read from any of the formats people exchange.
+
+    `vectors` holds one [num_vectors, dim] fp32 tensor per text encoder: one for SD 1.x/2.x, two for
+    SDXL (first encoder, then the second). `token` is the name the file gives the concept, if any.
+    """
+
+    path: Path
+    format: str  # diffusers | a1111 | a1111-pt | sdxl | diffusers-sdxl
+    token: str | None
+    vectors: list[torch.Tensor]
+
+    @property
+    def num_vectors(self) -> int:
+        return self.vectors[0].shape[0]
+
+    @property
+    def widths(self) -> list[int]:
+        return [v.shape[1] for v in self.vectors]
+
+
+FAMILY_BY_WIDTHS = {(768,): "SD 1.x", (1024,): "SD 2.x", (768, 1280): "SDXL"}
+
+
+def _family(widths) -> str:
+    return FAMILY_BY_WIDTHS.get(tuple(widths), f"text encoder width {'/'.join(map(str, widths))}")
+
+
+def check_fits(embedding: EmbeddingFile, widths: list[int]) -> None:
+    """Refuse an embedding made for another model family before it touches a tokenizer."""
+    if list(embedding.widths) != list(widths):
+        raise TIError(
+            f"{embedding.path} is a {_family(embedding.widths)} embedding and does not fit this model "
+            f"({_family(widths)})",
+            "use an embedding trained for this model family, or choose the matching base model",
+        )
+
+
+def _as_rows(value, path: Path, key: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.ndim not in (1, 2) or not value.is_floating_point():
+        raise TIError(f"{path}: {key!r} is not a 1-D or 2-D float tensor", "pass a textual-inversion embedding file")
+    tensor = value.detach().to(torch.float32)
+    return tensor.unsqueeze(0) if tensor.ndim == 1 else tensor
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        if path.suffix in (".pt", ".bin", ".ckpt", ".pth"):
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise ValueError("not a dict")
+            return state
+    except Exception as exc:  # any unreadable file is the same user error
+        raise TIError(f"{path} is not a readable embedding file ({type(exc).__name__}: {str(exc)[:120]})",
+                      "pass a .safetensors (or plain-tensor .pt/.bin) textual-inversion embedding") from None
+    raise TIError(f"{path} has an unknown extension {path.suffix!r}",
+                  "pass a .safetensors, .pt or .bin embedding file, or a folder with learned_embeds.safetensors")
+
+
+def _from_state(state: dict, path: Path) -> EmbeddingFile:
+    if "clip_l" in state and "clip_g" in state:
+        return EmbeddingFile(path, "sdxl", None,
+                             [_as_rows(state["clip_l"], path, "clip_l"), _as_rows(state["clip_g"], path, "clip_g")])
+    if "string_to_param" in state:
+        params = state["string_to_param"]
+        if not isinstance(params, dict) or len(params) != 1:
+            raise TIError(f"{path}: string_to_param holds {len(params) if isinstance(params, dict) else 'no'} "
+                          "terms, not one", "pass a single-concept AUTOMATIC1111 embedding")
+        (value,) = params.values()
+        name = state.get("name")
+        return EmbeddingFile(path, "a1111-pt", name if isinstance(name, str) and name else path.stem,
+                             [_as_rows(value, path, "string_to_param")])
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if "emb_params" in tensors or "emp_params" in tensors:  # kohya/A1111, and OneTrainer's spelling
+        key = "emb_params" if "emb_params" in tensors else "emp_params"
+        return EmbeddingFile(path, "a1111", path.stem, [_as_rows(tensors[key], path, key)])
+    if len(tensors) == 1:
+        ((token, value),) = tensors.items()
+        return EmbeddingFile(path, "diffusers", token, [_as_rows(value, path, token)])
+    raise TIError(f"{path} is not a textual-inversion embedding (keys: {', '.join(sorted(map(str, state))[:6])})",
+                  "pass a file with one token key (diffusers), emb_params (A1111/ComfyUI) or clip_l+clip_g (SDXL)")
+
+
+CONCEPT_FILES = ("learned_embeds.safetensors", "learned_embeds.bin")
+
+
+def read_embedding(path: str | os.PathLike) -> EmbeddingFile:
+    """Any embedding people exchange: a file in the diffusers, A1111/ComfyUI (`emb_params`, `.pt` with
+    `string_to_param`) or SDXL (`clip_l`/`clip_g`) format, or a folder in the sd-concepts layout
+    (a run directory included; `learned_embeds_2.safetensors` beside it makes it the SDXL two-file layout).
+    Never executes code: safetensors, or torch.load with weights_only=True.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        first = next((path / name for name in CONCEPT_FILES if (path / name).is_file()), None)
+        if first is None:
+            raise TIError(f"{path} holds no learned_embeds.safetensors or learned_embeds.bin",
+                          "pass an embedding file or a run/concept folder that has one")
+        embedding = _from_state(_read_state(first), first)
+        second = path / "learned_embeds_2.safetensors"
+        if second.is_file() and embedding.format == "diffusers":
+            other = _from_state(_read_state(second), second)
+            embedding = EmbeddingFile(path, "diffusers-sdxl", embedding.token, embedding.vectors + other.vectors)
+        identifier = path / "token_identifier.txt"
+        if identifier.is_file() and identifier.read_text().strip():
+            embedding.token = identifier.read_text().strip()
+        return embedding
+    if not path.is_file():
+        raise TIError(f"embedding {path} does not exist", "check the path")
+    return _from_state(_read_state(path), path)
