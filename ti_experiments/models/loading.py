@@ -33,6 +33,9 @@ class SDComponents:
         return self._unet
 
 
+REQUIRED_SUBFOLDERS = ("tokenizer", "scheduler", "text_encoder", "vae", "unet")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else exc.__class__.__name__
@@ -106,9 +109,10 @@ def load_components(pretrained_model_name_or_path: str, revision: str | None = N
     fix = "set model.pretrained_model_name_or_path to a local diffusers folder or a reachable Hub id"
     path = Path(source).expanduser()
     if path.exists():
-        if not (path / "unet").is_dir() or not (path / "text_encoder").is_dir():
-            raise TIError(f"model folder {source!r} is not a Stable Diffusion folder in diffusers layout "
-                          "(no unet/ or text_encoder/)", fix)
+        missing = [sub for sub in REQUIRED_SUBFOLDERS if not (path / sub).is_dir()]
+        if missing:
+            raise TIError(f"model folder {source!r} lacks {', '.join(m + '/' for m in missing)} (a Stable "
+                          f"Diffusion folder in diffusers layout has {', '.join(REQUIRED_SUBFOLDERS)})", fix)
         try:
             parts = _from_pretrained(str(path), revision, variant, local_only=True)
         except Exception as exc:  # noqa: BLE001
