@@ -1,5 +1,7 @@
-"""Generate images with learned concepts: a run directory or any embedding file, in the positive or the
-negative prompt, on the base model the run trained on (or another of the same family).
+"""Generate images with learned concepts, from run directories or embedding files of any format.
+
+An embedding goes into the prompt under its token, or into the negative prompt; the base model is the
+one the run trained on (or another of the same family).
 
 Each image i uses seed + i, with a CPU generator, so any one picture can be made again alone, on any
 device; `NNNN.json` beside it holds everything needed for that (and the command that does it).
@@ -351,7 +353,7 @@ EXAMPLES = """examples:
   python -m ti_experiments.generate outputs/runs/A outputs/runs/B "a <cat-toy> in the style of <my-style>"
   python -m ti_experiments.generate outputs/runs/DATE/TIME "a <cat-toy> on a beach" \\
       --negative-embedding bad-hands.safetensors --negative-prompt "blurry"
-  python -m ti_experiments.generate my-embedding.pt=<mine> "a photo of <mine>" --model sd15
+  python -m ti_experiments.generate 'my-embedding.pt=<mine>' "a photo of <mine>" --model sd15
 """
 
 
@@ -360,8 +362,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m ti_experiments.generate", description=__doc__.splitlines()[0],
+        usage="%(prog)s [EMBEDDING ...] PROMPT [options]",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("items", nargs="+", metavar="EMBEDDING... PROMPT",
+    parser.add_argument("items", nargs="+", metavar="EMBEDDING ... PROMPT",
                         help="run directories, embedding files or concept folders (PATH=TOKEN renames one), "
                              "then the prompt")
     parser.add_argument("--embedding", action="append", default=[], metavar="PATH",
@@ -387,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     from .__main__ import report_or_raise
 
     try:
+        if positional and Path(prompt).expanduser().exists():
+            raise TIError(f"the last argument {prompt!r} is a path, not a prompt",
+                          'put the prompt last: EMBEDDING ... "a photo of a <token>"')
         specs = positional + args.embedding
         out = args.out or default_out(specs)
         images = generate(prompt, specs, negative_prompt=args.negative_prompt,
