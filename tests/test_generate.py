@@ -50,6 +50,7 @@ def test_from_a_run_directory_with_files_that_remake_each_image(run_dir, tmp_pat
     assert record["embeddings"] == [{"path": str(run_dir.resolve()), "token": "<demo-toy>", "format": "diffusers",
                                      "negative": False, "sha256": summary["learned_embeds_sha256"]}]
     assert json.loads(images[1].info["ti_experiments"]) == record
+    assert json.loads(Image.open(out / "0001.png").text["ti_experiments"]) == record  # also inside the PNG
     # image i uses seed + i: the second picture is made again alone, bit for bit, from its record
     again = generate(record["prompt"], run_dir, num_images=1, seed=record["seed"], **FAST)[0]
     assert np.array_equal(pixels(again), pixels(images[1]))

@@ -140,7 +140,8 @@ def _save_hydra_files(run_dir: Path, task_cfg: DictConfig, overrides: list[str])
 
 
 class _log_file:
-    """The run's `ti.log`, as Hydra's job logging writes it for a command-line run; removed afterwards."""
+    """The run's `ti.log`, as Hydra's job logging writes it for a command-line run, and the same lines on
+    stderr when nothing else shows them (a notebook); both removed afterwards."""
 
     FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
@@ -150,15 +151,19 @@ class _log_file:
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handler = logging.FileHandler(self.path, encoding="utf-8")
-        self.handler.setFormatter(logging.Formatter(self.FORMAT))
+        self.handlers = [logging.FileHandler(self.path, encoding="utf-8")]
+        if not self.logger.handlers and not logging.getLogger().handlers:
+            self.handlers.append(logging.StreamHandler())
+        for handler in self.handlers:
+            handler.setFormatter(logging.Formatter(self.FORMAT))
+            self.logger.addHandler(handler)
         self.level = self.logger.level
         if self.logger.getEffectiveLevel() > logging.INFO:
             self.logger.setLevel(logging.INFO)
-        self.logger.addHandler(self.handler)
 
     def __exit__(self, *exc):
-        self.logger.removeHandler(self.handler)
-        self.handler.close()
+        for handler in self.handlers:
+            self.logger.removeHandler(handler)
+            handler.close()
         self.logger.setLevel(self.level)
         return False

@@ -145,7 +145,7 @@ def load_pipeline(pretrained_model_name_or_path: str, revision: str | None = Non
     from huggingface_hub import snapshot_download
 
     source = str(pretrained_model_name_or_path)
-    fix = "pass --model with a local diffusers folder or a reachable Hub id"
+    fix = "pass --model (model= in Python) with a local diffusers folder or a reachable Hub id"
     path = Path(source).expanduser()
     if path.exists():
         folder = str(path)
