@@ -141,8 +141,8 @@ def base_model(model: str | None, concepts: list[Concept]) -> BaseModel:
                       "pass --model (a diffusers folder or Hub id), or a run directory first")
     family = FAMILY_BY_WIDTHS.get(tuple(concepts[0].embedding.widths), "")
     example = SUGGESTED_MODELS.get(family, "PATH_OR_HUB_ID")
-    raise TIError(f"{concepts[0].source} is a bare {family or 'custom-model'} embedding, which does not say which model it was "
-                  "trained on", f"pass --model, e.g. --model {example}")
+    raise TIError(f"{concepts[0].source} is a bare {family or 'custom-model'} embedding, which does not say which "
+                  "model it was trained on", f"pass --model, e.g. --model {example}")
 
 
 def pick_device(device: str | None) -> str:
