@@ -124,7 +124,7 @@ def _download(source: str, revision: str | None, variant: str | None, fix: str) 
         return snapshot_download(source, revision=revision, allow_patterns=_weight_patterns(variant))
     except Exception as exc:  # noqa: BLE001
         raise TIError(f"could not download model {source!r} from the Hugging Face Hub (no network, or no "
-                      f"access?): {_first_line(exc)}", fix + " (model=tiny works offline)") from None
+                      f"access?): {_first_line(exc)}", fix + " (model=tiny and model=tiny_sdxl work offline)") from None
 
 
 def load_components(pretrained_model_name_or_path: str, revision: str | None = None,
