@@ -242,6 +242,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> None:
         result = fit(p, accelerator, partial(MetricsLog, run_dir, accelerator, accelerator.device), validator)
         log.info("process %d of %d: learned embedding sha256 %s", accelerator.process_index,
                  accelerator.num_processes, tensor_sha256(result.vectors))
+        if result.vectors_2 is not None:
+            log.info("process %d of %d: second text encoder's embedding sha256 %s", accelerator.process_index,
+                     accelerator.num_processes, tensor_sha256(result.vectors_2))
         if accelerator.is_main_process:
             write_concept_files(run_dir, cfg.concept.placeholder_token, cfg.concept.learnable_property,
                                 result.vectors, result.vectors_2)

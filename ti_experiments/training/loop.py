@@ -139,7 +139,7 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
     t0 = time.perf_counter()
     vae.eval()
     # SDXL's VAE overflows in fp16 (its config says force_upcast): it encodes in fp32, as SDXL pipelines do
-    vae_dtype = (torch.float32 if getattr(parts, "is_sdxl", False) and weight_dtype == torch.float16
+    vae_dtype = (torch.float32 if parts.is_sdxl and weight_dtype == torch.float16
                  and vae.config.get("force_upcast", False) else weight_dtype)
     vae.to(device) if vae_dtype == torch.float32 else vae.to(device, dtype=vae_dtype)
     cache = LatentCache.build(vae, pixels, with_flips=data_cfg.flip_p > 0, device=device, dtype=vae_dtype)
