@@ -25,6 +25,9 @@ TINY_RUN = [
     "train.save_steps=2", "train.checkpointing_steps=2", "data.repeats=2", "validation.enabled=false",
 ]
 
+# The same run on the tiny SDXL model (bf16 autocast on CPU, SDXL's default precision).
+TINY_SDXL_RUN = ["model=tiny_sdxl" if o == "model=tiny" else o for o in TINY_RUN]
+
 
 def compose(*overrides: str, output_dir: Path | None = None):
     from hydra import compose as hydra_compose
@@ -46,6 +49,15 @@ def tiny_model_path(cache_dir) -> Path:
 
     path = Path(compose("model=tiny").model.pretrained_model_name_or_path)
     assert ensure_tiny_model(path.parent) == path
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_path(cache_dir) -> Path:
+    from ti_experiments.models.tiny_sdxl import ensure_tiny_sdxl_model
+
+    path = Path(compose("model=tiny_sdxl").model.pretrained_model_name_or_path)
+    assert ensure_tiny_sdxl_model(path.parent) == path
     return path
 
 

@@ -53,3 +53,16 @@ def test_padded_tokenizer_matches_clip_ids(tmp_path):
     tok = CLIPTokenizer.from_pretrained(tmp_path)
     assert len(tok) == 49408 and tok.bos_token_id == 49406 and tok.eos_token_id == 49407
     assert len(tok("toy", add_special_tokens=False).input_ids) == 1
+
+
+def test_random_sdxl_has_the_published_shapes():
+    from ti_experiments.models.random_init import build_module
+
+    with torch.device("meta"):
+        counts = {part: sum(p.numel() for p in build_module("sdxl", part).parameters())
+                  for part in ("unet", "vae", "text_encoder", "text_encoder_2")}
+    assert counts == {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480,
+                      "text_encoder_2": 694_659_840}
+    unet = ARCHITECTURES["sdxl"]["unet"]
+    assert unet["cross_attention_dim"] == 768 + 1280
+    assert unet["projection_class_embeddings_input_dim"] == 6 * unet["addition_time_embed_dim"] + 1280

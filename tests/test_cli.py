@@ -138,23 +138,29 @@ def test_model_path_does_not_exist(tmp_path):
     assert not (tmp_path / "does").exists(), "a model was built next to the missing path"
 
 
-def test_hub_model_offline(tmp_path, monkeypatch):
+HUB_MODELS = [("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+              ("sdxl", "stabilityai/stable-diffusion-xl-base-1.0")]
+
+
+@pytest.mark.parametrize("model,hub_id", HUB_MODELS)
+def test_hub_model_offline(tmp_path, monkeypatch, model, hub_id):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty HF cache: the model is surely absent
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    result = _cli(tmp_path, "+concept=demo", "model=sd15", "hardware=cpu", "logger=none", "train.max_steps=2")
-    assert_clean_error(result, _run_dir(tmp_path), "stable-diffusion-v1-5/stable-diffusion-v1-5", "HF_HUB_OFFLINE")
+    result = _cli(tmp_path, "+concept=demo", f"model={model}", "hardware=cpu", "logger=none", "train.max_steps=2")
+    assert_clean_error(result, _run_dir(tmp_path), hub_id, "HF_HUB_OFFLINE")
 
 
-def test_hub_model_without_network(tmp_path, monkeypatch):
+@pytest.mark.parametrize("model,hub_id", HUB_MODELS)
+def test_hub_model_without_network(tmp_path, monkeypatch, model, hub_id):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the real network path
     start = time.monotonic()
     try:
-        result = _cli(tmp_path, "+concept=demo", "model=sd15", "hardware=cpu", "logger=none", "train.max_steps=2",
-                      timeout=120)
+        result = _cli(tmp_path, "+concept=demo", f"model={model}", "hardware=cpu", "logger=none",
+                      "train.max_steps=2", timeout=120)
     except subprocess.TimeoutExpired:
         pytest.fail(f"no clean failure within 120 s without a network (gave up after {time.monotonic() - start:.0f} s)")
-    assert_clean_error(result, _run_dir(tmp_path), "stable-diffusion-v1-5/stable-diffusion-v1-5", "Hub")
+    assert_clean_error(result, _run_dir(tmp_path), hub_id, "Hub")
 
 
 def test_hub_concept_images_offline(tmp_path, monkeypatch):

@@ -35,7 +35,7 @@ def _overrides(group: str, option: str) -> list[str]:
 def test_expected_groups_and_options_exist():
     options = {g: {o for gg, o in OPTIONS if gg == g} for g in GROUPS}
     assert {"model", "data", "optimizer", "lr_scheduler", "hardware", "concept", "logger"} <= set(GROUPS)
-    assert {"sd15", "sd21", "tiny"} <= options["model"]
+    assert {"sd15", "sd21", "tiny", "sdxl", "tiny_sdxl"} <= options["model"]
     assert {"v100", "a100", "low_vram", "cpu"} <= options["hardware"]
     assert {"cat_toy", "demo"} <= options["concept"]
     assert {"wandb", "tensorboard", "none"} <= options["logger"]
@@ -70,6 +70,25 @@ def test_sd21_is_768_and_hardware_only_sets_hardware(tmp_path):
         keys = set(OmegaConf.load(CONF_DIR / "hardware" / f"{option}.yaml"))
         assert keys == {"mixed_precision", "allow_tf32", "gradient_checkpointing", "attention", "offload_idle", "channels_last",
                         "batch_size", "gradient_accumulation_steps"}
+
+
+@pytest.mark.parametrize("hardware,sd,sdxl", [
+    ("cpu", "no", "bf16"), ("v100", "fp16", "fp16"), ("a100", "bf16", "bf16"), ("low_vram", "fp16", "bf16"),
+])
+def test_sdxl_composes_with_every_preset_and_prefers_bf16(tmp_path, hardware, sd, sdxl):
+    """The model's preference (model.mixed_precision) is each preset's precision where the hardware can
+    run it; Volta (v100) has no bf16. Everything else of the preset applies unchanged."""
+    for model, expected in (("sd15", sd), ("tiny", sd), ("sdxl", sdxl), ("tiny_sdxl", sdxl)):
+        cfg = compose("+concept=demo", f"model={model}", f"hardware={hardware}", output_dir=tmp_path)
+        assert cfg.hardware.mixed_precision == expected, model
+        preset = OmegaConf.load(CONF_DIR / "hardware" / f"{hardware}.yaml")
+        assert cfg.hardware.batch_size == preset.batch_size
+    cfg = compose("+concept=demo", "model=sdxl", f"hardware={hardware}", "hardware.mixed_precision=no",
+                  output_dir=tmp_path)
+    assert cfg.hardware.mixed_precision == "no"  # an explicit choice wins
+    sdxl_cfg = compose("+concept=demo", "model=sdxl", output_dir=tmp_path)
+    assert sdxl_cfg.data.resolution == 1024
+    assert sdxl_cfg.model.pretrained_model_name_or_path == "stabilityai/stable-diffusion-xl-base-1.0"
 
 
 def _targets(node, path=""):

@@ -153,3 +153,12 @@ def test_read_embedding_refuses_what_is_not_one(tmp_path):
     with pytest.raises(TIError, match=r"SD 2.x embedding and does not fit this model \(SD 1.x\)"):
         check_fits(emb, [768])
     check_fits(emb, [1024])
+
+
+def test_the_sdxl_single_file_is_named_after_the_token():
+    from ti_experiments.embeddings import sdxl_file_name
+
+    assert sdxl_file_name("<cat-toy>") == "cat-toy.safetensors"
+    assert sdxl_file_name("<my thing/v2>") == "my_thing_v2.safetensors"  # a safe file name everywhere
+    assert sdxl_file_name("<learned_embeds_2>") == "embedding-learned_embeds_2.safetensors"  # never clobbers
+    assert sdxl_file_name("<>") == "embedding.safetensors"

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .training.conditioning import text_conditioning
 from .training.loop import prediction_target, weight_dtype_for
 
 PHASES = ("data", "latents (cache)", "text encoder fwd", "unet fwd", "unet bwd", "text encoder bwd",
@@ -76,15 +77,18 @@ def time_phases(p, state, accelerator, n: int) -> list[dict]:
             steps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
             noisy = scheduler.add_noise(latents, noise, steps)
             now = tick(t, "latents (cache)", now)
-            hidden = text_encoder(batch["input_ids"].to(device))[0]
+            hidden, added = text_conditioning(parts, text_encoder, batch, dtype, device)
             now = tick(t, "text encoder fwd", now)
-            leaf = hidden.detach().to(dtype).requires_grad_(True)
-            pred = unet(noisy, steps, leaf).sample
+            # the UNet's inputs as leaves, so its backward and the text encoders' are timed apart
+            outputs = [hidden] + ([added["text_embeds"]] if added else [])
+            leaves = [o.detach().requires_grad_(True) for o in outputs]
+            added_leaves = {**added, "text_embeds": leaves[1]} if added else None
+            pred = unet(noisy, steps, leaves[0], added_cond_kwargs=added_leaves).sample
             loss = F.mse_loss(pred.float(), prediction_target(scheduler, latents, noise, steps).float())
             now = tick(t, "unet fwd", now)
         accelerator.backward(loss)
         now = tick(t, "unet bwd", now)
-        hidden.backward(leaf.grad.to(hidden.dtype))
+        torch.autograd.backward(outputs, [leaf.grad for leaf in leaves])
         now = tick(t, "text encoder bwd", now)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -186,6 +190,11 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
     from .records.memory import peak_memory_bytes
 
     p = prepare(cfg, run_dir)
+    if reference and p.parts.is_sdxl:
+        from .errors import TIError
+
+        raise TIError("--reference (the diffusers example's step) is not implemented for SDXL",
+                      "leave out --reference for SDXL models")
     loaded_peak = peak_memory_bytes("cpu") / 2**30
     accelerator = make_accelerator(cfg.hardware, p.tracker, run_dir)
     try:

@@ -9,6 +9,7 @@ adaptive optimizers see only the rows they train.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +130,14 @@ def save_a1111(path: str | os.PathLike, vectors: torch.Tensor) -> Path:
 def save_sdxl(path: str | os.PathLike, clip_l: torch.Tensor, clip_g: torch.Tensor) -> Path:
     """The SDXL layout A1111 and ComfyUI read: `clip_l` (first encoder) and `clip_g` (second) in one file."""
     return _save_tensors(path, {"clip_l": clip_l, "clip_g": clip_g})
+
+
+def sdxl_file_name(placeholder_token: str) -> str:
+    """`<cat-toy>` -> `cat-toy.safetensors`: A1111 and ComfyUI take the file name as the prompt word."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(placeholder_token).strip("<>")).strip("._") or "embedding"
+    if name.startswith("learned_embeds"):  # never the diffusers files beside it
+        name = f"embedding-{name}"
+    return f"{name}.safetensors"
 
 
 def _save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> Path:

@@ -18,10 +18,7 @@ from .checks import check_run_settings
 from .data import TEMPLATES, ConceptImages, TextualInversionDataset
 from .data.images import list_image_files
 from .embeddings import (
-    add_placeholder_tokens,
-    placeholder_tokens,
-    save_learned_embeds,
-    unsplice,
+    add_placeholder_tokens, placeholder_tokens, save_learned_embeds, save_sdxl, sdxl_file_name, unsplice,
 )
 from .errors import TIError
 from .files import write_text_atomic
@@ -98,6 +95,9 @@ def check_precision(hardware: DictConfig) -> None:
     if precision == "fp16" and not torch.cuda.is_available():
         raise TIError("fp16 mixed precision needs a CUDA GPU and none is available",
                       "use hardware=cpu (or hardware.mixed_precision=no or bf16)")
+    if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise TIError("bf16 mixed precision needs an Ampere or newer GPU (bf16 is the default for SDXL)",
+                      "use hardware.mixed_precision=fp16 (or hardware=v100)")
 
 
 def no_accelerator() -> bool:
@@ -117,9 +117,17 @@ def make_accelerator(hardware: DictConfig, tracker, run_dir: Path):
     )
 
 
-def write_concept_files(run_dir: Path, placeholder: str, learnable_property: str, vectors: torch.Tensor) -> None:
-    """The sd-concepts-library layout: diffusers and InvokeAI read these three files."""
+def write_concept_files(run_dir: Path, placeholder: str, learnable_property: str, vectors: torch.Tensor,
+                        vectors_2: torch.Tensor | None = None) -> None:
+    """The sd-concepts-library layout: diffusers and InvokeAI read these three files.
+
+    SDXL (`vectors_2`, the second encoder's rows) adds diffusers' second file, learned_embeds_2.safetensors,
+    and the one file AUTOMATIC1111 and ComfyUI read, `<token>.safetensors` with keys clip_l and clip_g.
+    """
     save_learned_embeds(run_dir / "learned_embeds.safetensors", placeholder, vectors)
+    if vectors_2 is not None:
+        save_learned_embeds(run_dir / "learned_embeds_2.safetensors", placeholder, vectors_2)
+        save_sdxl(run_dir / sdxl_file_name(placeholder), vectors, vectors_2)
     write_text_atomic(run_dir / "token_identifier.txt", placeholder)
     write_text_atomic(run_dir / "type_of_concept.txt", learnable_property)
 
@@ -164,6 +172,7 @@ class Prepared:
     embedding: object
     tokens: list
     dataset: TextualInversionDataset
+    embedding_2: object = None  # SDXL: the second text encoder's placeholder rows
 
 
 def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
@@ -186,12 +195,16 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
         raise TIError(f"data.resolution={data_settings.resolution} does not fit this model's VAE, which needs "
                       f"a multiple of {factor} of at least {8 * factor}",
                       f"use e.g. data.resolution={parts.resolution}")
-    embedding = add_placeholder_tokens(parts.tokenizer, parts.text_encoder, concept.placeholder_token,
-                                       concept.initializer_token, concept.num_vectors)
+    # SDXL: the same tokens in both tokenizers, each encoder's rows from its own initializer row
+    embedding, *embedding_2 = [add_placeholder_tokens(tokenizer, encoder, concept.placeholder_token,
+                                                      concept.initializer_token, concept.num_vectors)
+                               for tokenizer, encoder in zip(parts.tokenizers, parts.text_encoders)]
     tokens = placeholder_tokens(concept.placeholder_token, concept.num_vectors)
+    sdxl = dict(tokenizer_2=parts.tokenizer_2, time_ids=images.time_ids) if parts.is_sdxl else {}
     dataset = TextualInversionDataset(len(images), data_settings.repeats, parts.tokenizer, " ".join(tokens),
-                                      concept.learnable_property, data_settings.flip_p)
-    return Prepared(cfg, run_dir, data_settings, validation, images, tracker, parts, embedding, tokens, dataset)
+                                      concept.learnable_property, data_settings.flip_p, **sdxl)
+    return Prepared(cfg, run_dir, data_settings, validation, images, tracker, parts, embedding, tokens, dataset,
+                    embedding_2[0] if embedding_2 else None)
 
 
 def comparable_settings(cfg: DictConfig) -> dict:
@@ -214,7 +227,7 @@ def fit(p: Prepared, accelerator, metrics_log_factory, validator=None):
         data_cfg=p.data_settings, run_dir=p.run_dir, seed=int(cfg.seed),
         resume_state={"placeholder_tokens": p.tokens, "model": p.parts.source,
                       "config": comparable_settings(cfg)},
-        metrics_log_factory=metrics_log_factory, validate=validator,
+        metrics_log_factory=metrics_log_factory, validate=validator, embedding_2=p.embedding_2,
     )
 
 
@@ -231,10 +244,14 @@ def _train(cfg: DictConfig, run_dir: Path) -> None:
         result = fit(p, accelerator, partial(MetricsLog, run_dir, accelerator, accelerator.device), validator)
         log.info("process %d of %d: learned embedding sha256 %s", accelerator.process_index,
                  accelerator.num_processes, tensor_sha256(result.vectors))
+        if result.vectors_2 is not None:
+            log.info("process %d of %d: second text encoder's embedding sha256 %s", accelerator.process_index,
+                     accelerator.num_processes, tensor_sha256(result.vectors_2))
         if accelerator.is_main_process:
             write_concept_files(run_dir, cfg.concept.placeholder_token, cfg.concept.learnable_property,
-                                result.vectors)
-            unsplice(p.parts.text_encoder)
+                                result.vectors, result.vectors_2)
+            for encoder in p.parts.text_encoders:
+                unsplice(encoder)
             write_summary(run_dir, final_loss=result.final_loss, steps=result.global_step,
                           wall_seconds=time.perf_counter() - started, train_seconds=result.seconds,
                           steps_trained=result.steps_trained, device=accelerator.device)

@@ -65,14 +65,21 @@ class Validator:
         self.run_dir = Path(run_dir)
 
     def _pipeline(self):
-        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-        pipe = StableDiffusionPipeline(
-            vae=self.parts.vae, text_encoder=self.text_encoder, tokenizer=self.parts.tokenizer,
-            unet=self.parts.unet,
-            scheduler=DPMSolverMultistepScheduler.from_config(self.parts.noise_scheduler.config),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
+        scheduler = DPMSolverMultistepScheduler.from_config(self.parts.noise_scheduler.config)
+        if self.parts.is_sdxl:
+            pipe = StableDiffusionXLPipeline(
+                vae=self.parts.vae, text_encoder=self.text_encoder, text_encoder_2=self.parts.text_encoder_2,
+                tokenizer=self.parts.tokenizer, tokenizer_2=self.parts.tokenizer_2, unet=self.parts.unet,
+                scheduler=scheduler, add_watermarker=False,
+            )
+        else:
+            pipe = StableDiffusionPipeline(
+                vae=self.parts.vae, text_encoder=self.text_encoder, tokenizer=self.parts.tokenizer,
+                unet=self.parts.unet, scheduler=scheduler,
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            )
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -84,10 +91,12 @@ class Validator:
         s = self.settings
         device = self.accelerator.device
         vae_device = next(self.parts.vae.parameters()).device
-        modes = (self.parts.unet.training, self.text_encoder.training)
+        encoders = [self.text_encoder] + ([self.parts.text_encoder_2] if self.parts.is_sdxl else [])
+        modes = (self.parts.unet.training, [e.training for e in encoders])
         self.parts.vae.to(device)
         self.parts.unet.eval()
-        self.text_encoder.eval()
+        for encoder in encoders:
+            encoder.eval()
         images: dict[str, list] = {}
         out_dir = self.run_dir / "validation" / f"step-{step}"
         try:
@@ -107,7 +116,8 @@ class Validator:
         finally:
             self.parts.vae.to(vae_device)
             self.parts.unet.train(modes[0])
-            self.text_encoder.train(modes[1])
+            for encoder, mode in zip(encoders, modes[1]):
+                encoder.train(mode)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         self.tracker.log_images(self.accelerator, step, images)

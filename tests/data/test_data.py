@@ -143,3 +143,44 @@ def test_a_huge_jpeg_is_decoded_at_a_reduced_scale(tmp_path):
     images = ConceptImages(tmp_path, DataSettings(resolution=64))
     assert images.pixels.shape == (1, 3, 64, 64)
     assert images.pixels[0, 1].mean() > 0.4  # green survives
+
+
+# ---------------------------------------------------------------- SDXL size and crop conditioning
+
+def test_time_ids_hold_the_real_size_and_the_centre_crop(tmp_path):
+    _img(tmp_path / "wide.png", size=(41, 20))  # 41 wide, 20 tall: the centre square starts at x=10
+    _img(tmp_path / "tall.png", size=(10, 30))
+    cropped = ConceptImages(tmp_path, DataSettings(resolution=16, center_crop=True))
+    squashed = ConceptImages(tmp_path, DataSettings(resolution=16, center_crop=False))
+    assert [p.name for p in cropped.paths] == ["tall.png", "wide.png"]
+    assert cropped.time_ids.shape == (2, 2, 6)  # [as is / mirrored, image, 6]
+    # (original h, w), crop (top, left) in the pixels of the image scaled so the square is 16, (target h, w)
+    assert cropped.time_ids[0].tolist() == [[30, 10, 16, 0, 16, 16], [20, 41, 0, 8, 16, 16]]
+    # mirrored, the kept square of the wide image starts 11 pixels from the (new) left: 11 * 16/20 = 8.8
+    assert cropped.time_ids[1].tolist() == [[30, 10, 16, 0, 16, 16], [20, 41, 0, 9, 16, 16]]
+    # without center_crop the whole image is squashed: nothing is cropped, the real size is kept
+    assert squashed.time_ids[0].tolist() == squashed.time_ids[1].tolist() == [[30, 10, 0, 0, 16, 16],
+                                                                              [20, 41, 0, 0, 16, 16]]
+
+
+def test_time_ids_use_the_upright_real_size_of_rotated_and_huge_photos(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 16 x 8, displayed 8 wide x 16 tall
+    Image.new("RGB", (16, 8)).save(tmp_path / "a-rotated.jpg", exif=exif)
+    Image.new("RGB", (4096, 2048), (10, 200, 30)).save(tmp_path / "b-huge.jpg", quality=90)  # decoded reduced
+    images = ConceptImages(tmp_path, DataSettings(resolution=64, center_crop=True))
+    assert images.time_ids[0, 0, :2].tolist() == [16, 8]
+    # the square starts (4096 - 2048) / 2 = 1024 real pixels in, which is 32 once the square is 64 pixels
+    assert images.time_ids[0, 1].tolist() == [2048, 4096, 0, 32, 64, 64]
+
+
+def test_sdxl_items_carry_both_tokenizations_and_their_images_time_ids():
+    tok, tok_2 = _Tok(), _Tok()
+    time_ids = torch.arange(2 * 3 * 6, dtype=torch.float32).view(2, 3, 6)
+    ds = TextualInversionDataset(3, 5, tok, "<x>", "object", 0.5, tokenizer_2=tok_2, time_ids=time_ids)
+    for seed in range(20):
+        item = ds[(7, seed)]
+        assert tok.last == tok_2.last  # one prompt, two tokenizers
+        assert torch.equal(item["time_ids"], time_ids[int(item["flipped"]), 1])
+        assert torch.equal(item["input_ids_2"], item["input_ids"])
+    assert "time_ids" not in TextualInversionDataset(3, 5, tok, "<x>", "object", 0.5)[(0, 1)]

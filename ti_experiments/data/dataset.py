@@ -15,10 +15,16 @@ from .templates import TEMPLATES
 
 
 class TextualInversionDataset(Dataset):
-    """len = images x repeats; item = image index, flip flag and a tokenized template prompt."""
+    """len = images x repeats; item = image index, flip flag and a tokenized template prompt.
+
+    For SDXL (`tokenizer_2` and `time_ids` given) an item also holds the prompt tokenized by the second
+    tokenizer (`input_ids_2`) and its image's size and crop conditioning (`time_ids`, see
+    `ConceptImages.time_ids`), as is or mirrored like the image itself.
+    """
 
     def __init__(self, num_images: int, repeats: int, tokenizer, placeholder_string: str,
-                 learnable_property: str, flip_p: float):
+                 learnable_property: str, flip_p: float, tokenizer_2=None, time_ids: torch.Tensor | None = None):
+        self.tokenizer_2, self.time_ids = tokenizer_2, time_ids
         self.num_images = num_images
         self.repeats = repeats
         self.tokenizer = tokenizer
@@ -34,11 +40,17 @@ class TextualInversionDataset(Dataset):
         rng = random.Random(seed)
         text = rng.choice(self.templates).format(self.placeholder_string)
         flipped = rng.random() < self.flip_p
-        input_ids = self.tokenizer(
-            text, padding="max_length", truncation=True,
-            max_length=self.tokenizer.model_max_length, return_tensors="pt",
-        ).input_ids[0]
-        return {"image_index": index % self.num_images, "flipped": flipped, "input_ids": input_ids}
+        item = {"image_index": index % self.num_images, "flipped": flipped, "input_ids": _ids(self.tokenizer, text)}
+        if self.tokenizer_2 is not None:
+            item["input_ids_2"] = _ids(self.tokenizer_2, text)
+        if self.time_ids is not None:
+            item["time_ids"] = self.time_ids[int(flipped), index % self.num_images]
+        return item
+
+
+def _ids(tokenizer, text: str) -> torch.Tensor:
+    return tokenizer(text, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                     return_tensors="pt").input_ids[0]
 
 
 class EpochSampler(Sampler):

@@ -51,9 +51,13 @@ class DataSettings:
             raise TIError(f"data.num_workers={self.num_workers!r} must be >= 0", "use 0 to load in the main process")
 
 
-def _open_rgb(path: Path, resolution: int) -> Image.Image:
-    """Any mode (grayscale, palette, 16-bit, alpha, CMYK) as RGB, turned as its EXIF says."""
+def _open_rgb(path: Path, resolution: int) -> tuple[Image.Image, tuple[int, int]]:
+    """Any mode (grayscale, palette, 16-bit, alpha, CMYK) as RGB, turned as its EXIF says; and the
+    image's real (width, height) upright, which a reduced-scale decode of a huge JPEG does not show."""
     with Image.open(path) as img:
+        width, height = img.size
+        if img.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that turn by 90 degrees
+            width, height = height, width
         if img.format == "JPEG" and min(img.size) >= 4 * resolution:
             img.draft("RGB", (2 * resolution, 2 * resolution))  # decode a huge photo at a reduced scale
         img.load()
@@ -62,7 +66,7 @@ def _open_rgb(path: Path, resolution: int) -> Image.Image:
             arr = np.asarray(img, dtype=np.float64)
             top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
             img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), mode="L")
-        return img.convert("RGB")
+        return img.convert("RGB"), (width, height)
 
 
 def _to_tensor(img: Image.Image) -> torch.Tensor:
@@ -71,13 +75,36 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
+def crop_box(width: int, height: int, settings: DataSettings) -> tuple[int, int, int, int]:
+    """The part of the image that is trained on, (left, top, right, bottom): the centre square with
+    center_crop, else the whole image (squashed to a square, as the diffusers example does)."""
+    if not settings.center_crop:
+        return 0, 0, width, height
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def size_conditioning(real_size: tuple[int, int], decoded_size: tuple[int, int],
+                      settings: DataSettings) -> torch.Tensor:
+    """SDXL's size and crop conditioning of one image, as is and mirrored: [2, 6] rows of original
+    (height, width), crop top-left (y, x) and target (height, width).
+
+    The crop offset is measured in the pixels of the image resized so that the kept part is the
+    target size, as in SDXL's own training; a mirrored image's kept part starts at the other side.
+    """
+    (w, h), (dw, dh), res = real_size, decoded_size, settings.resolution
+    left, top, right, bottom = crop_box(dw, dh, settings)
+    scale_x, scale_y = res / (right - left), res / (bottom - top)
+    rows = [[h, w, round(top * scale_y), round(left * scale_x), res, res],
+            [h, w, round(top * scale_y), round((dw - right) * scale_x), res, res]]
+    return torch.tensor(rows, dtype=torch.float32)
+
+
 def prepare_image(img: Image.Image, settings: DataSettings) -> Image.Image:
     """Centre square crop (optional), then resize to resolution x resolution, as the example does."""
     if settings.center_crop:
-        w, h = img.size
-        side = min(w, h)
-        left, top = (w - side) // 2, (h - side) // 2
-        img = img.crop((left, top, left + side, top + side))
+        img = img.crop(crop_box(*img.size, settings))
     size = (settings.resolution, settings.resolution)
     if img.size != size:
         img = img.resize(size, resample=INTERPOLATIONS[settings.interpolation])
@@ -101,20 +128,24 @@ class ConceptImages:
             raise TIError(f"concept.train_data_dir {str(folder)!r} is empty", hint)
         self.paths: list[Path] = []
         tensors: list[torch.Tensor] = []
+        sizes: list[torch.Tensor] = []
         for path in files:
             try:
-                img = _open_rgb(path, settings.resolution)
+                img, real_size = _open_rgb(path, settings.resolution)
             except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
                 log.warning("skipping %s: not a readable image (%s)", path, exc.__class__.__name__)
                 continue
             if min(img.size) < settings.resolution:
                 log.warning("%s is %dx%d, smaller than data.resolution=%d: upscaling it", path.name, *img.size,
                             settings.resolution)
+            sizes.append(size_conditioning(real_size, img.size, settings))
             tensors.append(_to_tensor(prepare_image(img, settings)))
             self.paths.append(path)
         if not tensors:
             raise TIError(f"no file in {str(folder)!r} is a readable image ({len(files)} skipped)", hint)
         self.pixels = torch.stack(tensors)  # [N, 3, H, W] in [-1, 1]
+        # SDXL's add_time_ids of each image [2 (as is, mirrored), N, 6], indexed like the latent cache
+        self.time_ids = torch.stack(sizes, dim=1)
         log.info("%d training images from %s", len(self.paths), folder)
 
     def __len__(self) -> int:

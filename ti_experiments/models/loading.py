@@ -19,13 +19,29 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 class SDComponents:
     """The frozen parts. `unet` may be given as a zero-argument loader: it is then loaded on first use,
-    after the VAE has encoded the training images and left, so the two never share memory."""
+    after the VAE has encoded the training images and left, so the two never share memory.
+    SDXL models also have `tokenizer_2` and `text_encoder_2` (None otherwise)."""
 
-    def __init__(self, tokenizer, text_encoder, vae, unet, noise_scheduler, source: str, resolution: int):
+    def __init__(self, tokenizer, text_encoder, vae, unet, noise_scheduler, source: str, resolution: int,
+                 tokenizer_2=None, text_encoder_2=None):
         self.tokenizer, self.text_encoder, self.vae = tokenizer, text_encoder, vae
+        self.tokenizer_2, self.text_encoder_2 = tokenizer_2, text_encoder_2
         self.noise_scheduler, self.source, self.resolution = noise_scheduler, source, resolution
         self._unet = unet
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    @property
+    def text_encoders(self) -> list:
+        """The encoders whose placeholder rows are trained: one for SD 1.x/2.x, two for SDXL."""
+        return [self.text_encoder] + ([self.text_encoder_2] if self.is_sdxl else [])
+
+    @property
+    def tokenizers(self) -> list:
+        return [self.tokenizer] + ([self.tokenizer_2] if self.is_sdxl else [])
 
     @property
     def unet(self):
@@ -44,11 +60,11 @@ def _first_line(exc: BaseException) -> str:
 
 def _from_pretrained(source: str, revision: str | None, variant: str | None, local_only: bool):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     common = {"local_files_only": local_only}
     weights = {**common, "revision": revision}
-    return dict(
+    parts = dict(
         tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common),
         noise_scheduler=DDPMScheduler.from_pretrained(source, subfolder="scheduler", **common),
         text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights),
@@ -56,6 +72,25 @@ def _from_pretrained(source: str, revision: str | None, variant: str | None, loc
         unet=_deferred(lambda: UNet2DConditionModel.from_pretrained(source, subfolder="unet", variant=variant,
                                                                    **weights), source),
     )
+    if _is_sdxl(source, revision, local_only):  # SDXL: the second encoder (with the pooled projection)
+        parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **common)
+        parts["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2",
+                                                                              **weights)
+    return parts
+
+
+def _is_sdxl(source: str, revision: str | None, local_only: bool) -> bool:
+    """A folder with text_encoder_2/, or a Hub model whose model_index.json names one."""
+    import json
+
+    path = Path(source)
+    if path.is_dir():
+        return (path / "text_encoder_2").is_dir()
+    from huggingface_hub import hf_hub_download
+
+    index = json.loads(Path(hf_hub_download(source, "model_index.json", revision=revision,
+                                            local_files_only=local_only)).read_text())
+    return (index.get("text_encoder_2") or [None])[0] is not None
 
 
 def _deferred(load, source: str):
@@ -73,7 +108,7 @@ def _weight_patterns(variant: str | None) -> list[str]:
     """Only what training loads: configs, tokenizer, and one safetensors copy of each network."""
     v = f".{variant}" if variant else ""
     patterns = ["model_index.json", "tokenizer/*", "tokenizer_2/*", "scheduler/*", "*/config.json"]
-    for sub in ("text_encoder", "text_encoder_2"):  # the second one: SDXL
+    for sub in ("text_encoder", "text_encoder_2"):  # text_encoder_2: SDXL only
         patterns += [f"{sub}/model.safetensors", f"{sub}/model-*.safetensors", f"{sub}/model.safetensors.index.json"]
     for sub in ("unet", "vae"):
         patterns += [f"{sub}/diffusion_pytorch_model{v}.safetensors", f"{sub}/diffusion_pytorch_model{v}-*.safetensors",
@@ -93,14 +128,17 @@ def _download(source: str, revision: str | None, variant: str | None, fix: str) 
         return snapshot_download(source, revision=revision, allow_patterns=_weight_patterns(variant))
     except Exception as exc:  # noqa: BLE001
         raise TIError(f"could not download model {source!r} from the Hugging Face Hub (no network, or no "
-                      f"access?): {_first_line(exc)}", fix + " (model=tiny works offline)") from None
+                      f"access?): {_first_line(exc)}", fix + " (model=tiny and model=tiny_sdxl work offline)") from None
 
 
 def load_components(pretrained_model_name_or_path: str, revision: str | None = None,
                     variant: str | None = None, resolution: int = 512, architecture: str | None = None,
-                    random_init: bool = False, cache_dir: str | None = None) -> SDComponents:
+                    random_init: bool = False, cache_dir: str | None = None,
+                    mixed_precision: str | None = None) -> SDComponents:
     """Local diffusers folder, or Hub id (the local HF cache first, then the network); or, with
-    random_init, the named architecture with random weights (offline, for speed and memory)."""
+    random_init, the named architecture with random weights (offline, for speed and memory).
+    SDXL (a text_encoder_2) is recognised from the model itself. `mixed_precision` is the model's
+    preferred precision, which the hardware presets read from the config; loading ignores it."""
     if random_init:
         from .random_init import random_components
 
@@ -132,13 +170,18 @@ def load_components(pretrained_model_name_or_path: str, revision: str | None = N
     return SDComponents(source=source, resolution=resolution, **parts)
 
 
-def load_tiny_components(pretrained_model_name_or_path: str, resolution: int = 64) -> SDComponents:
-    """The offline demo model: built once, deterministically, into the cache, then loaded like any folder."""
+def load_tiny_components(pretrained_model_name_or_path: str, resolution: int = 64,
+                         mixed_precision: str | None = None) -> SDComponents:
+    """The offline demo models (SD and SDXL): built once, deterministically, into the cache, then loaded
+    like any folder."""
     from .tiny import TINY_MODEL_VERSION, ensure_tiny_model
+    from .tiny_sdxl import TINY_SDXL_VERSION, ensure_tiny_sdxl_model
 
     path = Path(str(pretrained_model_name_or_path)).expanduser()
     if path.name == f"tiny-sd-{TINY_MODEL_VERSION}":
         ensure_tiny_model(path.parent)  # build it only where this version's folder belongs
+    elif path.name == f"tiny-sdxl-{TINY_SDXL_VERSION}":
+        ensure_tiny_sdxl_model(path.parent)
     return load_components(str(path), resolution=resolution)
 
 

@@ -255,18 +255,22 @@ class _BuiltElsewhere(Exception):
 
 
 def ensure_tiny_model(cache_dir: str | os.PathLike) -> Path:
-    """Return the cached tiny model's folder, building it first if it is not there yet.
+    """Return the cached tiny model's folder, building it first if it is not there yet."""
+    return ensure_built(Path(cache_dir).expanduser() / f"tiny-sd-{TINY_MODEL_VERSION}", build_tiny_model)
+
+
+def ensure_built(target: Path, build) -> Path:
+    """`target`, built by `build(folder)` first if it has no model_index.json yet.
 
     The build goes into a temporary folder that is renamed into place, so a reader never sees
     a half-written model; if another process wins the race, its (identical) copy is used.
     """
-    target = Path(cache_dir).expanduser() / f"tiny-sd-{TINY_MODEL_VERSION}"
     marker = target / "model_index.json"
     if marker.exists():
         return target
     try:
         with atomic_dir(target) as tmp:
-            build_tiny_model(tmp)
+            build(tmp)
             if marker.exists():
                 raise _BuiltElsewhere  # don't replace a folder someone may be reading
     except _BuiltElsewhere:

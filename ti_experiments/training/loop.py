@@ -23,6 +23,7 @@ from ..data import EpochSampler, LatentCache, TextualInversionDataset
 from ..embeddings import PlaceholderEmbedding, save_learned_embeds
 from ..errors import TIError
 from . import checkpoints
+from .conditioning import text_conditioning
 from .signals import Interrupted, StopRequests
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ class TrainResult:
     steps_trained: int
     # what the benchmark times after training: cache, optimizer, dataloader, weight_dtype
     state: dict
+    # SDXL: the second text encoder's rows (None for SD 1.x/2.x)
+    vectors_2: torch.Tensor | None = None
 
 
 def _stop_requested(stop: StopRequests, accelerator, device) -> bool:
@@ -83,8 +86,8 @@ def denoising_loss(parts, text_encoder, cache: LatentCache, batch: dict, weight_
     noise = torch.randn_like(latents)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    hidden = text_encoder(batch["input_ids"].to(device))[0].to(weight_dtype)
-    pred = parts.unet(noisy, timesteps, hidden).sample
+    hidden, added_cond_kwargs = text_conditioning(parts, text_encoder, batch, weight_dtype, device)
+    pred = parts.unet(noisy, timesteps, hidden, added_cond_kwargs=added_cond_kwargs).sample
     target = prediction_target(scheduler, latents, noise, timesteps)
     return F.mse_loss(pred.float(), target.float(), reduction="mean")
 
@@ -100,11 +103,20 @@ def prediction_target(scheduler, latents, noise, timesteps) -> torch.Tensor:
                   "use a model whose scheduler predicts epsilon or v_prediction")
 
 
+def save_step_embeds(run_dir: Path, step: int, placeholder_token: str, vectors: list[torch.Tensor]) -> None:
+    """learned_embeds-steps-N.safetensors, and for SDXL learned_embeds_2-steps-N.safetensors (the second
+    encoder's rows), the names diffusers' SDXL example gives them."""
+    for i, rows in enumerate(vectors):
+        suffix = "" if i == 0 else f"_{i + 1}"
+        save_learned_embeds(run_dir / f"learned_embeds{suffix}-steps-{step}.safetensors", placeholder_token, rows)
+
+
 def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
                  placeholder_token: str, pixels: torch.Tensor, dataset: TextualInversionDataset,
                  make_optimizer: Callable, base_lr: float, make_scheduler: Callable, train_cfg, hw_cfg, data_cfg,
                  run_dir: Path, seed: int, resume_state: dict, metrics_log_factory: Callable,
-                 validate: Callable | None = None) -> TrainResult:
+                 validate: Callable | None = None, embedding_2: PlaceholderEmbedding | None = None) -> TrainResult:
+    """Train the placeholder rows; `embedding_2` is SDXL's second text encoder's (trained together)."""
     device = accelerator.device
     weight_dtype = weight_dtype_for(accelerator.mixed_precision)
     ga = int(train_cfg.gradient_accumulation_steps)
@@ -112,15 +124,22 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
     max_steps = int(train_cfg.max_steps)
 
     text_encoder, vae = parts.text_encoder, parts.vae
-    text_encoder.requires_grad_(False)
+    embeddings = [embedding] + ([embedding_2] if embedding_2 is not None else [])
+    text_encoders = parts.text_encoders  # SDXL: both
+    for encoder in text_encoders:
+        encoder.requires_grad_(False)
     vae.requires_grad_(False)
-    embedding.vectors.requires_grad_(True)
+    for e in embeddings:
+        e.vectors.requires_grad_(True)
 
     # First the VAE: encode every training image once, then let it go before the UNet arrives.
     t0 = time.perf_counter()
     vae.eval()
-    vae.to(device) if weight_dtype == torch.float32 else vae.to(device, dtype=weight_dtype)
-    cache = LatentCache.build(vae, pixels, with_flips=data_cfg.flip_p > 0, device=device, dtype=weight_dtype)
+    # SDXL's VAE overflows in fp16 (its config says force_upcast): it encodes in fp32, as SDXL pipelines do
+    vae_dtype = (torch.float32 if parts.is_sdxl and weight_dtype == torch.float16
+                 and vae.config.get("force_upcast", False) else weight_dtype)
+    vae.to(device) if vae_dtype == torch.float32 else vae.to(device, dtype=vae_dtype)
+    cache = LatentCache.build(vae, pixels, with_flips=data_cfg.flip_p > 0, device=device, dtype=vae_dtype)
     log.info("encoded %d images into the latent cache in %.2fs", pixels.shape[0], time.perf_counter() - t0)
     # Training needs no encoder, and the decoder only for validation images.
     vae.encoder = None
@@ -142,19 +161,21 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
         unet.to(memory_format=torch.channels_last)
     if hw_cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-        text_encoder.gradient_checkpointing_enable()
+        for encoder in text_encoders:
+            encoder.gradient_checkpointing_enable()
         unet.train()  # checkpointing is only active in train mode; the UNet has no dropout
     else:
         unet.eval()
-    text_encoder.train()
-    # the frozen UNet runs in the mixed-precision dtype; the trained text encoder stays fp32 (autocast)
+    # the frozen UNet runs in the mixed-precision dtype; the trained text encoders stay fp32 (autocast)
     unet.to(device) if weight_dtype == torch.float32 else unet.to(device, dtype=weight_dtype)
-    text_encoder.to(device)
+    for encoder in text_encoders:
+        encoder.train()
+        encoder.to(device)
 
     lr = float(base_lr)  # checked by checks.check_run_settings
     if train_cfg.scale_lr:
         lr = lr * ga * batch_size * accelerator.num_processes
-    optimizer = make_optimizer(params=[embedding.vectors], lr=lr)
+    optimizer = make_optimizer(params=[e.vectors for e in embeddings], lr=lr)
     lr_scheduler = make_scheduler(optimizer=optimizer, num_training_steps=max_steps)
 
     sampler = EpochSampler(len(dataset), seed)
@@ -163,8 +184,9 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
     dataloader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                             num_workers=int(data_cfg.num_workers), pin_memory=device.type == "cuda",
                             generator=torch.Generator().manual_seed(seed))
-    model, optimizer, dataloader = accelerator.prepare(embedding, optimizer, dataloader)
-    text_encoder.set_input_embeddings(model)
+    *models, optimizer, dataloader = accelerator.prepare(*embeddings, optimizer, dataloader)
+    for encoder, wrapped in zip(text_encoders, models):
+        encoder.set_input_embeddings(wrapped)
     accelerator.register_for_checkpointing(lr_scheduler)
     checkpoints.register_hooks(accelerator)
 
@@ -195,8 +217,11 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
             batches = itertools.islice(enumerate(dataloader), step_in_epoch * ga, None)
             for micro, batch in batches:
                 sync = (micro + 1) % ga == 0 or micro + 1 == micro_per_epoch
-                ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
-                with ctx, accelerator.autocast():
+                with contextlib.ExitStack() as ctx:
+                    if not sync:
+                        for wrapped in models:
+                            ctx.enter_context(accelerator.no_sync(wrapped))
+                    ctx.enter_context(accelerator.autocast())
                     loss = denoising_loss(parts, text_encoder, cache, batch, weight_dtype, device)
                     accelerator.backward(loss / ga)
                 step_loss += loss.detach().float() / ga
@@ -222,16 +247,14 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
                              row["lr"], row["steps_per_sec"] or 0.0)
                 saved = bool(train_cfg.save_steps) and global_step % int(train_cfg.save_steps) == 0
                 if saved and accelerator.is_main_process:
-                    save_learned_embeds(run_dir / f"learned_embeds-steps-{global_step}.safetensors",
-                                        placeholder_token, accelerator.unwrap_model(model).vectors)
+                    save_step_embeds(run_dir, global_step, placeholder_token, learned(accelerator, models))
                 checkpointed = bool(train_cfg.checkpointing_steps) and global_step % int(train_cfg.checkpointing_steps) == 0
                 if checkpointed:
                     checkpoints.save_checkpoint(accelerator, run_dir, global_step, resume_state,
                                                 train_cfg.checkpoints_total_limit)
                 if _stop_requested(stop, accelerator, device):
                     if accelerator.is_main_process and not saved:
-                        save_learned_embeds(run_dir / f"learned_embeds-steps-{global_step}.safetensors",
-                                            placeholder_token, accelerator.unwrap_model(model).vectors)
+                        save_step_embeds(run_dir, global_step, placeholder_token, learned(accelerator, models))
                     if not checkpointed:
                         checkpoints.save_checkpoint(accelerator, run_dir, global_step, resume_state,
                                                     train_cfg.checkpoints_total_limit)
@@ -248,8 +271,14 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
             step_in_epoch = 0
     progress.close()
     seconds = time.perf_counter() - started
-    vectors = accelerator.unwrap_model(model).vectors.detach().float().cpu()
-    return TrainResult(global_step=global_step, final_loss=final_loss, seconds=seconds, vectors=vectors,
+    vectors = [v.detach().float().cpu() for v in learned(accelerator, models)]
+    return TrainResult(global_step=global_step, final_loss=final_loss, seconds=seconds, vectors=vectors[0],
                        steps_trained=global_step - start_step,
                        state={"cache": cache, "optimizer": optimizer, "dataloader": dataloader,
-                              "weight_dtype": weight_dtype})
+                              "weight_dtype": weight_dtype},
+                       vectors_2=vectors[1] if len(vectors) > 1 else None)
+
+
+def learned(accelerator, models) -> list[torch.Tensor]:
+    """The trained rows of each text encoder, first encoder first."""
+    return [accelerator.unwrap_model(m).vectors for m in models]
