@@ -18,6 +18,7 @@ from .data import TEMPLATES, ConceptImages, TextualInversionDataset
 from .data.images import list_image_files
 from .embeddings import add_placeholder_tokens, placeholder_tokens, save_learned_embeds, unsplice
 from .errors import TIError
+from .export import a1111_name, save_for_other_tools
 from .files import write_text_atomic
 from .records.run_record import MetricsLog, RunRecord, write_summary
 from .training import run_training
@@ -112,10 +113,12 @@ def make_accelerator(hardware: DictConfig, tracker, run_dir: Path):
 
 
 def write_concept_files(run_dir: Path, placeholder: str, learnable_property: str, vectors: torch.Tensor) -> None:
-    """The sd-concepts-library layout: diffusers and InvokeAI read these three files."""
+    """The sd-concepts-library layout (diffusers and InvokeAI read these three files), and the one file
+    AUTOMATIC1111/ComfyUI read, named after the placeholder (`<cat-toy>` -> `cat-toy.safetensors`)."""
     save_learned_embeds(run_dir / "learned_embeds.safetensors", placeholder, vectors)
     write_text_atomic(run_dir / "token_identifier.txt", placeholder)
     write_text_atomic(run_dir / "type_of_concept.txt", learnable_property)
+    save_for_other_tools(run_dir / f"{a1111_name(placeholder)}.safetensors", [vectors])
 
 
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
