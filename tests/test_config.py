@@ -17,7 +17,7 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.ya
 
 CONTRACT_KEYS = [
     "model.pretrained_model_name_or_path", "concept.placeholder_token", "concept.initializer_token",
-    "concept.num_vectors", "concept.learnable_property", "concept.train_data_dir",
+    "concept.num_vectors", "concept.init_from", "concept.learnable_property", "concept.train_data_dir",
     "concept.validation_prompt", "data.resolution", "optimizer.lr", "train.max_steps", "train.batch_size",
     "train.gradient_accumulation_steps", "train.scale_lr", "train.save_steps", "train.checkpointing_steps",
     "train.checkpoints_total_limit", "train.resume_from_checkpoint", "hardware.mixed_precision",

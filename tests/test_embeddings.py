@@ -153,3 +153,20 @@ def test_read_embedding_refuses_what_is_not_one(tmp_path):
     with pytest.raises(TIError, match=r"SD 2.x embedding and does not fit this model \(SD 1.x\)"):
         check_fits(emb, [768])
     check_fits(emb, [1024])
+
+
+def test_init_vectors_start_the_new_rows_exactly(tok_te):
+    tok, te = tok_te
+    start = _rows(3, 32, seed=7)
+    module = add_placeholder_tokens(tok, te, "<warm>", None, 3, init_vectors=start)
+    assert torch.equal(module.vectors.detach(), start)
+    assert torch.equal(module.weight[-3:], start)
+
+
+def test_read_init_refuses_another_number_of_vectors(tmp_path):
+    from ti_experiments.embeddings import read_init
+
+    path = save_learned_embeds(tmp_path / "e.safetensors", "<x>", _rows(4, 32))
+    with pytest.raises(TIError, match=r"holds 4 vectors and concept.num_vectors is 2; fix: set concept.num_vectors=4"):
+        read_init(path, 2)
+    assert read_init(path, 4).num_vectors == 4

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .data import TEMPLATES, ConceptImages, TextualInversionDataset
 from .data.images import list_image_files
-from .embeddings import add_placeholder_tokens, placeholder_tokens, save_learned_embeds, unsplice
+from .embeddings import add_placeholder_tokens, check_fits, placeholder_tokens, read_init, save_learned_embeds, unsplice
 from .errors import TIError
 from .export import a1111_name, save_for_other_tools
 from .files import write_text_atomic
@@ -133,7 +133,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     # With several processes (accelerate launch) only the main one keeps the record.
     record = RunRecord(run_dir, cfg, overrides) if PartialState(cpu=no_accelerator()).is_main_process else None
     try:
-        _train(cfg, run_dir)
+        _train(cfg, run_dir, record)
     except KeyboardInterrupt as exc:
         if record:
             record.finish("interrupted", exc)
@@ -161,6 +161,7 @@ class Prepared:
     embedding: object
     tokens: list
     dataset: TextualInversionDataset
+    init_from: dict | None = None
 
 
 def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
@@ -176,18 +177,48 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
     tracker = build(cfg.logger)
     tracker.identify(run_dir, **hydra_identity())
 
+    init = start_embedding(cfg)
     parts = build(cfg.model)
     factor = parts.vae_scale_factor
     if data_settings.resolution % factor or data_settings.resolution < 8 * factor:
         raise TIError(f"data.resolution={data_settings.resolution} does not fit this model's VAE, which needs "
                       f"a multiple of {factor} of at least {8 * factor}",
                       f"use e.g. data.resolution={parts.resolution}")
+    if init:
+        check_fits(init, [parts.text_encoder.get_input_embeddings().embedding_dim])
     embedding = add_placeholder_tokens(parts.tokenizer, parts.text_encoder, concept.placeholder_token,
-                                       concept.initializer_token, concept.num_vectors)
+                                       concept.initializer_token, concept.num_vectors,
+                                       init_vectors=init.vectors[0] if init else None)
     tokens = placeholder_tokens(concept.placeholder_token, concept.num_vectors)
     dataset = TextualInversionDataset(len(images), data_settings.repeats, parts.tokenizer, " ".join(tokens),
                                       concept.learnable_property, data_settings.flip_p)
-    return Prepared(cfg, run_dir, data_settings, validation, images, tracker, parts, embedding, tokens, dataset)
+    return Prepared(cfg, run_dir, data_settings, validation, images, tracker, parts, embedding, tokens, dataset,
+                    init_from=describe_init(init) if init else None)
+
+
+def start_embedding(cfg: DictConfig):
+    """`concept.init_from`: the embedding whose vectors the new rows start from (None: the initializer's row).
+
+    A checkpoint to resume wins: its rows replace these once the loop loads it, as they would replace
+    the initializer's; the file is still read and checked, because the resumed run is the same run.
+    """
+    path = cfg.concept.get("init_from")
+    if not path:
+        return None
+    init = read_init(path, cfg.concept.num_vectors)
+    log.info("the placeholder rows start from %s (%s, token %r, %d vectors)%s", init.path, init.format, init.token,
+             init.num_vectors, "; a checkpoint to resume from replaces them" if cfg.train.resume_from_checkpoint
+             else "")
+    return init
+
+
+def describe_init(init) -> dict:
+    """What run.json records about the start: where, which format, and hashes of the file and the vectors."""
+    from .records.run_record import sha256
+
+    return {"path": str(Path(init.path).resolve()), "format": init.format, "token": init.token,
+            "num_vectors": init.num_vectors, "sha256": sha256(init.path) if Path(init.path).is_file() else None,
+            "vectors_sha256": [tensor_sha256(v) for v in init.vectors]}
 
 
 def comparable_settings(cfg: DictConfig) -> dict:
@@ -214,9 +245,11 @@ def fit(p: Prepared, accelerator, metrics_log_factory, validator=None):
     )
 
 
-def _train(cfg: DictConfig, run_dir: Path) -> None:
+def _train(cfg: DictConfig, run_dir: Path, record: RunRecord | None = None) -> None:
     started = time.perf_counter()
     p = prepare(cfg, run_dir)
+    if record and p.init_from:
+        record.note(init_from=p.init_from)
     accelerator = make_accelerator(cfg.hardware, p.tracker, run_dir)
     failed = True
     try:
