@@ -191,7 +191,12 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
                                        init_vectors=init.vectors[0] if init else None)
     tokens = placeholder_tokens(concept.placeholder_token, concept.num_vectors)
     dataset = TextualInversionDataset(len(images), data_settings.repeats, parts.tokenizer, " ".join(tokens),
-                                      concept.learnable_property, data_settings.flip_p)
+                                      concept.learnable_property, data_settings.flip_p,
+                                      captions=images.captions, caption_mode=data_settings.captions,
+                                      templates=data_settings.templates)
+    if data_settings.captions != "none" and (cut := dataset.cut_placeholders()):
+        log.warning("%d caption(s) are too long for the text encoder, which cuts off the placeholder, e.g. %s: "
+                    "shorten them or put {} near the start", len(cut), images.paths[cut[0]])
     return Prepared(cfg, run_dir, data_settings, validation, images, tracker, parts, embedding, tokens, dataset,
                     init_from=describe_init(init) if init else None)
 
