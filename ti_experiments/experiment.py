@@ -20,6 +20,7 @@ from .embeddings import add_placeholder_tokens, check_fits, placeholder_tokens, 
 from .errors import TIError
 from .export import a1111_name, save_for_other_tools
 from .files import write_text_atomic
+from .publish import check_can_push, publish
 from .records.run_record import MetricsLog, RunRecord, write_summary
 from .training import run_training
 from .validation import Validator
@@ -132,7 +133,10 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
         torch.cuda.reset_peak_memory_stats()  # a sweep's previous job must not count here
     # With several processes (accelerate launch) only the main one keeps the record.
     record = RunRecord(run_dir, cfg, overrides) if PartialState(cpu=no_accelerator()).is_main_process else None
+    hub = cfg.get("hub")
     try:
+        # token, network and repository are checked before anything is trained, on the main process
+        repo_id = check_can_push(build(hub), cfg.concept.placeholder_token) if record and hub and hub.push else None
         _train(cfg, run_dir, record)
     except KeyboardInterrupt as exc:
         if record:
@@ -144,6 +148,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
         raise
     if record:
         record.finish("completed")
+        if repo_id:  # the run is complete whatever happens to the upload; a failed upload says how to retry
+            record.note(hub=publish(run_dir, repo_id, build(hub)))
     return run_dir
 
 
@@ -271,7 +277,8 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord | None = None) -> N
             unsplice(p.parts.text_encoder)
             write_summary(run_dir, final_loss=result.final_loss, steps=result.global_step,
                           wall_seconds=time.perf_counter() - started, train_seconds=result.seconds,
-                          steps_trained=result.steps_trained, device=accelerator.device)
+                          steps_trained=result.steps_trained, device=accelerator.device,
+                          extra={"num_images": len(p.images)})
             log.info("done: %d steps in %.1fs, final loss %s; embedding in %s", result.global_step,
                      result.seconds, f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a",
                      run_dir / "learned_embeds.safetensors")
