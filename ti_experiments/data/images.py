@@ -53,6 +53,8 @@ class DataSettings:
             if not self.templates or bad:
                 raise TIError(f"data.templates has {'a template without the concept: ' + repr(bad[0]) if bad else 'no template'}",
                               "put {} or [name] where the concept goes in every template, e.g. 'a photo of {}'")
+            if self.captions == "file":
+                log.warning("data.templates is not used with data.captions=file (each prompt is the image's caption)")
             if self.captions == "filewords" and not any(FILEWORDS in t for t in self.templates):
                 raise TIError("data.captions=filewords but no template of data.templates has [filewords]",
                               "add [filewords] where the caption goes, e.g. 'a photo of {}, [filewords]'")
