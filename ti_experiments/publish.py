@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -223,8 +223,8 @@ def build_model_card(run_dir: Path, config: dict, summary: dict, repo_id: str | 
         "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
         f"# Textual inversion: `{placeholder}`", "",
         f"`{placeholder}` is a new word for {'an' if kind == 'object' else 'a'} {kind} concept, taught to {base_text} "
-        f"by textual inversion: only its {num_vectors} token embedding{'s' if num_vectors != 1 else ''} "
-        f"({width} values each) were trained; the model itself is unchanged.", "",
+        f"by textual inversion: only its {'token embedding (one vector' if num_vectors == 1 else f'{num_vectors} token embeddings ({num_vectors} vectors'} "
+        f"of {width} values) {'was' if num_vectors == 1 else 'were'} trained; the model itself is unchanged.", "",
         "## Use it", "", "With diffusers:", "", "```python", "import torch",
         "from diffusers import StableDiffusionPipeline", "",
         f'pipe = StableDiffusionPipeline.from_pretrained("{base or "BASE_MODEL"}", torch_dtype=torch.float16).to("cuda")',
@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config, summary = load_run(args.run_dir)
-        hub = {k: v for k, v in (config.get("hub") or {}).items() if not k.startswith("_")}
+        known = {f.name for f in fields(HubSettings)}
+        hub = {k: v for k, v in (config.get("hub") or {}).items() if k in known}
         settings = HubSettings(**{**hub, "push": True, "repo_id": args.repo_id or hub.get("repo_id"),
                                   **({"private": False} if args.public else {})})
         if args.dry_run:
