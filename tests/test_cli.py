@@ -72,6 +72,7 @@ def assert_clean_error(result: subprocess.CompletedProcess, run_dir: Path, *need
         pytest.param(BASE + ["train.not_a_key=1"], ["not_a_key"], id="10-unknown-key"),
         pytest.param(BASE + ["hardware=h100"], ["h100", "Available options", "a100", "cpu", "v100"],
                      id="11-unknown-option"),
+        pytest.param(BASE + ["train.max_steps=abc"], ["train.max_steps='abc'", "integer"], id="16-steps-not-a-number"),
         pytest.param(["hardware=v100", "+concept=demo", "model=tiny", "logger=none", "train.max_steps=2"],
                      ["fp16", "GPU"], id="15-fp16-without-gpu"),
     ],

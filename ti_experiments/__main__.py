@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -49,6 +50,9 @@ def user_message(exc: BaseException) -> str | None:
 
     if isinstance(exc, TIError):
         return f"error: {exc}"
+    if isinstance(exc, OSError) and exc.filename and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"error: no space left on the device while writing {exc.filename} (the previous copy, if any, "
+                "is intact); fix: free disk space, then resume with train.resume_from_checkpoint=latest")
     if isinstance(exc, OSError) and exc.filename:  # a path the user gave: unwritable, not a folder, disk full
         return (f"error: cannot write {exc.filename} ({exc.strerror or exc.__class__.__name__}); fix: choose a "
                 "writable hydra.run.dir (or TI_OUTPUT_ROOT) with free space")
@@ -106,6 +110,9 @@ def _distributed_args(argv: list[str]) -> list[str]:
 def main() -> int:
     global _USER_WANTS_TRACEBACK
     _USER_WANTS_TRACEBACK = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    # A log line that cannot be written (a full disk) must not print a traceback of its own; the
+    # write that matters fails too and says so in one line.
+    logging.raiseExceptions = _USER_WANTS_TRACEBACK
     # Let Hydra's own errors reach us instead of being printed over several lines by Hydra.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:

@@ -281,3 +281,45 @@ def read_init(path: str | os.PathLike, num_vectors: int) -> EmbeddingFile:
         raise TIError(f"concept.init_from {path} holds {embedding.num_vectors} vectors and concept.num_vectors is "
                       f"{num_vectors}", f"set concept.num_vectors={embedding.num_vectors}")
     return embedding
+
+
+def text_encoder_pairs(pipe) -> list[tuple]:
+    """(tokenizer, text encoder) of a pipeline, in the order of `EmbeddingFile.vectors`: one for SD 1.x/2.x,
+    two for SDXL (the second is tokenizer_2/text_encoder_2)."""
+    pairs = [(pipe.tokenizer, pipe.text_encoder)]
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        pairs.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    return pairs
+
+
+def load_into_pipeline(pipe, embedding: EmbeddingFile, token: str | None = None) -> list[str]:
+    """Add a concept to a diffusers pipeline under `token` (default: the one the file names).
+
+    Returns the tokens added (`<tok>`, `<tok>_1`, ... for several vectors); a prompt names only the
+    first, the pipeline expands it. A token the tokenizer already knows (a word of the model, or another
+    embedding loaded before) is refused before anything is added.
+    """
+    pairs = text_encoder_pairs(pipe)
+    check_fits(embedding, [encoder.get_input_embeddings().weight.shape[1] for _, encoder in pairs])
+    token = token or embedding.token
+    if not token or any(c.isspace() for c in token):
+        raise TIError(f"{embedding.path} needs a token without spaces (it names {token!r})",
+                      "give it one: PATH=TOKEN on the command line, (path, token) in Python")
+    tokens = placeholder_tokens(token, embedding.num_vectors)
+    for tokenizer, _ in pairs:
+        taken = [t for t in tokens if _vocab_has(tokenizer, t)]
+        if taken:
+            raise TIError(f"token {taken[0]!r} of {embedding.path} is already in the tokenizer's vocabulary "
+                          "(a word of the model, or another embedding loaded before)",
+                          "give this embedding another token: PATH=TOKEN on the command line, (path, token) "
+                          "in Python")
+    for (tokenizer, encoder), vectors in zip(pairs, embedding.vectors):
+        rows = vectors.to(encoder.device, encoder.dtype)
+        # the rows are written just below: no mean/covariance initialisation of them (diffusers' resize is then a no-op)
+        encoder.resize_token_embeddings(len(tokenizer) + rows.shape[0], mean_resizing=False)
+        try:
+            pipe.load_textual_inversion(rows, token=token, tokenizer=tokenizer, text_encoder=encoder)
+        except ValueError as exc:
+            raise TIError(f"could not load {embedding.path} as {token!r}: {str(exc).splitlines()[0]}",
+                          "give this embedding another token, or check the file") from None
+    return tokens

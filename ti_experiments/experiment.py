@@ -14,9 +14,17 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .checks import check_run_settings
 from .data import TEMPLATES, ConceptImages, TextualInversionDataset
 from .data.images import list_image_files
-from .embeddings import add_placeholder_tokens, check_fits, placeholder_tokens, read_init, save_learned_embeds, unsplice
+from .embeddings import (
+    add_placeholder_tokens,
+    check_fits,
+    placeholder_tokens,
+    read_init,
+    save_learned_embeds,
+    unsplice,
+)
 from .errors import TIError
 from .export import a1111_name, save_for_other_tools
 from .files import write_text_atomic
@@ -175,6 +183,7 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
     concept = cfg.concept
     from accelerate.utils import set_seed
 
+    check_run_settings(cfg)
     set_seed(int(cfg.seed))
     check_precision(cfg.hardware)
     data_settings = build(cfg.data)

@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
+
+
+def _named(exc: BaseException, path: Path) -> BaseException:
+    """The error of a failed write, as an OSError that names the file the user knows.
+
+    A write error carries no file name, and safetensors reports a full disk as its own error type;
+    both become OSError(errno, ..., path) so the entry point can say which file and why in one line.
+    """
+    if isinstance(exc, OSError):
+        return exc if exc.filename else OSError(exc.errno, exc.strerror, str(path))
+    text = str(exc)
+    if "No space left on device" in text or "StorageFull" in text:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return exc
 
 
 def _umask() -> int:
@@ -28,6 +43,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except Exception as exc:
+        named = _named(exc, path)
+        if named is exc:
+            raise
+        raise named from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -50,6 +70,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
+    except Exception as exc:
+        named = _named(exc, path)
+        if named is exc:
+            raise
+        raise named from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -31,6 +32,9 @@ class SDComponents:
         if callable(self._unet) and not isinstance(self._unet, torch.nn.Module):
             self._unet = self._unet()
         return self._unet
+
+
+REQUIRED_SUBFOLDERS = ("tokenizer", "scheduler", "text_encoder", "vae", "unet")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -68,9 +72,9 @@ def _deferred(load, source: str):
 def _weight_patterns(variant: str | None) -> list[str]:
     """Only what training loads: configs, tokenizer, and one safetensors copy of each network."""
     v = f".{variant}" if variant else ""
-    patterns = ["model_index.json", "tokenizer/*", "scheduler/*", "*/config.json",
-                "text_encoder/model.safetensors", "text_encoder/model-*.safetensors",
-                "text_encoder/model.safetensors.index.json"]
+    patterns = ["model_index.json", "tokenizer/*", "tokenizer_2/*", "scheduler/*", "*/config.json"]
+    for sub in ("text_encoder", "text_encoder_2"):  # the second one: SDXL
+        patterns += [f"{sub}/model.safetensors", f"{sub}/model-*.safetensors", f"{sub}/model.safetensors.index.json"]
     for sub in ("unet", "vae"):
         patterns += [f"{sub}/diffusion_pytorch_model{v}.safetensors", f"{sub}/diffusion_pytorch_model{v}-*.safetensors",
                      f"{sub}/diffusion_pytorch_model{v}.safetensors.index.json"]
@@ -106,9 +110,10 @@ def load_components(pretrained_model_name_or_path: str, revision: str | None = N
     fix = "set model.pretrained_model_name_or_path to a local diffusers folder or a reachable Hub id"
     path = Path(source).expanduser()
     if path.exists():
-        if not (path / "unet").is_dir() or not (path / "text_encoder").is_dir():
-            raise TIError(f"model folder {source!r} is not a Stable Diffusion folder in diffusers layout "
-                          "(no unet/ or text_encoder/)", fix)
+        missing = [sub for sub in REQUIRED_SUBFOLDERS if not (path / sub).is_dir()]
+        if missing:
+            raise TIError(f"model folder {source!r} lacks {', '.join(m + '/' for m in missing)} (a Stable "
+                          f"Diffusion folder in diffusers layout has {', '.join(REQUIRED_SUBFOLDERS)})", fix)
         try:
             parts = _from_pretrained(str(path), revision, variant, local_only=True)
         except Exception as exc:  # noqa: BLE001
@@ -135,3 +140,41 @@ def load_tiny_components(pretrained_model_name_or_path: str, resolution: int = 6
     if path.name == f"tiny-sd-{TINY_MODEL_VERSION}":
         ensure_tiny_model(path.parent)  # build it only where this version's folder belongs
     return load_components(str(path), resolution=resolution)
+
+
+def load_pipeline(pretrained_model_name_or_path: str, revision: str | None = None, variant: str | None = None,
+                  torch_dtype: torch.dtype = torch.float32):
+    """A whole pipeline for generating, of the class its model_index.json names (SD 1.x/2.x or SDXL);
+    a local folder, or a Hub id from the local cache first, then the network, as `load_components` does."""
+    from huggingface_hub import snapshot_download
+
+    source = str(pretrained_model_name_or_path)
+    fix = "pass --model (model= in Python) with a local diffusers folder or a reachable Hub id"
+    path = Path(source).expanduser()
+    if path.exists():
+        folder = str(path)
+    elif not _HUB_ID.match(source) or source.startswith((".", "~", os.sep)):
+        raise TIError(f"model path {source!r} does not exist", fix)
+    else:
+        try:  # already in the local Hugging Face cache: no network needed
+            folder = snapshot_download(source, revision=revision, allow_patterns=_weight_patterns(variant),
+                                       local_files_only=True)
+        except Exception:  # noqa: BLE001
+            folder = _download(source, revision, variant, fix)
+    index = Path(folder) / "model_index.json"
+    if not index.is_file():
+        raise TIError(f"model folder {source!r} is not a diffusers pipeline folder (no model_index.json)", fix)
+    from diffusers import DiffusionPipeline
+
+    # SD 1.x folders name a safety checker; its weights are not downloaded and generation does not need it.
+    try:
+        components = json.loads(index.read_text())
+    except ValueError:
+        raise TIError(f"{index} is not valid JSON", fix) from None
+    extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} \
+        if "safety_checker" in components else {}
+    try:
+        return DiffusionPipeline.from_pretrained(folder, dtype=torch_dtype, variant=variant,
+                                                 local_files_only=True, **extra)
+    except Exception as exc:  # noqa: BLE001
+        raise TIError(f"could not load the pipeline of {source!r}: {_first_line(exc)}", fix) from None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
+import os
 import time
 import traceback
 from datetime import datetime, timezone
@@ -14,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from ..files import write_text_atomic
 from . import environment
 from .memory import peak_memory_bytes
+
+log = logging.getLogger(__name__)
 
 STATUSES = ("running", "completed", "failed", "interrupted")
 
@@ -67,6 +72,11 @@ class RunRecord:
                 "message": str(error),
                 "traceback": "".join(traceback.format_exception(error)),
             }
+            try:
+                write_json(self.path, self.data)
+            except OSError as exc:  # e.g. the full disk that stopped the run: report that, not this
+                log.warning("could not record the run's end in %s: %s", self.path, exc)
+            return
         write_json(self.path, self.data)
 
 
@@ -87,9 +97,23 @@ class MetricsLog:
                "peak_memory_bytes": peak_memory_bytes(self.device)}
         self.accelerator.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=step)
         if self.accelerator.is_main_process:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            append_line(self.path, json.dumps(row))
         return row
+
+
+def append_line(path: Path, line: str) -> None:
+    """One write() of the whole line to an O_APPEND file: a process killed at any moment leaves whole
+    lines (only a full disk can cut one short, and readers skip a cut line)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        data = (line + "\n").encode("utf-8")
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    except OSError as exc:
+        raise exc if exc.filename else OSError(exc.errno, exc.strerror, str(path)) from exc
+    finally:
+        os.close(fd)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -110,9 +110,6 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
     ga = int(train_cfg.gradient_accumulation_steps)
     batch_size = int(train_cfg.batch_size)
     max_steps = int(train_cfg.max_steps)
-    if ga < 1 or batch_size < 1 or max_steps < 1:
-        raise TIError("train.max_steps, train.batch_size and train.gradient_accumulation_steps must be >= 1",
-                      "set them to positive integers")
 
     text_encoder, vae = parts.text_encoder, parts.vae
     text_encoder.requires_grad_(False)
@@ -154,12 +151,7 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
     unet.to(device) if weight_dtype == torch.float32 else unet.to(device, dtype=weight_dtype)
     text_encoder.to(device)
 
-    try:
-        lr = float(base_lr)
-    except (TypeError, ValueError):
-        lr = float("nan")
-    if not (lr > 0 and math.isfinite(lr)):
-        raise TIError(f"optimizer.lr={base_lr!r} is not a positive number", "use e.g. optimizer.lr=5e-4")
+    lr = float(base_lr)  # checked by checks.check_run_settings
     if train_cfg.scale_lr:
         lr = lr * ga * batch_size * accelerator.num_processes
     optimizer = make_optimizer(params=[embedding.vectors], lr=lr)
