@@ -137,3 +137,13 @@ def test_the_command_line_fails_in_one_line_before_training(tmp_path, monkeypatc
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: hub.push=true but no Hugging Face token")
     assert not (tmp_path / "run" / "learned_embeds.safetensors").exists()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"push": "yes"}, "hub.push='yes' is not true or false"),
+    ({"repo_id": "me/two words"}, "is not a Hub repository name"),
+    ({"num_training_images": -1}, "must be >= 0"),
+])
+def test_bad_hub_settings_are_refused(kwargs, message):
+    with pytest.raises(TIError, match=message):
+        publish.HubSettings(**kwargs)

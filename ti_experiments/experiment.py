@@ -144,7 +144,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     hub = cfg.get("hub")
     try:
         # token, network and repository are checked before anything is trained, on the main process
-        repo_id = check_can_push(build(hub), cfg.concept.placeholder_token) if record and hub and hub.push else None
+        settings = build(hub) if record and hub is not None else None
+        repo_id = check_can_push(settings, cfg.concept.placeholder_token) if settings and settings.push else None
         _train(cfg, run_dir, record)
     except KeyboardInterrupt as exc:
         if record:
@@ -157,7 +158,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     if record:
         record.finish("completed")
         if repo_id:  # the run is complete whatever happens to the upload; a failed upload says how to retry
-            record.note(hub=publish(run_dir, repo_id, build(hub)))
+            record.note(hub=publish(run_dir, repo_id, settings))
     return run_dir
 
 

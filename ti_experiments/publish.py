@@ -42,6 +42,9 @@ class HubSettings:
     num_training_images: int = 4
 
     def __post_init__(self):
+        for key in ("push", "private"):
+            if not isinstance(getattr(self, key), bool):
+                raise TIError(f"hub.{key}={getattr(self, key)!r} is not true or false", f"use e.g. hub.{key}=true")
         if self.repo_id is not None and not _REPO_ID.match(str(self.repo_id)):
             raise TIError(f"hub.repo_id={self.repo_id!r} is not a Hub repository name",
                           "use NAME or USER/NAME (letters, digits, '-', '_', '.')")
