@@ -17,11 +17,12 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.ya
 
 CONTRACT_KEYS = [
     "model.pretrained_model_name_or_path", "concept.placeholder_token", "concept.initializer_token",
-    "concept.num_vectors", "concept.learnable_property", "concept.train_data_dir",
+    "concept.num_vectors", "concept.init_from", "concept.learnable_property", "concept.train_data_dir",
     "concept.validation_prompt", "data.resolution", "optimizer.lr", "train.max_steps", "train.batch_size",
     "train.gradient_accumulation_steps", "train.scale_lr", "train.save_steps", "train.checkpointing_steps",
     "train.checkpoints_total_limit", "train.resume_from_checkpoint", "hardware.mixed_precision",
-    "hardware.gradient_checkpointing", "seed",
+    "hardware.gradient_checkpointing", "seed", "data.captions", "data.caption_extension", "data.templates",
+    "hub.push", "hub.repo_id", "hub.private",
 ]
 
 
@@ -34,7 +35,7 @@ def _overrides(group: str, option: str) -> list[str]:
 
 def test_expected_groups_and_options_exist():
     options = {g: {o for gg, o in OPTIONS if gg == g} for g in GROUPS}
-    assert {"model", "data", "optimizer", "lr_scheduler", "hardware", "concept", "logger"} <= set(GROUPS)
+    assert {"model", "data", "optimizer", "lr_scheduler", "hardware", "concept", "logger", "hub"} <= set(GROUPS)
     assert {"sd15", "sd21", "tiny", "sdxl", "tiny_sdxl"} <= options["model"]
     assert {"v100", "a100", "low_vram", "cpu"} <= options["hardware"]
     assert {"cat_toy", "demo"} <= options["concept"]

@@ -155,10 +155,18 @@ def test_read_embedding_refuses_what_is_not_one(tmp_path):
     check_fits(emb, [1024])
 
 
-def test_the_sdxl_single_file_is_named_after_the_token():
-    from ti_experiments.embeddings import sdxl_file_name
+def test_init_vectors_start_the_new_rows_exactly(tok_te):
+    tok, te = tok_te
+    start = _rows(3, 32, seed=7)
+    module = add_placeholder_tokens(tok, te, "<warm>", None, 3, init_vectors=start)
+    assert torch.equal(module.vectors.detach(), start)
+    assert torch.equal(module.weight[-3:], start)
 
-    assert sdxl_file_name("<cat-toy>") == "cat-toy.safetensors"
-    assert sdxl_file_name("<my thing/v2>") == "my_thing_v2.safetensors"  # a safe file name everywhere
-    assert sdxl_file_name("<learned_embeds_2>") == "embedding-learned_embeds_2.safetensors"  # never clobbers
-    assert sdxl_file_name("<>") == "embedding.safetensors"
+
+def test_read_init_refuses_another_number_of_vectors(tmp_path):
+    from ti_experiments.embeddings import read_init
+
+    path = save_learned_embeds(tmp_path / "e.safetensors", "<x>", _rows(4, 32))
+    with pytest.raises(TIError, match=r"holds 4 vectors and concept.num_vectors is 2; fix: set concept.num_vectors=4"):
+        read_init(path, 2)
+    assert read_init(path, 4).num_vectors == 4

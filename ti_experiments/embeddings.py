@@ -9,7 +9,6 @@ adaptive optimizers see only the rows they train.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,9 +69,11 @@ def _vocab_has(tokenizer, token: str) -> bool:
 
 
 def add_placeholder_tokens(
-    tokenizer, text_encoder, placeholder_token: str, initializer_token: str, num_vectors: int
+    tokenizer, text_encoder, placeholder_token: str, initializer_token: str | None, num_vectors: int,
+    init_vectors: torch.Tensor | None = None,
 ) -> PlaceholderEmbedding:
-    """Add the tokens, start every new row as a copy of the initializer's row, and splice them in."""
+    """Add the tokens, start every new row as a copy of the initializer's row (or, given `init_vectors`,
+    as those rows: a warm start from an earlier embedding), and splice them in."""
     if not isinstance(num_vectors, int) or num_vectors < 1:
         raise TIError(f"concept.num_vectors is {num_vectors}", "set concept.num_vectors to an integer >= 1")
     if not placeholder_token or any(c.isspace() for c in str(placeholder_token)):
@@ -87,8 +88,10 @@ def add_placeholder_tokens(
             f"placeholder token {taken[0]!r} is already in the tokenizer's vocabulary",
             "choose a new word for concept.placeholder_token, such as '<my-concept>'",
         )
-    init_ids = tokenizer.encode(initializer_token, add_special_tokens=False)
-    if len(init_ids) != 1:
+    if init_vectors is not None and tuple(init_vectors.shape) != (num_vectors, text_encoder.get_input_embeddings().embedding_dim):
+        raise ValueError(f"init_vectors {tuple(init_vectors.shape)} do not fit {num_vectors} rows of this text encoder")
+    init_ids = [] if init_vectors is not None else tokenizer.encode(str(initializer_token), add_special_tokens=False)
+    if init_vectors is None and len(init_ids) != 1:
         pieces = tokenizer.convert_ids_to_tokens(init_ids)
         raise TIError(
             f"concept.initializer_token {initializer_token!r} is {len(init_ids)} tokens {pieces}, not one",
@@ -104,8 +107,12 @@ def add_placeholder_tokens(
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     base = text_encoder.get_input_embeddings()
     with torch.no_grad():
-        base.weight[ids] = base.weight[init_ids[0]].clone()
+        start = base.weight[init_ids[0]].clone() if init_vectors is None else init_vectors.to(base.weight)
+        base.weight[ids] = start
     module = PlaceholderEmbedding(base, first_id=ids[0], num_vectors=num_vectors)
+    if init_vectors is not None:  # the fp32 rows exactly as the file holds them, whatever the matrix dtype
+        with torch.no_grad():
+            module.vectors.copy_(init_vectors.float())
     text_encoder.set_input_embeddings(module)
     return module
 
@@ -130,14 +137,6 @@ def save_a1111(path: str | os.PathLike, vectors: torch.Tensor) -> Path:
 def save_sdxl(path: str | os.PathLike, clip_l: torch.Tensor, clip_g: torch.Tensor) -> Path:
     """The SDXL layout A1111 and ComfyUI read: `clip_l` (first encoder) and `clip_g` (second) in one file."""
     return _save_tensors(path, {"clip_l": clip_l, "clip_g": clip_g})
-
-
-def sdxl_file_name(placeholder_token: str) -> str:
-    """`<cat-toy>` -> `cat-toy.safetensors`: A1111 and ComfyUI take the file name as the prompt word."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(placeholder_token).strip("<>")).strip("._") or "embedding"
-    if name.startswith("learned_embeds"):  # never the diffusers files beside it
-        name = f"embedding-{name}"
-    return f"{name}.safetensors"
 
 
 def _save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> Path:
@@ -271,6 +270,17 @@ def read_embedding(path: str | os.PathLike) -> EmbeddingFile:
     if not path.is_file():
         raise TIError(f"embedding {path} does not exist", "check the path")
     return _from_state(_read_state(path), path)
+
+
+def read_init(path: str | os.PathLike, num_vectors: int) -> EmbeddingFile:
+    """The embedding a run starts from (`concept.init_from`): readable, and with as many vectors as the
+    concept trains (a silent truncation or padding would be a different concept). `check_fits` follows
+    once the model is loaded."""
+    embedding = read_embedding(path)
+    if embedding.num_vectors != num_vectors:
+        raise TIError(f"concept.init_from {path} holds {embedding.num_vectors} vectors and concept.num_vectors is "
+                      f"{num_vectors}", f"set concept.num_vectors={embedding.num_vectors}")
+    return embedding
 
 
 def text_encoder_pairs(pipe) -> list[tuple]:

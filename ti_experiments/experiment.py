@@ -18,10 +18,17 @@ from .checks import check_run_settings
 from .data import TEMPLATES, ConceptImages, TextualInversionDataset
 from .data.images import list_image_files
 from .embeddings import (
-    add_placeholder_tokens, placeholder_tokens, save_learned_embeds, save_sdxl, sdxl_file_name, unsplice,
+    add_placeholder_tokens,
+    check_fits,
+    placeholder_tokens,
+    read_init,
+    save_learned_embeds,
+    unsplice,
 )
 from .errors import TIError
+from .export import a1111_name, save_for_other_tools
 from .files import write_text_atomic
+from .publish import check_can_push, publish
 from .records.run_record import MetricsLog, RunRecord, write_summary
 from .training import run_training
 from .validation import Validator
@@ -119,17 +126,19 @@ def make_accelerator(hardware: DictConfig, tracker, run_dir: Path):
 
 def write_concept_files(run_dir: Path, placeholder: str, learnable_property: str, vectors: torch.Tensor,
                         vectors_2: torch.Tensor | None = None) -> None:
-    """The sd-concepts-library layout: diffusers and InvokeAI read these three files.
+    """The sd-concepts-library layout (diffusers and InvokeAI read these three files), and the one file
+    AUTOMATIC1111/ComfyUI read, named after the placeholder (`<cat-toy>` -> `cat-toy.safetensors`).
 
     SDXL (`vectors_2`, the second encoder's rows) adds diffusers' second file, learned_embeds_2.safetensors,
-    and the one file AUTOMATIC1111 and ComfyUI read, `<token>.safetensors` with keys clip_l and clip_g.
+    and its A1111/ComfyUI file holds keys clip_l and clip_g instead of emb_params.
     """
     save_learned_embeds(run_dir / "learned_embeds.safetensors", placeholder, vectors)
     if vectors_2 is not None:
         save_learned_embeds(run_dir / "learned_embeds_2.safetensors", placeholder, vectors_2)
-        save_sdxl(run_dir / sdxl_file_name(placeholder), vectors, vectors_2)
     write_text_atomic(run_dir / "token_identifier.txt", placeholder)
     write_text_atomic(run_dir / "type_of_concept.txt", learnable_property)
+    save_for_other_tools(run_dir / f"{a1111_name(placeholder)}.safetensors",
+                         [vectors] if vectors_2 is None else [vectors, vectors_2])
 
 
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
@@ -143,8 +152,12 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
         torch.cuda.reset_peak_memory_stats()  # a sweep's previous job must not count here
     # With several processes (accelerate launch) only the main one keeps the record.
     record = RunRecord(run_dir, cfg, overrides) if PartialState(cpu=no_accelerator()).is_main_process else None
+    hub = cfg.get("hub")
     try:
-        _train(cfg, run_dir)
+        # token, network and repository are checked before anything is trained, on the main process
+        settings = build(hub) if record and hub is not None else None
+        repo_id = check_can_push(settings, cfg.concept.placeholder_token) if settings and settings.push else None
+        _train(cfg, run_dir, record)
     except KeyboardInterrupt as exc:
         if record:
             record.finish("interrupted", exc)
@@ -155,6 +168,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
         raise
     if record:
         record.finish("completed")
+        if repo_id:  # the run is complete whatever happens to the upload; a failed upload says how to retry
+            record.note(hub=publish(run_dir, repo_id, settings))
     return run_dir
 
 
@@ -173,6 +188,7 @@ class Prepared:
     tokens: list
     dataset: TextualInversionDataset
     embedding_2: object = None  # SDXL: the second text encoder's placeholder rows
+    init_from: dict | None = None
 
 
 def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
@@ -189,22 +205,56 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
     tracker = build(cfg.logger)
     tracker.identify(run_dir, **hydra_identity())
 
+    init = start_embedding(cfg)
     parts = build(cfg.model)
     factor = parts.vae_scale_factor
     if data_settings.resolution % factor or data_settings.resolution < 8 * factor:
         raise TIError(f"data.resolution={data_settings.resolution} does not fit this model's VAE, which needs "
                       f"a multiple of {factor} of at least {8 * factor}",
                       f"use e.g. data.resolution={parts.resolution}")
-    # SDXL: the same tokens in both tokenizers, each encoder's rows from its own initializer row
+    if init:
+        check_fits(init, [encoder.get_input_embeddings().embedding_dim for encoder in parts.text_encoders])
+    # SDXL: the same tokens in both tokenizers, each encoder's rows from its own initializer row (or file rows)
     embedding, *embedding_2 = [add_placeholder_tokens(tokenizer, encoder, concept.placeholder_token,
-                                                      concept.initializer_token, concept.num_vectors)
-                               for tokenizer, encoder in zip(parts.tokenizers, parts.text_encoders)]
+                                                      concept.initializer_token, concept.num_vectors,
+                                                      init_vectors=init.vectors[i] if init else None)
+                               for i, (tokenizer, encoder) in enumerate(zip(parts.tokenizers, parts.text_encoders))]
     tokens = placeholder_tokens(concept.placeholder_token, concept.num_vectors)
     sdxl = dict(tokenizer_2=parts.tokenizer_2, time_ids=images.time_ids) if parts.is_sdxl else {}
     dataset = TextualInversionDataset(len(images), data_settings.repeats, parts.tokenizer, " ".join(tokens),
-                                      concept.learnable_property, data_settings.flip_p, **sdxl)
+                                      concept.learnable_property, data_settings.flip_p, **sdxl,
+                                      captions=images.captions, caption_mode=data_settings.captions,
+                                      templates=data_settings.templates)
+    if data_settings.captions != "none" and (cut := dataset.cut_placeholders()):
+        log.warning("%d caption(s) are too long for the text encoder, which cuts off the placeholder, e.g. %s: "
+                    "shorten them or put {} near the start", len(cut), images.paths[cut[0]])
     return Prepared(cfg, run_dir, data_settings, validation, images, tracker, parts, embedding, tokens, dataset,
-                    embedding_2[0] if embedding_2 else None)
+                    embedding_2[0] if embedding_2 else None, init_from=describe_init(init) if init else None)
+
+
+def start_embedding(cfg: DictConfig):
+    """`concept.init_from`: the embedding whose vectors the new rows start from (None: the initializer's row).
+
+    A checkpoint to resume wins: its rows replace these once the loop loads it, as they would replace
+    the initializer's; the file is still read and checked, because the resumed run is the same run.
+    """
+    path = cfg.concept.get("init_from")
+    if not path:
+        return None
+    init = read_init(path, cfg.concept.num_vectors)
+    log.info("the placeholder rows start from %s (%s, token %r, %d vectors)%s", init.path, init.format, init.token,
+             init.num_vectors, "; a checkpoint to resume from replaces them" if cfg.train.resume_from_checkpoint
+             else "")
+    return init
+
+
+def describe_init(init) -> dict:
+    """What run.json records about the start: where, which format, and hashes of the file and the vectors."""
+    from .records.run_record import sha256
+
+    return {"path": str(Path(init.path).resolve()), "format": init.format, "token": init.token,
+            "num_vectors": init.num_vectors, "sha256": sha256(init.path) if Path(init.path).is_file() else None,
+            "vectors_sha256": [tensor_sha256(v) for v in init.vectors]}
 
 
 def comparable_settings(cfg: DictConfig) -> dict:
@@ -231,9 +281,11 @@ def fit(p: Prepared, accelerator, metrics_log_factory, validator=None):
     )
 
 
-def _train(cfg: DictConfig, run_dir: Path) -> None:
+def _train(cfg: DictConfig, run_dir: Path, record: RunRecord | None = None) -> None:
     started = time.perf_counter()
     p = prepare(cfg, run_dir)
+    if record and p.init_from:
+        record.note(init_from=p.init_from)
     accelerator = make_accelerator(cfg.hardware, p.tracker, run_dir)
     failed = True
     try:
@@ -254,7 +306,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> None:
                 unsplice(encoder)
             write_summary(run_dir, final_loss=result.final_loss, steps=result.global_step,
                           wall_seconds=time.perf_counter() - started, train_seconds=result.seconds,
-                          steps_trained=result.steps_trained, device=accelerator.device)
+                          steps_trained=result.steps_trained, device=accelerator.device,
+                          extra={"num_images": len(p.images)})
             log.info("done: %d steps in %.1fs, final loss %s; embedding in %s", result.global_step,
                      result.seconds, f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a",
                      run_dir / "learned_embeds.safetensors")

@@ -184,3 +184,64 @@ def test_sdxl_items_carry_both_tokenizations_and_their_images_time_ids():
         assert torch.equal(item["time_ids"], time_ids[int(item["flipped"]), 1])
         assert torch.equal(item["input_ids_2"], item["input_ids"])
     assert "time_ids" not in TextualInversionDataset(3, 5, tok, "<x>", "object", 0.5)[(0, 1)]
+
+
+def _captioned_folder(tmp_path, captions: dict):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for i, (name, caption) in enumerate(captions.items()):
+        _img(tmp_path / f"{name}.png", color=(i * 40, 0, 0))
+        if caption is not None:
+            (tmp_path / f"{name}.txt").write_text(caption + "\n")
+    return tmp_path
+
+
+def test_captions_are_read_beside_each_image_and_follow_it(tmp_path, caplog):
+    folder = _captioned_folder(tmp_path, {"b": "a {} in\nthe snow", "a": "a [name] on grass", "c": "{} at night"})
+    with caplog.at_level(logging.WARNING):
+        images = ConceptImages(folder, DataSettings(resolution=8, captions="file"))
+    assert [p.name for p in images.paths] == ["a.png", "b.png", "c.png"]  # caption files are not images
+    assert images.captions == ["a [name] on grass", "a {} in the snow", "{} at night"]
+    assert "skipping" not in caplog.text
+    tok = _Tok()
+    ds = TextualInversionDataset(3, 4, tok, "<x>", "object", 0.0, captions=images.captions, caption_mode="file")
+    for key in range(12):  # the item of image i gets the caption of image i, whatever the repeat
+        item = ds[(key, key)]
+        assert tok.last == ["a <x> on grass", "a <x> in the snow", "<x> at night"][item["image_index"]]
+
+
+def test_a_missing_caption_is_an_error_in_file_mode_and_the_template_alone_with_filewords(tmp_path, caplog):
+    folder = _captioned_folder(tmp_path, {"a": "a {} on grass", "b": None, "c": ""})
+    with pytest.raises(TIError, match=r"2 of 3 images have no caption, e.g. .*b.png \(no b.txt or an empty one\)"):
+        ConceptImages(folder, DataSettings(resolution=8, captions="file"))
+    with caplog.at_level(logging.WARNING):
+        images = ConceptImages(folder, DataSettings(resolution=8, captions="filewords"))
+    assert images.captions == ["a {} on grass", None, None] and "2 of 3 images have no caption" in caplog.text
+    assert ConceptImages(folder, DataSettings(resolution=8)).captions == [None, None, None]  # mode none reads none
+
+
+def test_a_caption_that_pushes_the_placeholder_past_the_limit_is_found(tiny_model_path):
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(tiny_model_path, subfolder="tokenizer")
+    tok.add_tokens(["<x>"])
+    long = " ".join(["red"] * 100)
+    ds = TextualInversionDataset(2, 1, tok, "<x>", "object", 0.0, captions=[f"{{}} {long}", f"{long} {{}}"],
+                                 caption_mode="file")
+    assert ds.cut_placeholders() == [1]
+
+
+def test_a_tiny_run_trains_on_the_captions(tmp_path, monkeypatch):
+    from conftest import TINY_RUN, compose
+    from ti_experiments.data.templates import Prompts
+    from ti_experiments.experiment import run
+
+    folder = _captioned_folder(tmp_path / "images", {"one": "a {} on a red carpet", "two": "a {} in a blue box"})
+    seen = []
+    original = Prompts.__call__
+    monkeypatch.setattr(Prompts, "__call__", lambda self, rng, i: seen.append(original(self, rng, i)) or seen[-1])
+    run_dir = run(compose(*TINY_RUN, f"concept.train_data_dir={folder}", "data.captions=filewords",
+                          "data.templates=['a photo of {}, [filewords]']", "data.resolution=64",
+                          output_dir=tmp_path / "run"))
+    assert (run_dir / "learned_embeds.safetensors").is_file()
+    assert set(seen) == {"a photo of <demo-toy>, a <demo-toy> on a red carpet",
+                         "a photo of <demo-toy>, a <demo-toy> in a blue box"}

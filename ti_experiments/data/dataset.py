@@ -11,11 +11,11 @@ import random
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .templates import TEMPLATES
+from .templates import TEMPLATES, Prompts, with_filewords
 
 
 class TextualInversionDataset(Dataset):
-    """len = images x repeats; item = image index, flip flag and a tokenized template prompt.
+    """len = images x repeats; item = image index, flip flag and a tokenized prompt (template, caption or both).
 
     For SDXL (`tokenizer_2` and `time_ids` given) an item also holds the prompt tokenized by the second
     tokenizer (`input_ids_2`) and its image's size and crop conditioning (`time_ids`, see
@@ -23,22 +23,37 @@ class TextualInversionDataset(Dataset):
     """
 
     def __init__(self, num_images: int, repeats: int, tokenizer, placeholder_string: str,
-                 learnable_property: str, flip_p: float, tokenizer_2=None, time_ids: torch.Tensor | None = None):
+                 learnable_property: str, flip_p: float, tokenizer_2=None, time_ids: torch.Tensor | None = None,
+                 *, captions: list[str | None] | None = None, caption_mode: str = "none",
+                 templates: list[str] | None = None):
         self.tokenizer_2, self.time_ids = tokenizer_2, time_ids
         self.num_images = num_images
         self.repeats = repeats
         self.tokenizer = tokenizer
         self.placeholder_string = placeholder_string
-        self.templates = TEMPLATES[learnable_property]
+        if templates is None:
+            templates = TEMPLATES[learnable_property]
+            templates = with_filewords(templates) if caption_mode == "filewords" else templates
+        self.templates = templates
+        self.prompts = Prompts(caption_mode, templates, placeholder_string, captions)
         self.flip_p = flip_p
 
     def __len__(self) -> int:
         return self.num_images * self.repeats
 
+    def cut_placeholders(self) -> list[int]:
+        """Images with a prompt so long that the text encoder's limit cuts off (some of) the placeholder:
+        such an item teaches nothing about the vectors it drops."""
+        last = self.tokenizer.convert_tokens_to_ids(self.placeholder_string.split()[-1])
+        limit = self.tokenizer.model_max_length
+        return [i for i in range(self.num_images)
+                if any(last not in self.tokenizer(t, truncation=True, max_length=limit).input_ids
+                       for t in self.prompts.all_texts(i))]
+
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, seed = key
         rng = random.Random(seed)
-        text = rng.choice(self.templates).format(self.placeholder_string)
+        text = self.prompts(rng, index % self.num_images)
         flipped = rng.random() < self.flip_p
         item = {"image_index": index % self.num_images, "flipped": flipped, "input_ids": _ids(self.tokenizer, text)}
         if self.tokenizer_2 is not None:

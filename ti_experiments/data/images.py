@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import TIError
+from .templates import CAPTION_MODES, FILEWORDS, has_placeholder
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,29 @@ class DataSettings:
     interpolation: str = "bicubic"
     repeats: int = 100
     num_workers: int = 0
+    # none: templates only; file: each image's caption file; filewords: templates with [filewords] = caption
+    captions: str = "none"
+    caption_extension: str = ".txt"
+    # null: the built-in templates of the concept's kind; or your own, with {} or [name] (and [filewords])
+    templates: list | None = None
 
     def __post_init__(self):
+        if self.captions not in CAPTION_MODES:
+            raise TIError(f"data.captions={self.captions!r} is unknown", f"use one of {', '.join(CAPTION_MODES)}")
+        if not str(self.caption_extension).startswith(".") or len(str(self.caption_extension)) < 2:
+            raise TIError(f"data.caption_extension={self.caption_extension!r} is not a file extension",
+                          "use e.g. .txt or .caption")
+        if self.templates is not None:
+            self.templates = [str(t) for t in self.templates]
+            bad = [t for t in self.templates if not has_placeholder(t, "<concept>")]
+            if not self.templates or bad:
+                raise TIError(f"data.templates has {'a template without the concept: ' + repr(bad[0]) if bad else 'no template'}",
+                              "put {} or [name] where the concept goes in every template, e.g. 'a photo of {}'")
+            if self.captions == "file":
+                log.warning("data.templates is not used with data.captions=file (each prompt is the image's caption)")
+            if self.captions == "filewords" and not any(FILEWORDS in t for t in self.templates):
+                raise TIError("data.captions=filewords but no template of data.templates has [filewords]",
+                              "add [filewords] where the caption goes, e.g. 'a photo of {}, [filewords]'")
         if self.interpolation not in INTERPOLATIONS:
             raise TIError(
                 f"data.interpolation={self.interpolation!r} is unknown",
@@ -111,8 +133,21 @@ def prepare_image(img: Image.Image, settings: DataSettings) -> Image.Image:
     return img
 
 
-def list_image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+def list_image_files(folder: Path, caption_extension: str | None = None) -> list[Path]:
+    """The files of a concept folder that may be images: not hidden, not caption files."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and (caption_extension is None or p.suffix != caption_extension))
+
+
+def read_caption(path: Path) -> str | None:
+    """One line of text (an empty file is no caption): whitespace, newlines included, folded to single spaces."""
+    try:
+        text = " ".join(path.read_text(encoding="utf-8-sig").split())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TIError(f"caption file {path} cannot be read ({exc.__class__.__name__})", "save it as UTF-8 text") from None
+    return text or None
 
 
 class ConceptImages:
@@ -123,7 +158,8 @@ class ConceptImages:
         hint = "set concept.train_data_dir to a folder of 3-10 images of the concept"
         if not folder.is_dir():
             raise TIError(f"concept.train_data_dir {str(folder)!r} does not exist or is not a folder", hint)
-        files = list_image_files(folder)
+        with_captions = settings.captions != "none"
+        files = list_image_files(folder, settings.caption_extension if with_captions else None)
         if not files:
             raise TIError(f"concept.train_data_dir {str(folder)!r} is empty", hint)
         self.paths: list[Path] = []
@@ -146,7 +182,21 @@ class ConceptImages:
         self.pixels = torch.stack(tensors)  # [N, 3, H, W] in [-1, 1]
         # SDXL's add_time_ids of each image [2 (as is, mirrored), N, 6], indexed like the latent cache
         self.time_ids = torch.stack(sizes, dim=1)
-        log.info("%d training images from %s", len(self.paths), folder)
+        # the caption of image i is captions[i]; it travels with the image index, as the latents do
+        self.captions: list[str | None] = [read_caption(p.with_suffix(settings.caption_extension))
+                                           if with_captions else None for p in self.paths]
+        missing = [p for p, c in zip(self.paths, self.captions) if c is None]
+        if with_captions and missing:
+            example = f"{missing[0]} (no {missing[0].with_suffix(settings.caption_extension).name} or an empty one)"
+            if settings.captions == "file":
+                raise TIError(f"data.captions=file but {len(missing)} of {len(self.paths)} images have no caption, "
+                              f"e.g. {example}",
+                              "write the caption files, or use data.captions=filewords (the template alone where "
+                              "a caption is missing)")
+            log.warning("%d of %d images have no caption, e.g. %s: their prompts are the template alone",
+                        len(missing), len(self.paths), example)
+        log.info("%d training images from %s%s", len(self.paths), folder,
+                 f", captions from *{settings.caption_extension} ({settings.captions})" if with_captions else "")
 
     def __len__(self) -> int:
         return len(self.paths)

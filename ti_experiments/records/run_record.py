@@ -57,6 +57,11 @@ class RunRecord:
         }
         write_json(self.path, self.data)
 
+    def note(self, **facts) -> None:
+        """Facts learned after the start (e.g. the embedding a run started from)."""
+        self.data.update(facts)
+        write_json(self.path, self.data)
+
     def finish(self, status: str, error: BaseException | None = None) -> None:
         assert status in STATUSES
         self.data["status"] = status

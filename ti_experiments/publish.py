@@ -1,0 +1,311 @@
+"""Publishing a concept to the Hugging Face Hub: files, a model card, and a check before training starts.
+
+`hub.push=true` checks the token and the network and creates the repository BEFORE training (so a run never
+trains for an hour to fail at the upload), and uploads at the end. `python -m ti_experiments.publish RUN_DIR`
+publishes a finished run later (`--dry-run`: write the card, list the files, upload nothing).
+
+The token comes from huggingface_hub (`HF_TOKEN`, or the one `hf auth login` stored); it is never a config
+value, so it cannot reach a config dump, run.json, a log or a tracker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .errors import TIError
+from .export import a1111_name
+from .files import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+CARD_FILE = "model_card.md"  # the card as uploaded (README.md in the repository), kept in the run directory
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+_REPO_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$")
+
+
+@dataclass
+class HubSettings:
+    """The `hub` config group."""
+
+    push: bool = False
+    repo_id: str | None = None
+    private: bool = True
+    license: str = "creativeml-openrail-m"
+    num_training_images: int = 4
+
+    def __post_init__(self):
+        for key in ("push", "private"):
+            if not isinstance(getattr(self, key), bool):
+                raise TIError(f"hub.{key}={getattr(self, key)!r} is not true or false", f"use e.g. hub.{key}=true")
+        if self.repo_id is not None and not _REPO_ID.match(str(self.repo_id)):
+            raise TIError(f"hub.repo_id={self.repo_id!r} is not a Hub repository name",
+                          "use NAME or USER/NAME (letters, digits, '-', '_', '.')")
+        if not isinstance(self.num_training_images, int) or self.num_training_images < 0:
+            raise TIError(f"hub.num_training_images={self.num_training_images!r} must be >= 0", "use e.g. 4")
+
+
+def _api():
+    from huggingface_hub import HfApi
+
+    return HfApi()
+
+
+def _token() -> str:
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        raise TIError("hub.push=true but no Hugging Face token was found",
+                      "set HF_TOKEN or log in once with `hf auth login` (or set hub.push=false)")
+    return token
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else exc.__class__.__name__
+
+
+def check_can_push(settings: HubSettings, placeholder: str) -> str:
+    """Token, network, write access and the repository, before any training; returns the repository id."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    token = _token()
+    api = _api()
+    try:
+        me = api.whoami(token=token)
+    except HfHubHTTPError as exc:
+        if getattr(exc.response, "status_code", None) in (401, 403):
+            raise TIError("the Hugging Face Hub refused the token (invalid or expired)",
+                          "set HF_TOKEN to a valid token with write access, or hub.push=false") from None
+        raise TIError(f"cannot reach the Hugging Face Hub ({_first_line(exc)})",
+                      "try again later, or set hub.push=false and publish later with "
+                      "python -m ti_experiments.publish RUN_DIR") from None
+    except Exception as exc:  # noqa: BLE001 - offline mode, DNS, proxy, timeout: the same remedy
+        raise TIError(f"cannot reach the Hugging Face Hub ({_first_line(exc)})",
+                      "connect to the network (and unset HF_HUB_OFFLINE), or set hub.push=false and publish later "
+                      "with python -m ti_experiments.publish RUN_DIR") from None
+    if ((me.get("auth") or {}).get("accessToken") or {}).get("role") == "read":
+        raise TIError("the Hugging Face token is read-only", "use a token with write access, or hub.push=false")
+    name = settings.repo_id or a1111_name(placeholder)
+    repo_id = name if "/" in name else f"{me['name']}/{name}"
+    try:
+        api.create_repo(repo_id, token=token, private=settings.private, exist_ok=True)
+    except Exception as exc:  # noqa: BLE001
+        raise TIError(f"cannot create the Hub repository {repo_id} ({_first_line(exc)})",
+                      "choose a hub.repo_id in a namespace the token may write to") from None
+    log.info("the concept will be published to https://huggingface.co/%s at the end of the run", repo_id)
+    return repo_id
+
+
+# --- what is published ------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def load_run(run_dir: Path) -> tuple[dict, dict]:
+    """The resolved config and summary.json of a finished run (a publishable one)."""
+    run_dir = Path(run_dir)
+    config = run_dir / "resolved_config.yaml"
+    if not config.is_file() or not (run_dir / "learned_embeds.safetensors").is_file():
+        raise TIError(f"{run_dir} is not a finished run (no resolved_config.yaml or learned_embeds.safetensors)",
+                      "pass the directory of a completed run")
+    status = _read_json(run_dir / "run.json").get("status")
+    if status not in (None, "completed"):
+        raise TIError(f"{run_dir} did not complete (run.json says {status!r})",
+                      "publish a completed run, or resume this one first")
+    return OmegaConf.to_container(OmegaConf.load(config), resolve=False), _read_json(run_dir / "summary.json")
+
+
+def _images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.name.startswith("."))
+
+
+def last_validation(run_dir: Path) -> tuple[int | None, list[Path]]:
+    steps = [(int(m.group(1)), p) for p in (Path(run_dir) / "validation").glob("step-*")
+             if (m := re.fullmatch(r"step-(\d+)", p.name)) and p.is_dir()]
+    if not steps:
+        return None, []
+    step, folder = max(steps)
+    return step, _images(folder)
+
+
+def files_to_upload(run_dir: Path, config: dict, num_training_images: int = 4) -> list[tuple[Path, str]]:
+    """(local file, path in the repository): the embeddings in both formats, the sd-concepts text files, the
+    first training images and the last validation images (and the card, once written)."""
+    run_dir = Path(run_dir)
+    placeholder = (run_dir / "token_identifier.txt").read_text().strip()
+    names = ["learned_embeds.safetensors", f"{a1111_name(placeholder)}.safetensors", "token_identifier.txt",
+             "type_of_concept.txt"]
+    files = [(run_dir / n, n) for n in names if (run_dir / n).is_file()]
+    train_dir = Path(str((config.get("concept") or {}).get("train_data_dir", ""))).expanduser()
+    files += [(p, f"concept_images/{p.name}") for p in _images(train_dir)[:num_training_images]]
+    _, validation = last_validation(run_dir)
+    files += [(p, f"validation_images/{p.name}") for p in validation]
+    if (run_dir / CARD_FILE).is_file():
+        files.append((run_dir / CARD_FILE, "README.md"))
+    return files
+
+
+def _hub_id(name) -> str | None:
+    """The base model's Hub id; None for a local folder (the tiny model, a fine-tune on disk)."""
+    name = str(name or "")
+    return name if _REPO_ID.match(name) and "/" in name and not Path(name).expanduser().exists() else None
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "n/a" if value is None else str(value)
+
+
+def build_model_card(run_dir: Path, config: dict, summary: dict, repo_id: str | None = None,
+                     license: str = "creativeml-openrail-m") -> str:
+    """README.md of the Hub repository: front matter, how to load it, the settings that trained it, its metrics."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    concept, model, train = config.get("concept") or {}, config.get("model") or {}, config.get("train") or {}
+    data, optimizer, hardware = config.get("data") or {}, config.get("optimizer") or {}, config.get("hardware") or {}
+    placeholder = (run_dir / "token_identifier.txt").read_text().strip()
+    kind = (run_dir / "type_of_concept.txt").read_text().strip() if (run_dir / "type_of_concept.txt").is_file() \
+        else concept.get("learnable_property", "object")
+    base = _hub_id(model.get("pretrained_model_name_or_path"))
+    front = {"license": license, **({"base_model": base} if base else {}), "library_name": "diffusers",
+             "tags": ["stable-diffusion", "stable-diffusion-diffusers", "text-to-image", "diffusers",
+                      "textual_inversion", "ti-experiments"], "inference": True}
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir / "learned_embeds.safetensors"), "pt") as f:
+        num_vectors, width = f.get_slice(next(iter(f.keys()))).get_shape()
+    a1111 = a1111_name(placeholder)
+    repo = repo_id or "USER/REPO"
+    prompt = concept.get("validation_prompt") or (f"a photo of {placeholder}" if kind == "object"
+                                                   else f"a house in the style of {placeholder}")
+    base_text = f"[{base}](https://huggingface.co/{base})" if base else f"`{model.get('pretrained_model_name_or_path')}`"
+    start = (f"the embedding `{concept['init_from']}`" if concept.get("init_from")
+             else f"the word `{concept.get('initializer_token')}`")
+    settings = [
+        ("base model", base or model.get("pretrained_model_name_or_path")),
+        ("placeholder / vectors", f"`{placeholder}` / {num_vectors} x {width}"),
+        ("learnable property", kind), ("started from", start),
+        ("training images", summary.get("num_images")),
+        ("prompts", {"none": f"{kind} templates", "file": "per-image captions",
+                     "filewords": "templates with [filewords] captions"}.get(data.get("captions", "none"))),
+        ("resolution", data.get("resolution")), ("steps", train.get("max_steps")),
+        ("batch size x gradient accumulation", f"{train.get('batch_size')} x {train.get('gradient_accumulation_steps')}"),
+        ("optimizer / learning rate", f"{str(optimizer.get('_target_', '')).split('.')[-1] or 'n/a'} / "
+                                      f"{_fmt(optimizer.get('lr'))}{' (scaled by batch x accumulation x processes)' if train.get('scale_lr') else ''}"),
+        ("lr scheduler", str((config.get("lr_scheduler") or {}).get("name", "n/a"))),
+        ("mixed precision", hardware.get("mixed_precision")), ("seed", config.get("seed")),
+    ]
+    metrics = [("final loss", summary.get("final_loss")), ("mean loss, last 10% of steps", summary.get("avg_loss")),
+               ("steps", summary.get("steps")), ("training seconds", summary.get("train_seconds")),
+               ("steps per second", summary.get("steps_per_sec")),
+               ("peak memory (GiB)", summary["peak_memory_bytes"] / 2**30 if summary.get("peak_memory_bytes") else None)]
+    metrics += [(k, v) for k, v in summary.items() if k.startswith("eval") or k in ("clip_score", "clip_i", "clip_t")]
+    files = files_to_upload(run_dir, config, 10**6)
+    training = [dest for _, dest in files if dest.startswith("concept_images/")]
+    step, validation = last_validation(run_dir)
+    lines = [
+        "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+        f"# Textual inversion: `{placeholder}`", "",
+        f"`{placeholder}` is a new word for {'an' if kind == 'object' else 'a'} {kind} concept, taught to {base_text} "
+        f"by textual inversion: only its {'token embedding (one vector' if num_vectors == 1 else f'{num_vectors} token embeddings ({num_vectors} vectors'} "
+        f"of {width} values) {'was' if num_vectors == 1 else 'were'} trained; the model itself is unchanged.", "",
+        "## Use it", "", "With diffusers:", "", "```python", "import torch",
+        "from diffusers import StableDiffusionPipeline", "",
+        f'pipe = StableDiffusionPipeline.from_pretrained("{base or "BASE_MODEL"}", torch_dtype=torch.float16).to("cuda")',
+        f'pipe.load_textual_inversion("{repo}")', f'image = pipe("{prompt}").images[0]', "```", "",
+        f"With AUTOMATIC1111 or ComfyUI: put `{a1111}.safetensors` into the `embeddings` folder; these tools take the "
+        f"word from the file name, so the prompt says `{a1111}` (ComfyUI: `embedding:{a1111}`).", "",
+        "## Files", "", "| file | what it is |", "| --- | --- |",
+        f"| `learned_embeds.safetensors` | diffusers format: one key, `{placeholder}`, a [{num_vectors}, {width}] fp32 tensor |",
+        f"| `{a1111}.safetensors` | AUTOMATIC1111 / ComfyUI format: one key, `emb_params` |",
+        "| `token_identifier.txt`, `type_of_concept.txt` | the placeholder and the concept type (sd-concepts layout) |",
+        "", "## Training settings", "", "| setting | value |", "| --- | --- |",
+        *[f"| {k} | {_fmt(v)} |" for k, v in settings], "", "## Results", "", "| metric | value |", "| --- | --- |",
+        *[f"| {k} | {_fmt(v)} |" for k, v in metrics], "",
+    ]
+    if training:
+        lines += ["## Training images", "", *[f"![training image]({p})" for p in training[:10]], ""]
+    if validation:
+        lines += [f"## Validation images (step {step})", "",
+                  *[f"![validation image]({'validation_images/' + p.name})" for p in validation], ""]
+    lines += ["Trained with ti-experiments (textual inversion with Hydra and Accelerate)."]
+    return "\n".join(lines) + "\n"
+
+
+def publish(run_dir: Path, repo_id: str, settings: HubSettings) -> dict:
+    """Write the card into the run directory and upload it with the files in one commit; returns where."""
+    from huggingface_hub import CommitOperationAdd
+
+    run_dir = Path(run_dir)
+    config, summary = load_run(run_dir)
+    write_text_atomic(run_dir / CARD_FILE, build_model_card(run_dir, config, summary, repo_id, settings.license))
+    files = files_to_upload(run_dir, config, settings.num_training_images)
+    token = _token()
+    api = _api()
+    try:
+        api.create_repo(repo_id, token=token, private=settings.private, exist_ok=True)
+        info = api.create_commit(
+            repo_id, [CommitOperationAdd(path_in_repo=dest, path_or_fileobj=str(local)) for local, dest in files],
+            commit_message=f"Textual inversion {summary.get('steps', '')} steps: "
+                           f"{(run_dir / 'token_identifier.txt').read_text().strip()}",
+            token=token)
+    except Exception as exc:  # noqa: BLE001
+        raise TIError(f"the upload to the Hub repository {repo_id} failed ({_first_line(exc)})",
+                      f"the run is complete in {run_dir}; upload it again with python -m ti_experiments.publish "
+                      f"{run_dir} --repo-id {repo_id}") from None
+    url = str(getattr(info, "commit_url", "") or f"https://huggingface.co/{repo_id}")
+    log.info("published %d files to https://huggingface.co/%s", len(files), repo_id)
+    return {"repo_id": repo_id, "commit_url": url, "files": [dest for _, dest in files]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ti_experiments.publish", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a completed run directory")
+    parser.add_argument("--repo-id", default=None, help="NAME or USER/NAME (default: the run's hub.repo_id, else "
+                                                        "USER/<placeholder>)")
+    parser.add_argument("--public", action="store_true", help="create the repository public (default: private)")
+    parser.add_argument("--dry-run", action="store_true", help="write model_card.md and list the files; upload nothing")
+    args = parser.parse_args(argv)
+    from .__main__ import report_or_raise
+
+    try:
+        config, summary = load_run(args.run_dir)
+        known = {f.name for f in fields(HubSettings)}
+        hub = {k: v for k, v in (config.get("hub") or {}).items() if k in known}
+        settings = HubSettings(**{**hub, "push": True, "repo_id": args.repo_id or hub.get("repo_id"),
+                                  **({"private": False} if args.public else {})})
+        if args.dry_run:
+            write_text_atomic(args.run_dir / CARD_FILE, build_model_card(
+                args.run_dir, config, summary, settings.repo_id, settings.license))
+            for local, dest in files_to_upload(args.run_dir, config, settings.num_training_images):
+                print(f"{dest}\t<- {local}")
+            return 0
+        placeholder = (args.run_dir / "token_identifier.txt").read_text().strip()
+        result = publish(args.run_dir, check_can_push(settings, placeholder), settings)
+    except Exception as exc:
+        return report_or_raise(exc)
+    print(f"published: {result['commit_url']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
