@@ -34,10 +34,13 @@ def load_config(run_dir: Path, overrides: list[str]):
 
     from .experiment import CONF_DIR
 
-    path = run_dir / ".hydra" / "config.yaml"
-    if not path.is_file():
-        raise TIError(f"{run_dir} has no .hydra/config.yaml, so it is not a run directory",
-                      "pass the directory of a run (it holds run.json and .hydra/)")
+    # Hydra's composed config keeps the interpolations (the cache as it is today); a run started from
+    # Python has only the resolved one
+    path = next((p for p in (run_dir / ".hydra" / "config.yaml", run_dir / "resolved_config.yaml") if p.is_file()),
+                None)
+    if path is None:
+        raise TIError(f"{run_dir} has neither .hydra/config.yaml nor resolved_config.yaml, so it is not a run "
+                      "directory", "pass the directory of a run (it holds run.json and its config)")
     cfg = OmegaConf.load(path)
     group = [o.split("=", 1)[1] for o in overrides if o.startswith("evaluation=")]
     if group or cfg.get("evaluation") is None:
