@@ -43,3 +43,18 @@ def test_directions_and_the_objective_of_a_run(tmp_path):
     assert objective(tmp_path, "clip_i") == -math.inf  # no summary.json: the worst trial either way
     (tmp_path / "summary.json").write_text('{"clip_i": 0.7, "avg_loss": 0.1}')
     assert objective(tmp_path, "clip_i") == 0.7 and objective(tmp_path, "dino") == -math.inf
+
+
+@pytest.mark.parametrize(("objective", "expected"), [("avg_loss", "minimize"), ("heldout_loss", "minimize"),
+                                                     ("clip_i", "maximize"), ("dino", "maximize")])
+def test_the_optuna_sweep_takes_its_direction_from_the_objective(objective, expected):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from conftest import REPO
+
+    with initialize_config_dir(config_dir=str(REPO / "sweeps"), version_base="1.3"):
+        cfg = hydra_compose(config_name="optuna", return_hydra_config=True,
+                             overrides=[f"objective={objective}", f"hydra.searchpath=[file://{REPO / 'conf'}]"])
+    assert OmegaConf.select(cfg, "hydra.sweeper.direction") == expected
