@@ -26,7 +26,8 @@ def test_bench_prints_a_table_and_one_json_line(capsys):
     assert "limit ratio" in table and "unet bwd" in table and "speed-up vs example-style step" in table
     # the cost of the held-out loss: one evaluation, and its share of the steps between two of them
     assert 0 < result["evaluation_s"] and result["evaluation_every"] == 100
-    assert result["evaluation_share"] == pytest.approx(result["evaluation_s"] / (100 * result["median_step_s"]))
+    share = result["evaluation_s"] / (100 * result["median_step_s"])
+    assert result["evaluation_share"] == pytest.approx(share, rel=0.05)  # the JSON line is rounded
     assert "held-out loss evaluation" in table
 
 

@@ -17,7 +17,8 @@ def test_presets_compose_and_the_tiny_model_picks_the_offline_pair():
     tiny = build(compose("+concept=demo", "model=tiny").evaluation)
     assert "tiny-eval-1" in tiny.clip_model and tiny.enabled
     assert not build(compose("+concept=demo", "model=tiny", "evaluation=none").evaluation).enabled
-    assert build(compose("+concept=demo", "model=tiny", "evaluation=default").evaluation).clip_model == default.clip_model
+    chosen = build(compose("+concept=demo", "model=tiny", "evaluation=default").evaluation)
+    assert chosen.clip_model == default.clip_model  # the command line wins over the model's choice
 
 
 def test_image_metrics_auto_follows_the_device_and_best_metric_follows_them():

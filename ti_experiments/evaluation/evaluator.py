@@ -20,7 +20,7 @@ from ..embeddings import placeholder_tokens, save_learned_embeds
 from ..records.run_record import read_metrics
 from .heldout import build_heldout_set, heldout_loss
 from .prompts import prompt_templates
-from .settings import IMAGE_METRICS, METRICS, EvaluationSettings, direction
+from .settings import METRICS, EvaluationSettings, direction
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,9 @@ class Evaluator:
         self.weight_dtype = weight_dtype
         self.max_steps = max_steps
         s = self.settings
-        self.held = build_heldout_set(cache, self.parts.tokenizer, self.parts.noise_scheduler.config.num_train_timesteps,
-                                      self.placeholder_string, self.initializer, self.learnable_property,
-                                      s.heldout_samples, s.heldout_seed)
+        timesteps = self.parts.noise_scheduler.config.num_train_timesteps
+        self.held = build_heldout_set(cache, self.parts.tokenizer, timesteps, self.placeholder_string,
+                                      self.initializer, self.learnable_property, s.heldout_samples, s.heldout_seed)
         if start_step > 0:
             for row in read_metrics(self.run_dir):
                 if row.get("step", 0) <= start_step and row.get(self.best_metric) is not None:
@@ -79,8 +79,8 @@ class Evaluator:
 
     def due(self, step: int, max_steps: int) -> bool:
         s = self.settings
-        return s.enabled and (s.due(s.steps, step, max_steps) or (self.images_on and s.due(s.image_steps, step,
-                                                                                               max_steps)))
+        images = self.images_on and s.due(s.image_steps, step, max_steps)
+        return s.enabled and (s.due(s.steps, step, max_steps) or images)
 
     def images_due(self, step: int) -> bool:
         return self.images_on and self.settings.due(self.settings.image_steps, step, self.max_steps or step)
@@ -154,4 +154,4 @@ class Evaluator:
         return out
 
 
-__all__ = ["BEST_FILE", "Evaluator", "IMAGE_METRICS"]
+__all__ = ["BEST_FILE", "Evaluator"]
