@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from ti_experiments.bench import PHASES, main
@@ -23,6 +24,11 @@ def test_bench_prints_a_table_and_one_json_line(capsys):
     assert result["unavoidable_s"] > 0 and result["limit_ratio"] > 0 and result["time_to_first_step_s"] > 0
     table = "\n".join(out[:-1])
     assert "limit ratio" in table and "unet bwd" in table and "speed-up vs example-style step" in table
+    # the cost of the held-out loss: one evaluation, and its share of the steps between two of them
+    assert 0 < result["evaluation_s"] and result["evaluation_every"] == 100
+    share = result["evaluation_s"] / (100 * result["median_step_s"])
+    assert result["evaluation_share"] == pytest.approx(share, rel=0.05)  # the JSON line is rounded
+    assert "held-out loss evaluation" in table
 
 
 def test_bench_bad_override_is_one_line(capsys):

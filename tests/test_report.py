@@ -45,6 +45,9 @@ def test_report_on_a_sweep_directory(sweep, capsys):
     assert (sweep / "report.md").read_text().count("\n") == 5
     assert Image.open(sweep / "loss_curves.png").size[0] > 100
     assert Image.open(sweep / "validation.png").size == (3 * 256, 276)
+    # the tiny model's runs are evaluated at the end: the held-out loss is a column and has a plot
+    assert rows[0][header.index("heldout_loss")] > 0 and rows[2][header.index("heldout_loss")] is None
+    assert Image.open(sweep / "evaluation.png").size[0] > 100
 
 
 def test_report_of_run_directories_into_another_folder(sweep, tmp_path):

@@ -11,6 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from .errors import TIError
+from .evaluation import settings as _evaluation_settings  # noqa: F401 - registers ${ti.direction:...}
 from .experiment import CONF_DIR
 from .records.callbacks import SweepReport
 
@@ -23,6 +24,7 @@ def _task(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from .evaluation import worst
     from .experiment import objective, run
 
     try:
@@ -36,7 +38,7 @@ def _task(cfg: DictConfig):
                 logging.getLogger("ti_experiments").exception("job %s failed", HydraConfig.get().job.num)
             else:
                 print(line, file=sys.stderr)
-            return float("inf")  # a searching sweeper (Optuna) treats it as the worst trial
+            return worst(str(cfg.objective))  # a searching sweeper (Optuna) treats it as the worst trial
         if line is None:
             raise
         print(line, file=sys.stderr)  # here, before Hydra adds its own "Error executing job" line

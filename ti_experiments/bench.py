@@ -164,6 +164,27 @@ def time_reference(p, accelerator, cfg, n: int, warmup: int) -> list[float]:
     return [b - a for a, b in zip(ends[max(warmup - 1, 0):], ends[max(warmup, 1):])]
 
 
+def time_evaluation(p, accelerator, state: dict) -> dict:
+    """Seconds of one held-out-loss evaluation, the first (which also scores the initializer, once per
+    run) and a later one; image metrics need the VAE decoder, which the timed run has let go."""
+    from dataclasses import replace
+
+    from .evaluation import Evaluator
+
+    if p.evaluation is None or not p.evaluation.enabled:
+        return {}
+    evaluator = Evaluator(replace(p.evaluation, image_metrics=False), parts=p.parts, text_encoder=p.parts.text_encoder,
+                          accelerator=accelerator, run_dir=p.run_dir, concept=p.cfg.concept,
+                          image_paths=p.images.paths, generator=None)
+    evaluator.attach(state["cache"], state["weight_dtype"])
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        evaluator.score(0, images=False)
+        seconds.append(time.perf_counter() - start)
+    return {"evaluation_first_s": seconds[0], "evaluation_s": seconds[1], "evaluation_every": p.evaluation.steps}
+
+
 def _memory(device) -> dict:
     from .records.memory import peak_memory_bytes
 
@@ -204,6 +225,7 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
         if not step_seconds:
             step_seconds = [times.ends[-1] - times.ends[-2]] if len(times.ends) > 1 else [result.seconds]
         phases = time_phases(p, result.state, accelerator, phase_steps)
+        evaluation = time_evaluation(p, accelerator, result.state)
         device = accelerator.device
         memory = _memory(device)  # before the reference step, which needs more
         reference_steps = time_reference(p, accelerator, cfg, steps, warmup) if reference else None
@@ -227,6 +249,10 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
         "unavoidable_s": unavoidable,
         "limit_ratio": median_step / unavoidable,
         "peak_rss_after_load_gib": loaded_peak,
+        **evaluation,
+        # what the held-out loss adds to training, evaluated every evaluation.steps optimizer steps
+        **({"evaluation_share": evaluation["evaluation_s"] / (evaluation["evaluation_every"] * median_step)}
+           if evaluation.get("evaluation_every") else {}),
         **memory,
         **({"reference_median_step_s": statistics.median(reference_steps),
             "reference_step_s": reference_steps,
@@ -252,6 +278,11 @@ def table(r: dict) -> str:
         lines.append(f"  {name:<32}{seconds:.3f}  {100 * seconds / r['median_step_s']:5.1f}%{mark}")
     lines.append(f"{'unavoidable work (*) s':<34}{r['unavoidable_s']:.3f}")
     lines.append(f"{'limit ratio (step / unavoidable)':<34}{r['limit_ratio']:.3f}")
+    if "evaluation_s" in r:
+        every = r.get("evaluation_every")
+        share = f", {100 * r['evaluation_share']:.1f}% of {every} steps" if every else ""
+        lines.append(f"{'held-out loss evaluation s':<34}{r['evaluation_s']:.3f}   (first, with the "
+                     f"initializer's: {r['evaluation_first_s']:.3f}{share})")
     if "reference_median_step_s" in r:
         lines.append(f"{'example-style step s (same run)':<34}{r['reference_median_step_s']:.3f}")
         lines.append(f"{'speed-up vs example-style step':<34}{r['speedup_vs_reference']:.2f}x")

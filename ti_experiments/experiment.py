@@ -189,6 +189,7 @@ class Prepared:
     dataset: TextualInversionDataset
     embedding_2: object = None  # SDXL: the second text encoder's placeholder rows
     init_from: dict | None = None
+    evaluation: object = None  # EvaluationSettings, or None when the config has no evaluation node
 
 
 def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
@@ -202,6 +203,7 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
     data_settings = build(cfg.data)
     validation = make_validation_settings(cfg.validation, concept.get("validation_prompt"), data_settings.resolution)
     images = ConceptImages(ensure_concept_images(concept, Path(str(cfg.paths.cache_dir))), data_settings)
+    evaluation = build(cfg.evaluation) if cfg.get("evaluation") is not None else None
     tracker = build(cfg.logger)
     tracker.identify(run_dir, **hydra_identity())
 
@@ -229,7 +231,8 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
         log.warning("%d caption(s) are too long for the text encoder, which cuts off the placeholder, e.g. %s: "
                     "shorten them or put {} near the start", len(cut), images.paths[cut[0]])
     return Prepared(cfg, run_dir, data_settings, validation, images, tracker, parts, embedding, tokens, dataset,
-                    embedding_2[0] if embedding_2 else None, init_from=describe_init(init) if init else None)
+                    embedding_2[0] if embedding_2 else None, init_from=describe_init(init) if init else None,
+                    evaluation=evaluation)
 
 
 def start_embedding(cfg: DictConfig):
@@ -266,7 +269,7 @@ def comparable_settings(cfg: DictConfig) -> dict:
                                                                 "reproduced_from"))}
 
 
-def fit(p: Prepared, accelerator, metrics_log_factory, validator=None):
+def fit(p: Prepared, accelerator, metrics_log_factory, validator=None, evaluator=None):
     """The training loop on a prepared run (the experiment and the benchmark both come through here)."""
     cfg = p.cfg
     return run_training(
@@ -278,7 +281,23 @@ def fit(p: Prepared, accelerator, metrics_log_factory, validator=None):
         resume_state={"placeholder_tokens": p.tokens, "model": p.parts.source,
                       "config": comparable_settings(cfg)},
         metrics_log_factory=metrics_log_factory, validate=validator, embedding_2=p.embedding_2,
+        evaluate=evaluator,
     )
+
+
+def make_evaluator(p: Prepared, accelerator, validator):
+    """The run's evaluator, or None when evaluation is off; it generates images like the validator."""
+    from .evaluation import Evaluator
+
+    if p.evaluation is None or not p.evaluation.enabled:
+        return None
+    if p.parts.is_sdxl:
+        log.warning("evaluation (held-out loss, CLIP/DINO scores) is not implemented for SDXL yet; skipped")
+        return None
+    generator = validator or Validator(p.validation, p.parts, p.parts.text_encoder, accelerator, p.tracker,
+                                       p.run_dir)
+    return Evaluator(p.evaluation, parts=p.parts, text_encoder=p.parts.text_encoder, accelerator=accelerator,
+                     run_dir=p.run_dir, concept=p.cfg.concept, image_paths=p.images.paths, generator=generator)
 
 
 def _train(cfg: DictConfig, run_dir: Path, record: RunRecord | None = None) -> None:
@@ -293,7 +312,9 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord | None = None) -> N
                         resuming=bool(cfg.train.resume_from_checkpoint))
         validator = (Validator(p.validation, p.parts, p.parts.text_encoder, accelerator, p.tracker, run_dir)
                      if p.validation.enabled else None)
-        result = fit(p, accelerator, partial(MetricsLog, run_dir, accelerator, accelerator.device), validator)
+        evaluator = make_evaluator(p, accelerator, validator)
+        result = fit(p, accelerator, partial(MetricsLog, run_dir, accelerator, accelerator.device), validator,
+                     evaluator)
         log.info("process %d of %d: learned embedding sha256 %s", accelerator.process_index,
                  accelerator.num_processes, tensor_sha256(result.vectors))
         if result.vectors_2 is not None:
@@ -307,7 +328,7 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord | None = None) -> N
             write_summary(run_dir, final_loss=result.final_loss, steps=result.global_step,
                           wall_seconds=time.perf_counter() - started, train_seconds=result.seconds,
                           steps_trained=result.steps_trained, device=accelerator.device,
-                          extra={"num_images": len(p.images)})
+                          extra={"num_images": len(p.images), **(evaluator.summary() if evaluator else {})})
             log.info("done: %d steps in %.1fs, final loss %s; embedding in %s", result.global_step,
                      result.seconds, f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a",
                      run_dir / "learned_embeds.safetensors")
@@ -324,15 +345,18 @@ def tensor_sha256(tensor: torch.Tensor) -> str:
 
 
 def objective(run_dir: Path, key: str) -> float:
-    """The number a searching sweeper minimises: summary.json[key]; +inf when the run left none."""
+    """The number a searching sweeper optimises: summary.json[key]; the worst value in the key's direction
+    (+inf for a loss, -inf for clip_i/clip_t/dino) when the run left none."""
     import json
     import math
+
+    from .evaluation import worst
 
     try:
         value = json.loads((Path(run_dir) / "summary.json").read_text()).get(key)
     except (OSError, ValueError):
-        return math.inf
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
+        return worst(key)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else worst(key)
 
 
 def reset_accelerate() -> None:

@@ -3,7 +3,8 @@
 PATH is a run directory or any directory above runs (a sweep). One row per run: the settings that
 differ between the runs, status, final loss, speed, memory and any evaluation metric in summary.json.
 Writes report.md, report.csv, loss_curves.png, sweep.png (final loss and metrics against each value that
-differs) and validation.png; failed and unfinished runs are kept.
+differs), validation.png and evaluation.png (held-out loss, CLIP-I/CLIP-T/DINO against the step); failed and
+unfinished runs are kept.
 """
 
 from __future__ import annotations
@@ -200,6 +201,40 @@ def plot_sweep(path: Path, runs: list[dict], keys: list[str]) -> bool:
     return True
 
 
+EVAL_SERIES = ("heldout_loss", "clip_i", "clip_t", "dino")
+
+
+def plot_evaluation(path: Path, runs: list[dict], names: list[str]) -> bool:
+    """Each evaluation metric against the step, one panel per metric (held-out loss: the initializer's
+    dashed); nothing is written when no run has evaluation rows."""
+    series = [k for k in EVAL_SERIES if any(k in m for r in runs for m in r["metrics"])]
+    if not series:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.5), dpi=100, squeeze=False)
+    for ax, key in zip(axes[0], series):
+        for name, r in zip(names, runs):
+            points = [(m["step"], m[key], m.get("heldout_loss_init")) for m in r["metrics"] if key in m]
+            if not points:
+                continue
+            line, = ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=name)
+            if key == "heldout_loss" and points[0][2] is not None:
+                ax.plot([p[0] for p in points], [p[2] for p in points], color=line.get_color(), linestyle="--",
+                        alpha=0.6)
+        ax.set_xlabel("step")
+        ax.set_ylabel(key + (" (dashed: initializer)" if key == "heldout_loss" else ""))
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return True
+
+
 def last_validation_image(run_dir: Path) -> Path | None:
     steps = sorted((run_dir / "validation").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     for step_dir in reversed(steps):
@@ -246,6 +281,7 @@ def report(paths: list[Path], out: Path | None = None) -> dict:
     plot_losses(out / "loss_curves.png", runs, names)
     plot_sweep(out / "sweep.png", runs, differing_keys(runs))
     validation_strip(out / "validation.png", runs, names)
+    plot_evaluation(out / "evaluation.png", runs, names)
     return {"header": header, "rows": rows, "markdown": text, "out": out}
 
 
@@ -261,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(result["markdown"], end="")
-    names = [n for n in ("report.md", "report.csv", "loss_curves.png", "sweep.png", "validation.png")
+    names = [n for n in ("report.md", "report.csv", "loss_curves.png", "sweep.png", "validation.png", "evaluation.png")
              if (result["out"] / n).exists()]
     print(f"\nwritten: {', '.join(str(result['out'] / n) for n in names)}")
     return 0

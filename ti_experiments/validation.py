@@ -5,6 +5,7 @@ Generation runs under a forked RNG, so turning validation on or off never change
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,12 +84,9 @@ class Validator:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    @torch.no_grad()
-    def __call__(self, step: int) -> dict[str, list]:
-        """Generate, save as validation/step-N/PP-II.png, log to the tracker; main process only."""
-        if not self.accelerator.is_main_process:
-            return {}
-        s = self.settings
+    @contextlib.contextmanager
+    def _generating(self):
+        """The pipeline, with the VAE on the device, eval modes and a forked RNG; all restored after."""
         device = self.accelerator.device
         vae_device = next(self.parts.vae.parameters()).device
         encoders = [self.text_encoder] + ([self.parts.text_encoder_2] if self.parts.is_sdxl else [])
@@ -97,21 +95,11 @@ class Validator:
         self.parts.unet.eval()
         for encoder in encoders:
             encoder.eval()
-        images: dict[str, list] = {}
-        out_dir = self.run_dir / "validation" / f"step-{step}"
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
                     self.accelerator.autocast():
                 pipe = self._pipeline()
-                for p, prompt in enumerate(s.prompts):
-                    generator = torch.Generator(device=device).manual_seed(s.seed + p)
-                    result = pipe(prompt, num_images_per_prompt=s.num_images, height=s.resolution,
-                                  width=s.resolution, num_inference_steps=s.num_inference_steps,
-                                  guidance_scale=s.guidance_scale, generator=generator)
-                    images[prompt] = result.images
-                    for i, image in enumerate(result.images):
-                        with atomic_path(out_dir / f"{p:02d}-{i:02d}.png") as tmp:
-                            image.save(tmp, format="PNG")
+                yield pipe
                 del pipe
         finally:
             self.parts.vae.to(vae_device)
@@ -120,6 +108,45 @@ class Validator:
                 encoder.train(mode)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+
+    def _generate(self, pipe, prompt, num_images: int, generator):
+        s = self.settings
+        return pipe(prompt, num_images_per_prompt=num_images, height=s.resolution, width=s.resolution,
+                    num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
+                    generator=generator).images
+
+    @torch.no_grad()
+    def __call__(self, step: int) -> dict[str, list]:
+        """Generate, save as validation/step-N/PP-II.png, log to the tracker; main process only."""
+        if not self.accelerator.is_main_process:
+            return {}
+        s = self.settings
+        images: dict[str, list] = {}
+        out_dir = self.run_dir / "validation" / f"step-{step}"
+        with self._generating() as pipe:
+            for p, prompt in enumerate(s.prompts):
+                generator = torch.Generator(device=self.accelerator.device).manual_seed(s.seed + p)
+                images[prompt] = self._generate(pipe, prompt, s.num_images, generator)
+                for i, image in enumerate(images[prompt]):
+                    with atomic_path(out_dir / f"{p:02d}-{i:02d}.png") as tmp:
+                        image.save(tmp, format="PNG")
         self.tracker.log_images(self.accelerator, step, images)
         log.info("validation images for step %d in %s", step, out_dir)
         return images
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], num_images: int, batch_size: int) -> list[list]:
+        """`num_images` images per prompt, `batch_size` at a time (evaluation). Image i of prompt p comes
+        from its own seed (validation seed, p, i), so the batching never changes an image."""
+        device = self.accelerator.device
+        jobs = [(p, i) for p in range(len(prompts)) for i in range(num_images)]
+        out: list[list] = [[] for _ in prompts]
+        with self._generating() as pipe:
+            for start in range(0, len(jobs), batch_size):
+                chunk = jobs[start:start + batch_size]
+                generators = [torch.Generator(device=device).manual_seed(self.settings.seed + 1000 * p + i)
+                              for p, i in chunk]
+                images = self._generate(pipe, [prompts[p] for p, _ in chunk], 1, generators)
+                for (p, _), image in zip(chunk, images):
+                    out[p].append(image)
+        return out

@@ -36,10 +36,12 @@ class LatentCache:
             stds.append(stds[0])
         return cls(torch.stack(means), torch.stack(stds), float(vae.config.scaling_factor))
 
-    def sample(self, image_index: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
-        """Scaled latents for a batch: one fresh draw from each item's latent Gaussian."""
+    def sample(self, image_index: torch.Tensor, flipped: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled latents for a batch: one fresh draw from each item's latent Gaussian (or the given
+        standard-normal `eps`, which makes the draw a fixed one)."""
         image_index = image_index.to(self.mean.device)
         flipped = flipped.to(self.mean.device).long()
         mean = self.mean[flipped, image_index]
         std = self.std[flipped, image_index]
-        return (mean + std * torch.randn_like(mean)) * self.scaling_factor
+        eps = torch.randn_like(mean) if eps is None else eps.to(mean.device, mean.dtype)
+        return (mean + std * eps) * self.scaling_factor

@@ -116,7 +116,8 @@ def _weight_patterns(variant: str | None) -> list[str]:
     return patterns
 
 
-def _download(source: str, revision: str | None, variant: str | None, fix: str) -> str:
+def _download(source: str, revision: str | None, variant: str | None, fix: str,
+              patterns: list[str] | None = None) -> str:
     """One snapshot download: it fails within seconds without a network, unlike per-file loading,
     which retries every file with back-off for minutes."""
     from huggingface_hub import snapshot_download
@@ -125,7 +126,7 @@ def _download(source: str, revision: str | None, variant: str | None, fix: str) 
         raise TIError(f"model {source!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set", fix)
     log.info("downloading %s from the Hugging Face Hub", source)
     try:
-        return snapshot_download(source, revision=revision, allow_patterns=_weight_patterns(variant))
+        return snapshot_download(source, revision=revision, allow_patterns=patterns or _weight_patterns(variant))
     except Exception as exc:  # noqa: BLE001
         raise TIError(f"could not download model {source!r} from the Hugging Face Hub (no network, or no "
                       f"access?): {_first_line(exc)}", fix + " (model=tiny and model=tiny_sdxl work offline)") from None

@@ -80,11 +80,19 @@ def setup_attention(unet, attention: str, device: torch.device) -> None:
 
 
 def denoising_loss(parts, text_encoder, cache: LatentCache, batch: dict, weight_dtype, device) -> torch.Tensor:
-    """MSE between the UNet's prediction and the noise (or the velocity for v-prediction models)."""
-    scheduler = parts.noise_scheduler
+    """The training loss of a batch: a fresh latent draw, noise and timestep each, then `loss_at`."""
     latents = cache.sample(batch["image_index"], batch["flipped"]).to(weight_dtype)
     noise = torch.randn_like(latents)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
+    timesteps = torch.randint(0, parts.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                              device=device)
+    return loss_at(parts, text_encoder, latents, noise, timesteps, batch, weight_dtype, device)
+
+
+def loss_at(parts, text_encoder, latents, noise, timesteps, batch: dict, weight_dtype, device) -> torch.Tensor:
+    """MSE between the UNet's prediction and the noise (or the velocity for v-prediction models), at given
+    latents, noise and timesteps: training draws them per step, the held-out loss fixes them once.
+    `batch` holds the prompts' `input_ids` (SDXL: also `input_ids_2` and `time_ids`)."""
+    scheduler = parts.noise_scheduler
     noisy = scheduler.add_noise(latents, noise, timesteps)
     hidden, added_cond_kwargs = text_conditioning(parts, text_encoder, batch, weight_dtype, device)
     pred = parts.unet(noisy, timesteps, hidden, added_cond_kwargs=added_cond_kwargs).sample
@@ -115,7 +123,8 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
                  placeholder_token: str, pixels: torch.Tensor, dataset: TextualInversionDataset,
                  make_optimizer: Callable, base_lr: float, make_scheduler: Callable, train_cfg, hw_cfg, data_cfg,
                  run_dir: Path, seed: int, resume_state: dict, metrics_log_factory: Callable,
-                 validate: Callable | None = None, embedding_2: PlaceholderEmbedding | None = None) -> TrainResult:
+                 validate: Callable | None = None, embedding_2: PlaceholderEmbedding | None = None,
+                 evaluate=None) -> TrainResult:
     """Train the placeholder rows; `embedding_2` is SDXL's second text encoder's (trained together)."""
     device = accelerator.device
     weight_dtype = weight_dtype_for(accelerator.mixed_precision)
@@ -144,7 +153,7 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
     # Training needs no encoder, and the decoder only for validation images.
     vae.encoder = None
     vae.quant_conv = None
-    if validate is None:
+    if validate is None and not (evaluate is not None and evaluate.needs_vae):
         parts.vae = None
         del vae
     elif hw_cfg.offload_idle:
@@ -203,6 +212,8 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
              batch_size, ga, accelerator.num_processes, lr)
 
     metrics = metrics_log_factory(start_step=global_step)
+    if evaluate is not None:  # the held-out loss draws its fixed latents from the same cache
+        evaluate.attach(cache, weight_dtype, start_step=global_step, max_steps=max_steps)
     # A bar for a person at a terminal; CI logs and other processes get a line every 10% instead.
     show_bar = accelerator.is_local_main_process and sys.stderr.isatty()
     progress = tqdm(total=max_steps, initial=global_step, desc="steps", mininterval=1, disable=not show_bar)
@@ -237,7 +248,10 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
                 optimizer.zero_grad(set_to_none=True)
                 global_step += 1
                 step_loss = 0.0
-                row = metrics.log(global_step, {"loss": final_loss, "lr": lr_scheduler.get_last_lr()[0]})
+                values = {"loss": final_loss, "lr": lr_scheduler.get_last_lr()[0]}
+                if evaluate is not None and evaluate.due(global_step, max_steps):  # same row, same step
+                    values.update(evaluate(global_step, accelerator.unwrap_model(model).vectors))
+                row = metrics.log(global_step, values)
                 progress.update(1)
                 progress.set_postfix(loss=f"{final_loss:.4f}", lr=f"{row['lr']:.2e}",
                                      steps_per_s=f"{row['steps_per_sec'] or 0:.2f}", refresh=False)

@@ -1,0 +1,61 @@
+"""The evaluation config: checked values, image metrics off on a CPU unless asked, metric directions."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import compose
+from ti_experiments.errors import TIError
+from ti_experiments.evaluation import EvaluationSettings, direction, worst
+from ti_experiments.experiment import build, objective
+
+
+def test_presets_compose_and_the_tiny_model_picks_the_offline_pair():
+    default = build(compose("+concept=demo").evaluation)
+    assert default.clip_model == "openai/clip-vit-base-patch32" and default.dino_model == "facebook/dino-vits16"
+    tiny = build(compose("+concept=demo", "model=tiny").evaluation)
+    assert "tiny-eval-1" in tiny.clip_model and tiny.enabled
+    assert not build(compose("+concept=demo", "model=tiny", "evaluation=none").evaluation).enabled
+    chosen = build(compose("+concept=demo", "model=tiny", "evaluation=default").evaluation)
+    assert chosen.clip_model == default.clip_model  # the command line wins over the model's choice
+
+
+def test_image_metrics_auto_follows_the_device_and_best_metric_follows_them():
+    s = EvaluationSettings()
+    assert not s.images_on(torch.device("cpu")) and s.images_on(torch.device("cuda"))
+    assert s.best(images_on=False) == "heldout_loss" and s.best(images_on=True) == "clip_i"
+    assert EvaluationSettings(image_metrics=True).images_on(torch.device("cpu"))
+    with pytest.raises(TIError, match="image metrics"):
+        EvaluationSettings(best_metric="dino").best(images_on=False)
+
+
+@pytest.mark.parametrize("bad", [{"best_metric": "fid"}, {"image_metrics": "yes"}, {"num_images": 0},
+                                 {"steps": 0}])
+def test_bad_values_are_one_line_errors(bad):
+    with pytest.raises(TIError):
+        EvaluationSettings(**bad)
+
+
+def test_directions_and_the_objective_of_a_run(tmp_path):
+    assert direction("clip_i") == direction("best_dino") == "maximize"
+    assert direction("heldout_loss") == direction("avg_loss") == "minimize"
+    assert worst("clip_t") == -math.inf and worst("heldout_loss") == math.inf
+    assert objective(tmp_path, "clip_i") == -math.inf  # no summary.json: the worst trial either way
+    (tmp_path / "summary.json").write_text('{"clip_i": 0.7, "avg_loss": 0.1}')
+    assert objective(tmp_path, "clip_i") == 0.7 and objective(tmp_path, "dino") == -math.inf
+
+
+@pytest.mark.parametrize(("objective", "expected"), [("avg_loss", "minimize"), ("heldout_loss", "minimize"),
+                                                     ("clip_i", "maximize"), ("dino", "maximize")])
+def test_the_optuna_sweep_takes_its_direction_from_the_objective(objective, expected):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from conftest import REPO
+
+    with initialize_config_dir(config_dir=str(REPO / "sweeps"), version_base="1.3"):
+        cfg = hydra_compose(config_name="optuna", return_hydra_config=True,
+                             overrides=[f"objective={objective}", f"hydra.searchpath=[file://{REPO / 'conf'}]"])
+    assert OmegaConf.select(cfg, "hydra.sweeper.direction") == expected

@@ -1,0 +1,44 @@
+"""CLIP-I, CLIP-T and DINO on the tiny random CLIP/ViT pair built offline: defined, in range, exact."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ti_experiments.errors import TIError
+from ti_experiments.evaluation.image_metrics import EvalModels, ImageScorer, ensure_tiny_eval_models
+
+
+@pytest.fixture(scope="module")
+def models(cache_dir):
+    folder = ensure_tiny_eval_models(cache_dir / "models")
+    assert ensure_tiny_eval_models(cache_dir / "models") == folder  # built once, then reused
+    return EvalModels(str(folder / "clip"), str(folder / "dino"), "cpu")
+
+
+def _images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_an_image_scored_against_itself_is_one(models):
+    [image] = _images(1)
+    scores = ImageScorer(models, [image]).score([image], ["a toy"])
+    assert scores["clip_i"] == pytest.approx(1.0, abs=1e-5) and scores["dino"] == pytest.approx(1.0, abs=1e-5)
+    assert -1.0 <= scores["clip_t"] <= 1.0
+
+
+def test_scores_are_means_of_cosines_in_range_and_deterministic(models):
+    real, generated = _images(3, seed=1), _images(4, seed=2)
+    scorer = ImageScorer(models, real)
+    texts = ["a toy in the jungle", "a toy in the snow", "a red toy", "a wet toy"]
+    first = scorer.score(generated, texts)
+    assert first == scorer.score(generated, texts)
+    assert all(-1.0 <= v <= 1.0 for v in first.values())
+    clip, _ = models.image_features(generated)
+    real_clip, _ = models.image_features(real)
+    assert first["clip_i"] == pytest.approx((clip @ real_clip.T).mean().item(), abs=1e-6)
+
+
+def test_a_missing_model_is_a_one_line_error(tmp_path):
+    with pytest.raises(TIError, match="evaluation.clip_model"):
+        EvalModels(str(tmp_path / "nope"), str(tmp_path / "nope"), "cpu")

@@ -1,0 +1,178 @@
+"""`python -m ti_experiments.evaluate RUN_DIR [evaluation=NAME] [KEY=VALUE ...]`: score a finished run.
+
+Scores the final embedding and every saved intermediate one (`learned_embeds-steps-N.safetensors`) with
+the run's own model, images and settings: the held-out loss, and CLIP-I / CLIP-T / DINO when image
+metrics are on (`evaluation.image_metrics=true` on a CPU). Writes `evaluation.json` (one entry per
+embedding) into the run directory, the final embedding's scores and the best step into `summary.json`,
+and `learned_embeds-best.safetensors`, so runs made before evaluation existed compare with new ones.
+A run without an `evaluation` node gets `conf/evaluation/default.yaml` (`tiny.yaml` for the tiny model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from .errors import TIError
+
+log = logging.getLogger("ti_experiments.evaluate")
+
+USAGE = "usage: python -m ti_experiments.evaluate RUN_DIR [evaluation=NAME] [KEY=VALUE ...]"
+STEP_FILE = re.compile(r"^learned_embeds-steps-(\d+)\.safetensors$")
+
+
+def load_config(run_dir: Path, overrides: list[str]):
+    """The run's composed config, with the evaluation node chosen or added, and the overrides applied."""
+    from hydra import compose, initialize_config_dir
+
+    from .experiment import CONF_DIR
+
+    # Hydra's composed config keeps the interpolations (the cache as it is today); a run started from
+    # Python has only the resolved one
+    path = next((p for p in (run_dir / ".hydra" / "config.yaml", run_dir / "resolved_config.yaml") if p.is_file()),
+                None)
+    if path is None:
+        raise TIError(f"{run_dir} has neither .hydra/config.yaml nor resolved_config.yaml, so it is not a run "
+                      "directory", "pass the directory of a run (it holds run.json and its config)")
+    cfg = OmegaConf.load(path)
+    group = [o.split("=", 1)[1] for o in overrides if o.startswith("evaluation=")]
+    if group or cfg.get("evaluation") is None:
+        tiny = "load_tiny_components" in str(OmegaConf.select(cfg, "model._target_"))
+        name = group[-1] if group else ("tiny" if tiny else "default")
+        if not (CONF_DIR / "evaluation" / f"{name}.yaml").is_file():
+            options = sorted(p.stem for p in (CONF_DIR / "evaluation").glob("*.yaml"))
+            raise TIError(f"evaluation={name} is unknown", f"use one of {', '.join(options)}")
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            node = compose(config_name="config", overrides=[f"evaluation={name}"]).evaluation
+        OmegaConf.update(cfg, "evaluation", OmegaConf.to_container(node), merge=False)
+    for item in overrides:
+        if item.startswith("evaluation="):
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or OmegaConf.select(cfg, key, default=KeyError) is KeyError:
+            raise TIError(f"{item!r} is not KEY=VALUE with a key of the run's config",
+                          "e.g. evaluation.image_metrics=true evaluation.num_images=2")
+        OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
+    OmegaConf.update(cfg, "paths.output_dir", str(run_dir), merge=False)
+    return cfg
+
+
+def embedding_files(run_dir: Path) -> list[tuple[int | None, Path]]:
+    """(step, file) for every intermediate embedding in step order, then the final one (step None)."""
+    steps = sorted((int(m.group(1)), p) for p in run_dir.iterdir() if (m := STEP_FILE.match(p.name)))
+    final = run_dir / "learned_embeds.safetensors"
+    files = steps + ([(None, final)] if final.is_file() else [])
+    if not files:
+        raise TIError(f"{run_dir} holds no learned_embeds*.safetensors", "pass the directory of a run that saved one")
+    return files
+
+
+def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict:
+    """Score every embedding of a run; write evaluation.json, summary.json and the best embedding."""
+    from accelerate import Accelerator
+
+    from .data import ConceptImages, LatentCache
+    from .embeddings import add_placeholder_tokens, check_fits, read_embedding
+    from .evaluation import Evaluator
+    from .experiment import build, check_precision, ensure_concept_images, no_accelerator, reset_accelerate
+    from .records.run_record import write_json
+    from .training.loop import setup_attention, weight_dtype_for
+    from .validation import Validator
+    from .validation import make_settings as make_validation_settings
+
+    run_dir = Path(run_dir).expanduser().resolve()
+    cfg = load_config(run_dir, list(overrides or []))
+    files = embedding_files(run_dir)
+    settings = build(cfg.evaluation)
+    if not settings.enabled:
+        raise TIError("evaluation.enabled is false", "drop evaluation=none / evaluation.enabled=false")
+    concept = cfg.concept
+    check_precision(cfg.hardware)
+    data_settings = build(cfg.data)
+    validation = make_validation_settings(cfg.validation, concept.get("validation_prompt"), data_settings.resolution)
+    images = ConceptImages(ensure_concept_images(concept, Path(str(cfg.paths.cache_dir))), data_settings)
+    parts = build(cfg.model)
+    embedding = add_placeholder_tokens(parts.tokenizer, parts.text_encoder, concept.placeholder_token,
+                                       concept.initializer_token, concept.num_vectors)
+    accelerator = Accelerator(cpu=no_accelerator(), mixed_precision=cfg.hardware.mixed_precision)
+    try:
+        device, dtype = accelerator.device, weight_dtype_for(accelerator.mixed_precision)
+        parts.vae.eval().to(device) if dtype == torch.float32 else parts.vae.eval().to(device, dtype=dtype)
+        cache = LatentCache.build(parts.vae, images.pixels, with_flips=False, device=device, dtype=dtype)
+        parts.vae.encoder = parts.vae.quant_conv = None
+        unet = parts.unet.eval().requires_grad_(False)
+        setup_attention(unet, cfg.hardware.attention, device)
+        if cfg.hardware.get("channels_last"):  # as in training, so the held-out loss comes out the same
+            unet.to(memory_format=torch.channels_last)
+        unet.to(device) if dtype == torch.float32 else unet.to(device, dtype=dtype)
+        parts.text_encoder.to(device).eval().requires_grad_(False)
+        validator = Validator(validation, parts, parts.text_encoder, accelerator, None, run_dir)
+        evaluator = Evaluator(settings, parts=parts, text_encoder=parts.text_encoder, accelerator=accelerator,
+                              run_dir=run_dir, concept=concept, image_paths=images.paths, generator=validator)
+        summary_path = run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        last_step = max([s for s, _ in files if s is not None] + [0])
+        final_step = int(summary.get("steps") or last_step)
+        evaluator.attach(cache, dtype, start_step=0, max_steps=final_step)
+        entries, seen = [], {}
+        for step, path in files:
+            found = read_embedding(path)
+            check_fits(found, [embedding.embedding_dim])
+            if found.num_vectors != embedding.vectors.shape[0]:
+                raise TIError(f"{path.name} has {found.num_vectors} vectors, the run's concept.num_vectors is "
+                              f"{embedding.vectors.shape[0]}", "pass the run directory the file belongs to")
+            vectors = found.vectors[0]
+            step = final_step if step is None else step
+            key = (step, vectors.numpy().tobytes())
+            if key in seen:  # the final embedding is often the last saved one: score it once
+                entries.append({**seen[key], "file": path.name})
+                continue
+            with torch.no_grad():
+                embedding.vectors.copy_(vectors.to(embedding.vectors.device))
+            values = evaluator(step, vectors, images=evaluator.images_on)
+            seen[key] = {"step": step, "file": path.name, **values}
+            entries.append(seen[key])
+        result = {"run_dir": str(run_dir), "settings": OmegaConf.to_container(cfg.evaluation, resolve=True),
+                  "embeddings": entries, **evaluator.summary()}
+        write_json(run_dir / "evaluation.json", result)
+        summary.update(evaluator.summary())  # the final embedding was scored last
+        write_json(summary_path, summary)
+        return result
+    finally:
+        reset_accelerate()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        print(__doc__.split("\n\n", 1)[1].strip())
+        return 0 if args else 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from .__main__ import report_or_raise
+
+    try:
+        result = evaluate_run(Path(args[0]), args[1:])
+    except Exception as exc:  # noqa: BLE001 - a user error becomes one line (exit 2); a bug keeps its traceback
+        return report_or_raise(exc)
+    names = ("heldout_loss", "heldout_loss_init", "clip_i", "clip_t", "dino")
+    for entry in result["embeddings"]:
+        print(f"{entry['file']:<40} step {entry['step']:>6}  " +
+              "  ".join(f"{k} {entry[k]:.4f}" for k in names if k in entry))
+    best = result.get("best_step")
+    if best is not None:
+        metric = result["best_metric"]
+        print(f"best by {metric}: step {best} ({result[f'best_{metric}']:.4f}) -> learned_embeds-best.safetensors")
+    print(f"written: {Path(result['run_dir']) / 'evaluation.json'}, summary.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
