@@ -51,7 +51,7 @@ class Evaluator:
             from .image_metrics import EvalModels, ImageScorer
 
             models = EvalModels(settings.clip_model, settings.dino_model, accelerator.device)
-            self.scorer = ImageScorer(models, [_open_rgb(p, 512) for p in image_paths])
+            self.scorer = ImageScorer(models, [_open_rgb(p, 512)[0] for p in image_paths])
         self.held = None
         self.weight_dtype = torch.float32
         self.max_steps = None

@@ -250,7 +250,7 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
                 step_loss = 0.0
                 values = {"loss": final_loss, "lr": lr_scheduler.get_last_lr()[0]}
                 if evaluate is not None and evaluate.due(global_step, max_steps):  # same row, same step
-                    values.update(evaluate(global_step, accelerator.unwrap_model(model).vectors))
+                    values.update(evaluate(global_step, accelerator.unwrap_model(models[0]).vectors))
                 row = metrics.log(global_step, values)
                 progress.update(1)
                 progress.set_postfix(loss=f"{final_loss:.4f}", lr=f"{row['lr']:.2e}",
