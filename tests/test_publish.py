@@ -49,9 +49,9 @@ def test_card_and_file_list_of_a_finished_run(finished_run):
     config, summary = publish.load_run(finished_run)
     files = publish.files_to_upload(finished_run, config, num_training_images=2)
     dests = [d for _, d in files]
-    assert dests[:4] == ["learned_embeds.safetensors", "demo-toy.safetensors", "token_identifier.txt",
-                         "type_of_concept.txt"]
-    assert dests[4:] == ["concept_images/object-00.png", "concept_images/object-01.png",
+    assert dests[:5] == ["learned_embeds.safetensors", "demo-toy.safetensors", "token_identifier.txt",
+                         "type_of_concept.txt", "learned_embeds-best.safetensors"]
+    assert dests[5:] == ["concept_images/object-00.png", "concept_images/object-01.png",
                          "validation_images/00-00.png", "validation_images/00-01.png"]
     assert all(local.is_file() for local, _ in files)
     card = publish.build_model_card(finished_run, config, summary, "me/demo-toy")
@@ -110,7 +110,7 @@ def test_a_pushed_run_uploads_everything_and_never_writes_the_token(tmp_path, mo
     assert [c[0] for c in hub.calls] == ["whoami", "create_repo", "create_repo", "create_commit"]
     assert hub.calls[0] == ("whoami", SECRET) and hub.calls[1] == ("create_repo", "me/demo-toy", True)
     assert hub.calls[-1][2] == ["learned_embeds.safetensors", "demo-toy.safetensors", "token_identifier.txt",
-                                "type_of_concept.txt", "concept_images/object-00.png", "README.md"]
+                                "type_of_concept.txt", "learned_embeds-best.safetensors", "concept_images/object-00.png", "README.md"]
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "completed" and record["hub"]["repo_id"] == "me/demo-toy"
     assert (run_dir / "model_card.md").read_text().startswith("---\nlicense:")
@@ -147,3 +147,24 @@ def test_the_command_line_fails_in_one_line_before_training(tmp_path, monkeypatc
 def test_bad_hub_settings_are_refused(kwargs, message):
     with pytest.raises(TIError, match=message):
         publish.HubSettings(**kwargs)
+
+
+def test_an_sdxl_card_loads_both_encoders_and_lists_both_files(tmp_path):
+    import torch
+
+    from ti_experiments.embeddings import save_learned_embeds, save_sdxl
+    from ti_experiments.publish import build_model_card, files_to_upload
+
+    save_learned_embeds(tmp_path / "learned_embeds.safetensors", "<x>", torch.zeros(1, 32))
+    save_learned_embeds(tmp_path / "learned_embeds_2.safetensors", "<x>", torch.zeros(1, 64))
+    save_sdxl(tmp_path / "x.safetensors", torch.zeros(1, 32), torch.zeros(1, 64))
+    (tmp_path / "token_identifier.txt").write_text("<x>")
+    (tmp_path / "type_of_concept.txt").write_text("object")
+    config = {"concept": {"placeholder_token": "<x>", "initializer_token": "toy"},
+              "model": {"pretrained_model_name_or_path": "stabilityai/stable-diffusion-xl-base-1.0"}}
+    card = build_model_card(tmp_path, config, {"final_loss": 0.1, "heldout_loss": 0.2}, repo_id="me/x")
+    assert "StableDiffusionXLPipeline.from_pretrained" in card
+    assert 'weight_name="learned_embeds_2.safetensors", text_encoder=pipe.text_encoder_2' in card
+    assert "`clip_l` and `clip_g`" in card and "heldout_loss" in card
+    assert {dest for _, dest in files_to_upload(tmp_path, config)} >= {
+        "learned_embeds.safetensors", "learned_embeds_2.safetensors", "x.safetensors"}

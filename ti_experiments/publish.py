@@ -150,8 +150,8 @@ def files_to_upload(run_dir: Path, config: dict, num_training_images: int = 4) -
     first training images and the last validation images (and the card, once written)."""
     run_dir = Path(run_dir)
     placeholder = (run_dir / "token_identifier.txt").read_text().strip()
-    names = ["learned_embeds.safetensors", f"{a1111_name(placeholder)}.safetensors", "token_identifier.txt",
-             "type_of_concept.txt"]
+    names = ["learned_embeds.safetensors", "learned_embeds_2.safetensors", f"{a1111_name(placeholder)}.safetensors",
+             "token_identifier.txt", "type_of_concept.txt", "learned_embeds-best.safetensors"]
     files = [(run_dir / n, n) for n in names if (run_dir / n).is_file()]
     train_dir = Path(str((config.get("concept") or {}).get("train_data_dir", ""))).expanduser()
     files += [(p, f"concept_images/{p.name}") for p in _images(train_dir)[:num_training_images]]
@@ -194,6 +194,8 @@ def build_model_card(run_dir: Path, config: dict, summary: dict, repo_id: str | 
     with safe_open(str(run_dir / "learned_embeds.safetensors"), "pt") as f:
         num_vectors, width = f.get_slice(next(iter(f.keys()))).get_shape()
     a1111 = a1111_name(placeholder)
+    sdxl = (run_dir / "learned_embeds_2.safetensors").is_file()  # both text encoders must get the token
+    pipeline = "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline"
     repo = repo_id or "USER/REPO"
     prompt = concept.get("validation_prompt") or (f"a photo of {placeholder}" if kind == "object"
                                                    else f"a house in the style of {placeholder}")
@@ -218,7 +220,8 @@ def build_model_card(run_dir: Path, config: dict, summary: dict, repo_id: str | 
                ("steps", summary.get("steps")), ("training seconds", summary.get("train_seconds")),
                ("steps per second", summary.get("steps_per_sec")),
                ("peak memory (GiB)", summary["peak_memory_bytes"] / 2**30 if summary.get("peak_memory_bytes") else None)]
-    metrics += [(k, v) for k, v in summary.items() if k.startswith("eval") or k in ("clip_score", "clip_i", "clip_t")]
+    metrics += [(k, summary[k]) for k in ("heldout_loss", "heldout_loss_init", "clip_i", "clip_t", "dino",
+                                          "best_metric", "best_step") if summary.get(k) is not None]
     files = files_to_upload(run_dir, config, 10**6)
     training = [dest for _, dest in files if dest.startswith("concept_images/")]
     step, validation = last_validation(run_dir)
@@ -229,14 +232,19 @@ def build_model_card(run_dir: Path, config: dict, summary: dict, repo_id: str | 
         f"by textual inversion: only its {'token embedding (one vector' if num_vectors == 1 else f'{num_vectors} token embeddings ({num_vectors} vectors'} "
         f"of {width} values) {'was' if num_vectors == 1 else 'were'} trained; the model itself is unchanged.", "",
         "## Use it", "", "With diffusers:", "", "```python", "import torch",
-        "from diffusers import StableDiffusionPipeline", "",
-        f'pipe = StableDiffusionPipeline.from_pretrained("{base or "BASE_MODEL"}", torch_dtype=torch.float16).to("cuda")',
-        f'pipe.load_textual_inversion("{repo}")', f'image = pipe("{prompt}").images[0]', "```", "",
+        f"from diffusers import {pipeline}", "",
+        f'pipe = {pipeline}.from_pretrained("{base or "BASE_MODEL"}", torch_dtype=torch.float16).to("cuda")',
+        f'pipe.load_textual_inversion("{repo}")',
+        *([f'pipe.load_textual_inversion("{repo}", weight_name="learned_embeds_2.safetensors", '
+           "text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)"] if sdxl else []),
+        f'image = pipe("{prompt}").images[0]', "```", "",
         f"With AUTOMATIC1111 or ComfyUI: put `{a1111}.safetensors` into the `embeddings` folder; these tools take the "
         f"word from the file name, so the prompt says `{a1111}` (ComfyUI: `embedding:{a1111}`).", "",
         "## Files", "", "| file | what it is |", "| --- | --- |",
         f"| `learned_embeds.safetensors` | diffusers format: one key, `{placeholder}`, a [{num_vectors}, {width}] fp32 tensor |",
-        f"| `{a1111}.safetensors` | AUTOMATIC1111 / ComfyUI format: one key, `emb_params` |",
+        *([f"| `learned_embeds_2.safetensors` | diffusers format for the second text encoder (SDXL) |"] if sdxl else []),
+        f"| `{a1111}.safetensors` | AUTOMATIC1111 / ComfyUI format: "
+        f"{'keys `clip_l` and `clip_g`' if sdxl else 'one key, `emb_params`'} |",
         "| `token_identifier.txt`, `type_of_concept.txt` | the placeholder and the concept type (sd-concepts layout) |",
         "", "## Training settings", "", "| setting | value |", "| --- | --- |",
         *[f"| {k} | {_fmt(v)} |" for k, v in settings], "", "## Results", "", "| metric | value |", "| --- | --- |",

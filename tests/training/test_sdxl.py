@@ -107,3 +107,24 @@ def test_an_initializer_that_is_not_one_token_is_refused_for_sdxl(tmp_path):
 
     with pytest.raises(TIError, match="initializer_token"):
         _train(tmp_path, "concept.initializer_token=zqxvbn")
+
+
+def test_init_from_an_sdxl_file_starts_both_encoders_rows_from_it(tmp_path, tiny_sdxl_path):
+    from ti_experiments.embeddings import save_sdxl
+    from ti_experiments.errors import TIError
+    from ti_experiments.experiment import prepare
+
+    gen = torch.Generator().manual_seed(3)
+    clip_l, clip_g = torch.randn(2, 32, generator=gen), torch.randn(2, 64, generator=gen)
+    source = save_sdxl(tmp_path / "warm.safetensors", clip_l, clip_g)
+    p = prepare(compose(*TINY_SDXL_RUN, "concept.num_vectors=2", f"concept.init_from={source}",
+                        output_dir=tmp_path / "run"), tmp_path / "run")
+    assert torch.equal(p.embedding.vectors.detach(), clip_l)
+    assert torch.equal(p.embedding_2.vectors.detach(), clip_g)
+    one_encoder = tmp_path / "sd.safetensors"
+    from ti_experiments.embeddings import save_learned_embeds
+
+    save_learned_embeds(one_encoder, "<y>", clip_l)
+    with pytest.raises(TIError, match="does not fit this model"):
+        prepare(compose(*TINY_SDXL_RUN, "concept.num_vectors=2", f"concept.init_from={one_encoder}",
+                        output_dir=tmp_path / "run2"), tmp_path / "run2")
