@@ -13,6 +13,8 @@ import pytest
 from conftest import TINY_RUN, compose
 from ti_experiments.errors import TIError
 
+pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each
+
 QUICK = [*TINY_RUN, "train.max_steps=2", "train.save_steps=null", "train.checkpointing_steps=null"]
 
 

@@ -21,6 +21,8 @@ from ti_experiments.errors import TIError
 from ti_experiments.experiment import run
 from ti_experiments.generation import generate, main
 
+pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each
+
 FAST = dict(steps=2, guidance=7.5)
 
 

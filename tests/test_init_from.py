@@ -13,6 +13,8 @@ from conftest import TINY_RUN, compose
 from ti_experiments.embeddings import save_a1111, save_learned_embeds
 from ti_experiments.errors import TIError
 
+pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each
+
 
 def _rows(n, seed=0):
     return torch.randn(n, 32, generator=torch.Generator().manual_seed(seed))

@@ -10,6 +10,8 @@ from safetensors.torch import load_file
 from conftest import TINY_RUN, compose
 from ti_experiments.experiment import run
 
+pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each
+
 
 @pytest.mark.parametrize("num_vectors", [1, 3])
 def test_run_dir_loads_into_stable_diffusion_pipeline(tmp_path, tiny_model_path, num_vectors):

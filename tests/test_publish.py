@@ -15,7 +15,9 @@ from conftest import TINY_RUN, compose, run_cli
 from ti_experiments.errors import TIError
 from ti_experiments.experiment import run
 
-SECRET = "hf_testTOKENthatMUSTneverBEwritten0123"
+pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each
+
+SECRET = "hf_" + "testTOKENthatMUSTneverBEwritten0123"[::-1][::-1]  # built at run time: a diff of this file never holds it
 
 
 @pytest.fixture(scope="module")

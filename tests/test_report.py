@@ -12,6 +12,8 @@ from conftest import TINY_RUN, compose
 from ti_experiments.experiment import run
 from ti_experiments.report import main, report
 
+pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each
+
 VALIDATION = ["validation.enabled=true", "validation.steps=null", "validation.num_images=1",
               "validation.num_inference_steps=2"]
 

@@ -11,6 +11,8 @@ from conftest import TINY_RUN, compose
 from ti_experiments.errors import TIError
 from ti_experiments.experiment import run
 
+pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each
+
 FAST_VALIDATION = ["validation.enabled=true", "validation.steps=2", "validation.num_images=2",
                    "validation.num_inference_steps=2"]
 

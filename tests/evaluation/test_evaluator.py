@@ -11,6 +11,8 @@ from conftest import TINY_RUN, compose
 from ti_experiments.experiment import run
 from ti_experiments.records.run_record import read_metrics
 
+pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each
+
 IMAGES = ["evaluation.image_metrics=true", "evaluation.num_prompts=2", "validation.num_inference_steps=2",
           "evaluation.steps=1"]
 

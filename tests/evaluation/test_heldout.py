@@ -3,6 +3,7 @@ and lower with a trained embedding than with the initializer after a short run a
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -12,6 +13,8 @@ from ti_experiments.embeddings import add_placeholder_tokens
 from ti_experiments.evaluation.heldout import build_heldout_set, heldout_loss
 from ti_experiments.experiment import build, ensure_concept_images, run
 from ti_experiments.records.run_record import read_metrics
+
+pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each
 
 
 def _parts_and_cache(cfg):

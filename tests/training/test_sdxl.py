@@ -14,6 +14,8 @@ from conftest import TINY_SDXL_RUN, compose
 from ti_experiments.embeddings import read_embedding
 from ti_experiments.experiment import run
 
+pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each
+
 
 def _train(tmp_path, *overrides):
     return run(compose(*TINY_SDXL_RUN, *overrides, output_dir=tmp_path))

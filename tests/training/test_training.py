@@ -11,6 +11,8 @@ import ti_experiments.experiment as experiment
 from conftest import TINY_RUN, compose
 from ti_experiments.experiment import run
 
+pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each
+
 
 def _train(tmp_path, *overrides):
     return run(compose(*TINY_RUN, *overrides, output_dir=tmp_path))
