@@ -27,8 +27,8 @@ def test_sdxl_conditioning_equals_the_sdxl_pipeline(tiny_sdxl_path, tmp_path):
     images = ConceptImages(tmp_path, DataSettings(resolution=16, center_crop=True))
     parts = _prepared(tiny_sdxl_path)
     ds = TextualInversionDataset(1, 1, parts.tokenizer, "<t> <t>_1", "object", 1.0,
-                                 tokenizer_2=parts.tokenizer_2, time_ids=images.time_ids)
-    ds.templates = ["a photo of a {}"]
+                                 tokenizer_2=parts.tokenizer_2, time_ids=images.time_ids,
+                                 templates=["a photo of a {}"])
     item = ds[(0, 3)]
     batch = {k: (v.unsqueeze(0) if isinstance(v, torch.Tensor) else v) for k, v in item.items()}
     with torch.no_grad():
