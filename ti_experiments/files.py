@@ -11,6 +11,13 @@ from pathlib import Path
 from collections.abc import Iterator
 
 
+def _raise_named(exc: Exception, path: Path):
+    named = _named(exc, path)
+    if named is exc:
+        raise exc
+    raise named from exc
+
+
 def _named(exc: BaseException, path: Path) -> BaseException:
     """The error of a failed write, as an OSError that names the file the user knows.
 
@@ -44,10 +51,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except Exception as exc:
-        named = _named(exc, path)
-        if named is exc:
-            raise
-        raise named from exc
+        _raise_named(exc, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -71,10 +75,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(path)
         os.replace(tmp, path)
     except Exception as exc:
-        named = _named(exc, path)
-        if named is exc:
-            raise
-        raise named from exc
+        _raise_named(exc, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

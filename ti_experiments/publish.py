@@ -242,7 +242,7 @@ def build_model_card(run_dir: Path, config: dict, summary: dict, repo_id: str | 
         f"word from the file name, so the prompt says `{a1111}` (ComfyUI: `embedding:{a1111}`).", "",
         "## Files", "", "| file | what it is |", "| --- | --- |",
         f"| `learned_embeds.safetensors` | diffusers format: one key, `{placeholder}`, a [{num_vectors}, {width}] fp32 tensor |",
-        *([f"| `learned_embeds_2.safetensors` | diffusers format for the second text encoder (SDXL) |"] if sdxl else []),
+        *(["| `learned_embeds_2.safetensors` | diffusers format for the second text encoder (SDXL) |"] if sdxl else []),
         f"| `{a1111}.safetensors` | AUTOMATIC1111 / ComfyUI format: "
         f"{'keys `clip_l` and `clip_g`' if sdxl else 'one key, `emb_params`'} |",
         "| `token_identifier.txt`, `type_of_concept.txt` | the placeholder and the concept type (sd-concepts layout) |",
