@@ -20,6 +20,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from .data.images import list_image_files
 from .errors import TIError
 from .export import a1111_name
 from .files import write_text_atomic
@@ -132,8 +133,7 @@ def load_run(run_dir: Path) -> tuple[dict, dict]:
 def _images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith("."))
+    return [p for p in list_image_files(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
 def last_validation(run_dir: Path) -> tuple[int | None, list[Path]]:

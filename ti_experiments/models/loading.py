@@ -132,6 +132,17 @@ def _download(source: str, revision: str | None, variant: str | None, fix: str,
                       f"access?): {_first_line(exc)}", fix + " (model=tiny and model=tiny_sdxl work offline)") from None
 
 
+def _local_folder(source: str, fix: str) -> Path | None:
+    """The local folder `source` names; None when it is a Hub id; a path that does not exist is an error
+    (never mistaken for a Hub id and looked up on the network)."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    if not _HUB_ID.match(source) or source.startswith((".", "~", os.sep)):
+        raise TIError(f"model path {source!r} does not exist", fix)
+    return None
+
+
 def load_components(pretrained_model_name_or_path: str, revision: str | None = None,
                     variant: str | None = None, resolution: int = 512, architecture: str | None = None,
                     random_init: bool = False, cache_dir: str | None = None,
@@ -147,8 +158,8 @@ def load_components(pretrained_model_name_or_path: str, revision: str | None = N
         return SDComponents(source=f"random:{architecture}", resolution=resolution, **parts)
     source = str(pretrained_model_name_or_path)
     fix = "set model.pretrained_model_name_or_path to a local diffusers folder or a reachable Hub id"
-    path = Path(source).expanduser()
-    if path.exists():
+    path = _local_folder(source, fix)
+    if path is not None:
         missing = [sub for sub in REQUIRED_SUBFOLDERS if not (path / sub).is_dir()]
         if missing:
             raise TIError(f"model folder {source!r} lacks {', '.join(m + '/' for m in missing)} (a Stable "
@@ -157,8 +168,6 @@ def load_components(pretrained_model_name_or_path: str, revision: str | None = N
             parts = _from_pretrained(str(path), revision, variant, local_only=True)
         except Exception as exc:  # noqa: BLE001
             raise TIError(f"could not load the model folder {source!r}: {_first_line(exc)}", fix) from None
-    elif not _HUB_ID.match(source) or source.startswith((".", "~", os.sep)):
-        raise TIError(f"model path {source!r} does not exist", fix)
     else:
         try:  # already in the local Hugging Face cache: no network needed
             parts = _from_pretrained(source, revision, variant, local_only=True)
@@ -194,11 +203,9 @@ def load_pipeline(pretrained_model_name_or_path: str, revision: str | None = Non
 
     source = str(pretrained_model_name_or_path)
     fix = "pass --model (model= in Python) with a local diffusers folder or a reachable Hub id"
-    path = Path(source).expanduser()
-    if path.exists():
+    path = _local_folder(source, fix)
+    if path is not None:
         folder = str(path)
-    elif not _HUB_ID.match(source) or source.startswith((".", "~", os.sep)):
-        raise TIError(f"model path {source!r} does not exist", fix)
     else:
         try:  # already in the local Hugging Face cache: no network needed
             folder = snapshot_download(source, revision=revision, allow_patterns=_weight_patterns(variant),
