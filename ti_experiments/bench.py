@@ -225,9 +225,11 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
         if not step_seconds:
             step_seconds = [times.ends[-1] - times.ends[-2]] if len(times.ends) > 1 else [result.seconds]
         phases = time_phases(p, result.state, accelerator, phase_steps)
-        evaluation = time_evaluation(p, accelerator, result.state)
         device = accelerator.device
-        memory = _memory(device)  # before the reference step, which needs more
+        memory = _memory(device)  # training's peak: before the evaluation and the reference step
+        evaluation = time_evaluation(p, accelerator, result.state)
+        if evaluation:
+            evaluation["peak_rss_with_evaluation_gib"] = _memory(device)["peak_rss_gib"]
         reference_steps = time_reference(p, accelerator, cfg, steps, warmup) if reference else None
     finally:
         reset_accelerate()
@@ -283,6 +285,7 @@ def table(r: dict) -> str:
         share = f", {100 * r['evaluation_share']:.1f}% of {every} steps" if every else ""
         lines.append(f"{'held-out loss evaluation s':<34}{r['evaluation_s']:.3f}   (first, with the "
                      f"initializer's: {r['evaluation_first_s']:.3f}{share})")
+        lines.append(f"{'peak RSS GiB with evaluation':<34}{r['peak_rss_with_evaluation_gib']:.2f}")
     if "reference_median_step_s" in r:
         lines.append(f"{'example-style step s (same run)':<34}{r['reference_median_step_s']:.3f}")
         lines.append(f"{'speed-up vs example-style step':<34}{r['speedup_vs_reference']:.2f}x")

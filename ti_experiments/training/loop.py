@@ -24,6 +24,7 @@ from ..embeddings import PlaceholderEmbedding, save_learned_embeds
 from ..errors import TIError
 from . import checkpoints
 from .conditioning import text_conditioning
+from .memory import lean_backward, map_frozen_rows, return_free_heap
 from .signals import Interrupted, StopRequests
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,8 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
     vae.requires_grad_(False)
     for e in embeddings:
         e.vectors.requires_grad_(True)
+        if device.type == "cpu":  # a GPU run copies the matrix to the GPU anyway
+            map_frozen_rows(e, run_dir)
 
     # First the VAE: encode every training image once, then let it go before the UNet arrives.
     t0 = time.perf_counter()
@@ -159,9 +162,11 @@ def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
     elif hw_cfg.offload_idle:
         vae.to("cpu")  # validation brings it back for generation
     gc.collect()
+    return_free_heap()
 
     unet = parts.unet  # loaded (or built) now, if it was deferred
     unet.requires_grad_(False)
+    lean_backward(unet)  # no activations kept for weight gradients nobody computes
     if hw_cfg.allow_tf32 and device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
