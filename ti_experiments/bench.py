@@ -119,12 +119,14 @@ def time_reference(p, accelerator, cfg, n: int, warmup: int) -> list[float]:
 
     from .data.templates import TEMPLATES
     from .embeddings import unsplice
+    from .training.memory import plain_backward
 
     parts, device = p.parts, accelerator.device
     dtype = weight_dtype_for(accelerator.mixed_precision)
     text_encoder, unet, scheduler, tokenizer = parts.text_encoder, parts.unet, parts.noise_scheduler, parts.tokenizer
     vae = _fresh_vae(p, device, dtype)
     unsplice(text_encoder)
+    plain_backward(unet)  # autograd's own layers, as the example has
     weight = text_encoder.get_input_embeddings().weight
     weight.requires_grad_(True)
     original = weight.detach().clone()

@@ -15,6 +15,7 @@ from ti_experiments.training.memory import (
     LeanConv2d,
     lean_backward,
     map_frozen_rows,
+    plain_backward,
     return_free_heap,
 )
 
@@ -121,3 +122,5 @@ def test_only_the_highest_resolution_geglus_recompute():
     lean_backward(unet)
     widths = {(m.proj.in_features, m.recompute) for m in unet.modules() if isinstance(m, GEGLU)}
     assert widths == {(32, True), (64, False)}
+    plain_backward(unet)
+    assert not any(type(m).__name__ == "LeanGEGLU" or isinstance(m, LeanConv2d) for m in unet.modules())

@@ -154,6 +154,16 @@ def lean_backward(module: nn.Module, recompute_widest: bool = True) -> int:
     return swapped
 
 
+def plain_backward(module: nn.Module) -> None:
+    """Undo `lean_backward`: autograd's own layers again (the benchmark's diffusers-example step)."""
+    geglu, lean_geglu = _geglu_class()
+    for m in module.modules():
+        if isinstance(m, LeanConv2d):
+            m.__class__ = nn.Conv2d
+        elif isinstance(m, geglu) and type(m).__name__ == lean_geglu.__name__:
+            m.__class__ = geglu
+
+
 @functools.cache
 def _malloc_trim():
     name = ctypes.util.find_library("c")
