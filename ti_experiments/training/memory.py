@@ -110,7 +110,9 @@ class _RecomputedGeglu(torch.autograd.Function):
             return grad_projected @ weight.to(grad_projected.dtype), None, None
 
 
+@functools.cache
 def _geglu_class():
+    """One LeanGEGLU class per process (built lazily: diffusers is imported on first use)."""
     from diffusers.models.activations import GEGLU
 
     class LeanGEGLU(GEGLU):
@@ -160,7 +162,7 @@ def plain_backward(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, LeanConv2d):
             m.__class__ = nn.Conv2d
-        elif isinstance(m, geglu) and type(m).__name__ == lean_geglu.__name__:
+        elif type(m) is lean_geglu:
             m.__class__ = geglu
 
 
