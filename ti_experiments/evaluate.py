@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_run(Path(args[0]), args[1:])
     except Exception as exc:  # noqa: BLE001 - a user error becomes one line (exit 2); a bug keeps its traceback
         return report_or_raise(exc)
-    names = ("heldout_loss", "heldout_loss_init", "clip_i", "clip_t", "dino")
+    names = ("heldout_loss", "heldout_loss_init", "heldout_loss_words", "clip_i", "clip_t", "dino")
     for entry in result["embeddings"]:
         print(f"{entry['file']:<40} step {entry['step']:>6}  " +
               "  ".join(f"{k} {entry[k]:.4f}" for k in names if k in entry))

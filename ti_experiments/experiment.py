@@ -30,6 +30,7 @@ from .export import a1111_name, save_for_other_tools
 from .files import write_text_atomic
 from .publish import check_can_push, publish
 from .records.run_record import MetricsLog, RunRecord, write_summary
+from .toyworld import shipped as _toyworld  # noqa: F401 - registers ${ti.toyworld:...}
 from .training import run_training
 from .validation import Validator
 from .validation import make_settings as make_validation_settings

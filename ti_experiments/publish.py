@@ -220,7 +220,7 @@ def build_model_card(run_dir: Path, config: dict, summary: dict, repo_id: str | 
                ("steps", summary.get("steps")), ("training seconds", summary.get("train_seconds")),
                ("steps per second", summary.get("steps_per_sec")),
                ("peak memory (GiB)", summary["peak_memory_bytes"] / 2**30 if summary.get("peak_memory_bytes") else None)]
-    metrics += [(k, summary[k]) for k in ("heldout_loss", "heldout_loss_init", "clip_i", "clip_t", "dino",
+    metrics += [(k, summary[k]) for k in ("heldout_loss", "heldout_loss_init", "heldout_loss_words", "clip_i", "clip_t", "dino",
                                           "best_metric", "best_step") if summary.get(k) is not None]
     files = files_to_upload(run_dir, config, 10**6)
     training = [dest for _, dest in files if dest.startswith("concept_images/")]

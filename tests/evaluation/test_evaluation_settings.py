@@ -15,7 +15,7 @@ def test_presets_compose_and_the_tiny_model_picks_the_offline_pair():
     default = build(compose("+concept=demo").evaluation)
     assert default.clip_model == "openai/clip-vit-base-patch32" and default.dino_model == "facebook/dino-vits16"
     tiny = build(compose("+concept=demo", "model=tiny").evaluation)
-    assert "tiny-eval-1" in tiny.clip_model and tiny.enabled
+    assert "tiny-eval-2" in tiny.clip_model and tiny.enabled
     assert not build(compose("+concept=demo", "model=tiny", "evaluation=none").evaluation).enabled
     chosen = build(compose("+concept=demo", "model=tiny", "evaluation=default").evaluation)
     assert chosen.clip_model == default.clip_model  # the command line wins over the model's choice

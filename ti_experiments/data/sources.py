@@ -102,3 +102,18 @@ def make_demo_images(target_dir: str | Path, kind: str = "object", num_images: i
             img.save(tmp / f"{kind}-{i:02d}.png")
     log.info("drew %d demo %s images into %s", num_images, kind, target_dir)
     return target_dir
+
+
+def draw_toyworld_concept(target_dir: str | Path, name: str, num_images: int = 6, seed: int = 0) -> Path:
+    """The images of one of the toy world's named concepts: its fixed parts, everything else varied."""
+    from ..toyworld import world
+
+    if name not in world.CONCEPTS:
+        raise TIError(f"the toy world has no concept {name!r}", f"use one of {', '.join(world.CONCEPTS)}")
+    target_dir = Path(target_dir).expanduser()
+    rng = random.Random(f"toyworld-{name}-{seed}")
+    with atomic_dir(target_dir) as tmp:
+        for i, scene in enumerate(world.CONCEPTS[name].scenes(num_images, seed)):
+            world.render(scene, rng)[0].save(tmp / f"{name}-{i:02d}.png")
+    log.info("drew %d images of the toy world's %s into %s", num_images, name, target_dir)
+    return target_dir

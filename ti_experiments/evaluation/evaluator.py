@@ -55,7 +55,7 @@ class Evaluator:
         self.held = None
         self.weight_dtype = torch.float32
         self.max_steps = None
-        self.init_loss: float | None = None
+        self.init_loss: dict | None = None  # heldout_loss_init (and _words): scored once
         self.last: dict = {}
         self.best: tuple[int, float] | None = None
 
@@ -71,7 +71,8 @@ class Evaluator:
         s = self.settings
         timesteps = self.parts.noise_scheduler.config.num_train_timesteps
         self.held = build_heldout_set(cache, self.parts.tokenizer, timesteps, self.placeholder_string,
-                                      self.initializer, self.learnable_property, s.heldout_samples, s.heldout_seed)
+                                      self.initializer, self.learnable_property, s.heldout_samples, s.heldout_seed,
+                                      s.description)
         if start_step > 0:
             for row in read_metrics(self.run_dir):
                 if row.get("step", 0) <= start_step and row.get(self.best_metric) is not None:
@@ -98,10 +99,11 @@ class Evaluator:
                 args = (self.parts, self.text_encoder, self.held)
                 values = {"heldout_loss": heldout_loss(*args, "learned", self.weight_dtype, device,
                                                        self.settings.heldout_batch_size)}
-                if self.init_loss is None:  # the initializer's prompt does not change while training
-                    self.init_loss = heldout_loss(*args, "init", self.weight_dtype, device,
-                                                  self.settings.heldout_batch_size)
-                values["heldout_loss_init"] = self.init_loss
+                if self.init_loss is None:  # these prompts do not change while training
+                    self.init_loss = {f"heldout_loss_{which}": heldout_loss(*args, which, self.weight_dtype, device,
+                                                                            self.settings.heldout_batch_size)
+                                      for which in ("init", "words") if which == "init" or self.held.words_ids is not None}
+                values.update(self.init_loss)
         finally:
             unet.train(modes[0])
             self.text_encoder.train(modes[1])

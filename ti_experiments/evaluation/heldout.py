@@ -24,6 +24,7 @@ class HeldoutSet:
     timesteps: torch.Tensor
     learned_ids: torch.Tensor  # [K, 77]: template with the placeholder tokens
     init_ids: torch.Tensor  # the same template with the initializer token
+    words_ids: torch.Tensor | None = None  # the same template with the concept described in words
 
 
 def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
@@ -32,7 +33,8 @@ def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
 
 
 def build_heldout_set(cache: LatentCache, tokenizer, num_train_timesteps: int, placeholder_string: str,
-                      initializer_token: str, learnable_property: str, num_samples: int, seed: int) -> HeldoutSet:
+                      initializer_token: str, learnable_property: str, num_samples: int, seed: int,
+                      description: str | None = None) -> HeldoutSet:
     """K triples from `seed` alone: images in turn (not mirrored), one timestep per K-th of the schedule
     (stratified: less variance than K free draws), a training template per triple."""
     gen = torch.Generator().manual_seed(int(seed))
@@ -49,14 +51,16 @@ def build_heldout_set(cache: LatentCache, tokenizer, num_train_timesteps: int, p
     latents = cache.sample(index, flipped, eps=eps).cpu()
     return HeldoutSet(latents=latents, noise=noise, timesteps=timesteps,
                       learned_ids=_tokenize(tokenizer, [templates[i].format(placeholder_string) for i in picks]),
-                      init_ids=_tokenize(tokenizer, [templates[i].format(initializer_token) for i in picks]))
+                      init_ids=_tokenize(tokenizer, [templates[i].format(initializer_token) for i in picks]),
+                      words_ids=None if description is None else
+                      _tokenize(tokenizer, [templates[i].format(description) for i in picks]))
 
 
 @torch.no_grad()
 def heldout_loss(parts, text_encoder, held: HeldoutSet, which: str, weight_dtype, device,
                  batch_size: int = 8) -> float:
-    """Mean loss over the set; `which` is "learned" or "init". Callers set eval modes and autocast."""
-    ids = held.learned_ids if which == "learned" else held.init_ids
+    """Mean loss over the set; `which` is "learned", "init" or "words". Callers set eval modes and autocast."""
+    ids = {"learned": held.learned_ids, "init": held.init_ids, "words": held.words_ids}[which]
     total, count = 0.0, held.latents.shape[0]
     for start in range(0, count, batch_size):
         part = slice(start, start + batch_size)

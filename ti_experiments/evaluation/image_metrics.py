@@ -21,7 +21,7 @@ from ..files import atomic_dir
 log = logging.getLogger(__name__)
 
 # Bump when the tiny builder below changes what it writes: it names the cache folder.
-TINY_EVAL_VERSION = "1"
+TINY_EVAL_VERSION = "2"
 TINY_EVAL_NAME = f"tiny-eval-{TINY_EVAL_VERSION}"
 
 
@@ -99,7 +99,7 @@ class EvalModels:
     """CLIP (image and text towers) and DINO, in eval mode on one device, with their preprocessing."""
 
     def __init__(self, clip_model: str, dino_model: str, device):
-        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, ViTModel
+        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
         self.device = torch.device(device)
         clip_path = _local_or_download(str(clip_model), "clip_model")
@@ -108,7 +108,7 @@ class EvalModels:
             self.clip = CLIPModel.from_pretrained(clip_path).to(self.device).eval()
             self.clip_tokenizer = AutoTokenizer.from_pretrained(clip_path)
             self.clip_processor = AutoImageProcessor.from_pretrained(clip_path, backend="pil")
-            self.dino = ViTModel.from_pretrained(dino_path, add_pooling_layer=False).to(self.device).eval()
+            self.dino = _feature_model(dino_path).to(self.device).eval()
             self.dino_processor = AutoImageProcessor.from_pretrained(dino_path, backend="pil")
         except TIError:
             raise
@@ -131,6 +131,18 @@ class EvalModels:
     def text_features(self, texts: list[str]) -> torch.Tensor:
         tokens = self.clip_tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
         return _unit(self.clip.get_text_features(**tokens).pooler_output)
+
+
+def _feature_model(path: str):
+    """DINO's ViT, or a CLIP image tower (the toy world's judge): both give a CLS feature first."""
+    import json
+
+    from transformers import CLIPVisionModel, ViTModel
+
+    model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+    if model_type == "clip_vision_model":
+        return CLIPVisionModel.from_pretrained(path)
+    return ViTModel.from_pretrained(path, add_pooling_layer=False)
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:

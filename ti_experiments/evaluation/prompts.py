@@ -72,8 +72,13 @@ def prompt_templates(prompts, learnable_property: str, num_prompts: int | None =
     """The templates (each with one `{}` for the concept): the protocol's set or the user's list."""
     if prompts == "dreambench":
         templates = list(DREAMBENCH_OBJECT_PROMPTS if learnable_property == "object" else STYLE_PROMPTS)
+    elif prompts == "toyworld":  # new backgrounds and positions, in words the toy world model knows
+        from ..toyworld.world import CONTEXTS
+
+        templates = list(CONTEXTS)
     elif isinstance(prompts, str):
-        raise TIError(f"evaluation.prompts={prompts!r} is unknown", "use dreambench or a list of prompts with {}")
+        raise TIError(f"evaluation.prompts={prompts!r} is unknown",
+                      "use dreambench, toyworld or a list of prompts with {}")
     else:
         templates = [str(p) for p in prompts]
         bad = [p for p in templates if p.count("{}") != 1]

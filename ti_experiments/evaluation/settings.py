@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from ..errors import TIError
 
 # The public names, as in metrics.jsonl and summary.json. Losses: lower is better; similarities: higher.
-METRICS = ("heldout_loss", "heldout_loss_init", "clip_i", "clip_t", "dino")
+METRICS = ("heldout_loss", "heldout_loss_init", "heldout_loss_words", "clip_i", "clip_t", "dino")
 IMAGE_METRICS = ("clip_i", "clip_t", "dino")
 
 
@@ -39,6 +39,8 @@ class EvaluationSettings:
     steps: int | None = 100
     heldout_samples: int = 16
     heldout_seed: int = 0
+    # the concept in plain words ("large orange circle with ears"): heldout_loss_words scores that prompt too
+    description: str | None = None
     heldout_batch_size: int = 8
     # true, false, or "auto": on where there is a GPU (or MPS), off on a CPU
     image_metrics: bool | str = "auto"

@@ -23,7 +23,7 @@ from ..files import atomic_dir
 
 # Bump whenever anything below changes the bytes written: it names the cache folder, so an old
 # build is never mistaken for a new one.
-TINY_MODEL_VERSION = "1"
+TINY_MODEL_VERSION = "2"
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -89,7 +89,9 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def tokenizer_words() -> list[str]:
     """The words the tiny tokenizer keeps whole: sorted, so the BPE training is reproducible."""
-    words: set[str] = set(_EXTRA_WORDS)
+    from ..toyworld.world import WORDS as TOY_WORLD_WORDS
+
+    words: set[str] = set(_EXTRA_WORDS) | set(TOY_WORLD_WORDS)
     for template in OBJECT_TEMPLATES + STYLE_TEMPLATES:
         # CLIP's pre-tokenizer splits "close-up" into "close", "-", "up"; keep letter runs.
         for chunk in template.replace("{}", " ").replace("-", " ").split():

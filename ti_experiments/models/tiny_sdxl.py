@@ -15,7 +15,7 @@ from pathlib import Path
 from .tiny import MODEL_MAX_LENGTH, _seeded, ensure_built, write_tokenizer_files
 
 # Bump whenever anything below changes the bytes written (it names the cache folder).
-TINY_SDXL_VERSION = "1"
+TINY_SDXL_VERSION = "2"
 
 WIDTH_1, WIDTH_2 = 32, 64  # text_encoder (CLIP-L's role) and text_encoder_2 (OpenCLIP bigG's role)
 TIME_EMBED_DIM = 8  # addition_time_embed_dim; SDXL's six size numbers each get this many features

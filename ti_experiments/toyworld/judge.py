@@ -1,0 +1,49 @@
+"""The toy world's judge, read back from its shipped folder: which value of each attribute an image shows.
+
+GenEval scores a generated image as right or wrong per attribute with a detector and a colour
+classifier; here a small CNN with one head per attribute plays both parts. (The judge's CLIP, in the
+same folder, is what CLIP-I / CLIP-T use.) Its accuracy on fresh renders is measured by
+`python -m ti_experiments.toyworld.quality judge`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from . import shipped, world
+from .architecture import AttributeClassifier
+
+
+class Judge:
+    def __init__(self, folder: str | Path = shipped.JUDGE_DIR):
+        self.classifier = AttributeClassifier().eval()
+        self.classifier.load_state_dict(load_file(str(Path(folder) / "attributes.safetensors")))
+
+    @staticmethod
+    def pixels(images: list[Image.Image]) -> torch.Tensor:
+        """PIL images as the judge saw them in training: 32 px, values in [-1, 1]."""
+        size = (world.SIZE_PX, world.SIZE_PX)
+        arrays = [np.asarray(im.convert("RGB").resize(size, Image.BILINEAR) if im.size != size else im.convert("RGB"),
+                             np.float32) for im in images]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1
+
+    @torch.no_grad()
+    def classify(self, images: list[Image.Image], batch_size: int = 256) -> dict[str, list[str]]:
+        """Each attribute's most likely value, per image."""
+        out: dict[str, list[str]] = {name: [] for name in world.ATTRIBUTES}
+        for start in range(0, len(images), batch_size):
+            for name, logits in self.classifier(self.pixels(images[start:start + batch_size])).items():
+                out[name] += [world.ATTRIBUTES[name][i] for i in logits.argmax(-1).tolist()]
+        return out
+
+    def accuracy(self, images: list[Image.Image], scenes: list[world.Scene]) -> dict[str, float]:
+        """The share of images judged right, per attribute, against the scenes they should show."""
+        judged = self.classify(images)
+        truth = [s.labels() for s in scenes]
+        return {name: float(np.mean([world.ATTRIBUTES[name][t[name]] == v for t, v in zip(truth, judged[name])]))
+                for name in world.ATTRIBUTES}
