@@ -134,14 +134,13 @@ class EvalModels:
 
 
 def _feature_model(path: str):
-    """DINO's ViT, or a CLIP image tower (the toy world's judge): both give a CLS feature first."""
-    import json
+    """DINO's ViT, or the toy world judge's attribute classifier: both give a CLS-like feature first."""
+    from transformers import ViTModel
 
-    from transformers import CLIPVisionModel, ViTModel
+    if (Path(path) / "attributes.safetensors").is_file():
+        from ..toyworld.judge import AttributeFeatures
 
-    model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
-    if model_type == "clip_vision_model":
-        return CLIPVisionModel.from_pretrained(path)
+        return AttributeFeatures(path)
     return ViTModel.from_pretrained(path, add_pooling_layer=False)
 
 

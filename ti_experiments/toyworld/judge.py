@@ -19,10 +19,29 @@ from . import shipped, world
 from .architecture import AttributeClassifier
 
 
+def load_classifier(folder: str | Path = shipped.JUDGE_DIR) -> AttributeClassifier:
+    classifier = AttributeClassifier().eval()
+    classifier.load_state_dict(load_file(str(Path(folder) / "attributes.safetensors")))  # fp16 on disk, fp32 here
+    return classifier
+
+
+class AttributeFeatures(torch.nn.Module):
+    """The classifier's feature (what it knows of every attribute) in a ViT's output shape, so the
+    evaluation's image-feature score (DINO's slot) can read it like a CLS token."""
+
+    def __init__(self, folder: str | Path):
+        super().__init__()
+        self.classifier = load_classifier(folder)
+
+    def forward(self, pixel_values: torch.Tensor):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(last_hidden_state=self.classifier.trunk(pixel_values)[:, None])
+
+
 class Judge:
     def __init__(self, folder: str | Path = shipped.JUDGE_DIR):
-        self.classifier = AttributeClassifier().eval()
-        self.classifier.load_state_dict(load_file(str(Path(folder) / "attributes.safetensors")))
+        self.classifier = load_classifier(folder)
 
     @staticmethod
     def pixels(images: list[Image.Image]) -> torch.Tensor:

@@ -35,10 +35,10 @@ def judge_figures(judge: Judge, count: int = 1000, seed: int = 0) -> dict[str, f
     return judge.accuracy([world.render(s, rng)[0] for s in scenes], scenes)
 
 
-def _pipeline():
+def _pipeline(weights: Path):
     from ..models.loading import load_pipeline
 
-    pipe = load_pipeline(str(shipped.MODEL_DIR))
+    pipe = load_pipeline(str(weights / "model"))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -79,11 +79,13 @@ def _demo_train_settings() -> list[str]:
     return [f"train.{k}={train[k]}" for k in ("max_steps", "batch_size", "save_steps", "checkpointing_steps")]
 
 
-def ti_figures(judge: Judge, pipe, concepts: list[str], num_vectors: list[int], out: Path, seed: int = 0) -> list:
+def ti_figures(pipe, weights: Path, concepts: list[str], num_vectors: list[int], out: Path, seed: int = 0) -> list:
     from ..api import train
     from ..evaluation.image_metrics import EvalModels, ImageScorer
 
-    models = EvalModels(str(shipped.JUDGE_DIR / "clip"), str(shipped.JUDGE_DIR / "features"), "cpu")
+    models = EvalModels(str(weights / "judge" / "clip"), str(weights / "judge"), "cpu")
+    where = [f"model.pretrained_model_name_or_path={weights / 'model'}",
+             f"evaluation.clip_model={weights / 'judge' / 'clip'}", f"evaluation.dino_model={weights / 'judge'}"]
     settings = _demo_train_settings()
     rows = []
     for name in concepts:
@@ -105,7 +107,7 @@ def ti_figures(judge: Judge, pipe, concepts: list[str], num_vectors: list[int], 
             run_dir = out / f"{name}-nv{k}"
             result = train(f"+concept={name}", "model=toyworld", "logger=none", "validation.enabled=false",
                            f"concept.num_vectors={k}", f"evaluation.description='{concept.description()}'",
-                           f"seed={seed}", *settings, output_dir=run_dir)
+                           f"seed={seed}", *settings, *where, output_dir=run_dir)
             token = concept.placeholder_token
             pipe.load_textual_inversion(str(run_dir), token=token)
             try:
@@ -144,17 +146,19 @@ def main(argv=None) -> int:
     parser.add_argument("--num-vectors", default="1,4")
     parser.add_argument("--guidance", type=float, default=GUIDANCE)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", type=Path, default=shipped.WEIGHTS_DIR,
+                        help="a folder with model/ and judge/ (default: the shipped weights)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    judge = Judge()
+    judge = Judge(args.weights / "judge")
     figures: dict = {}
     if "judge" in args.parts:
         figures["judge_accuracy"] = judge_figures(judge, seed=args.seed)
         print("judge accuracy on 1000 fresh renders:", json.dumps({k: round(v, 3) for k, v in
                                                                    figures["judge_accuracy"].items()}))
-    pipe = _pipeline() if {"model", "ti"} & set(args.parts) else None
+    pipe = _pipeline(args.weights) if {"model", "ti"} & set(args.parts) else None
     if "model" in args.parts:
         m = model_figures(judge, pipe, seed=args.seed, guidance=args.guidance)
         _grid(m.pop("images")[:100], out / "model_samples.png")
@@ -163,7 +167,7 @@ def main(argv=None) -> int:
         print(_table([{"images": k, **{a: v for a, v in m[k].items()}} for k in ("generated", "vae_ceiling")],
                      ["images"] + list(world.ATTRIBUTES)))
     if "ti" in args.parts:
-        rows = ti_figures(judge, pipe, args.concepts.split(","), [int(k) for k in args.num_vectors.split(",")],
+        rows = ti_figures(pipe, args.weights, args.concepts.split(","), [int(k) for k in args.num_vectors.split(",")],
                           out / "runs", seed=args.seed)
         figures["ti"] = rows
         print("textual inversion, the demo's settings:")
