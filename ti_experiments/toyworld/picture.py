@@ -21,7 +21,7 @@ def concept_picture(run_dir: Path, count: int = 6, seed: int = 0, steps: int = 2
     from ..generation import generate
 
     cfg = OmegaConf.load(run_dir / "resolved_config.yaml")
-    real = [Image.open(p).convert("RGB") for p in list_image_files(Path(cfg.concept.train_data_dir))[:count]]
+    real = [Image.open(p).convert("RGB") for p in list_image_files(Path(cfg.concept.train_data_dir).expanduser())[:count]]
     kind = "in the style of" if cfg.concept.learnable_property == "style" else "a photo of a"
     phrase = "a painting in the style of {}" if kind == "in the style of" else "a photo of a {}"
     common = dict(num_images=count, steps=steps, guidance=guidance, seed=seed, progress=False)
