@@ -138,24 +138,19 @@ def test_every_target_instantiates(tmp_path, tiny_model_path):
 
 
 def test_sweep_and_hydra_settings(tmp_path):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from ti_experiments.config import compose as ti_compose
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=["+concept=demo"], return_hydra_config=True)
+    cfg = ti_compose(["+concept=demo"], return_hydra_config=True)
     assert cfg.hydra.job.chdir is False
     assert cfg.hydra.run.dir.startswith("outputs/") and cfg.hydra.sweep.dir.startswith("outputs/")
 
 
 @pytest.mark.parametrize("launcher", ["slurm", "parallel"])
 def test_launcher_configs_compose(launcher, monkeypatch):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from ti_experiments.config import compose as ti_compose
 
     monkeypatch.setenv("TI_OUTPUT_ROOT", "/shared/ti")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=["+concept=demo", f"hydra/launcher={launcher}"],
-                            return_hydra_config=True)
+    cfg = ti_compose(["+concept=demo", f"hydra/launcher={launcher}"], return_hydra_config=True)
     launcher_cfg = cfg.hydra.launcher
     if launcher == "slurm":
         assert launcher_cfg._target_.endswith("SlurmLauncher")

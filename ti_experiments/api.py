@@ -21,8 +21,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from .config import compose
 from .errors import TIError
-from .experiment import CONF_DIR
 from .generation import generate
 
 __all__ = ["RunResult", "compose", "generate", "train"]
@@ -38,30 +38,6 @@ class RunResult:
     @property
     def embedding(self) -> Path:
         return self.run_dir / "learned_embeds.safetensors"
-
-
-def compose(overrides=(), return_hydra_config: bool = False) -> DictConfig:
-    """The config `python -m ti_experiments OVERRIDES...` composes; a Hydra state of the caller's is kept."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from hydra.initialize import get_gh_backup, restore_gh_from_backup
-    from omegaconf.errors import OmegaConfBaseException
-
-    from .__main__ import _hydra_hint, one_line
-
-    backup = get_gh_backup()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="ti"):
-            return hydra_compose("config", overrides=[str(o) for o in overrides],
-                                 return_hydra_config=return_hydra_config)
-    except (HydraException, OmegaConfBaseException) as exc:
-        text = one_line(exc)
-        raise TIError(text, _hydra_hint(text)) from None
-    finally:
-        restore_gh_from_backup(backup)
 
 
 def train(*overrides: str, config: DictConfig | None = None, output_dir: str | os.PathLike | None = None) -> RunResult:

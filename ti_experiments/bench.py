@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .config import compose
+from .errors import TIError, report_or_raise
 from .training.conditioning import text_conditioning
 from .training.loop import prediction_target, weight_dtype_for
 
@@ -198,9 +200,7 @@ def _memory(device) -> dict:
 
 
 def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, reference: bool = False) -> dict:
-    from hydra import compose, initialize_config_dir
-
-    from .experiment import CONF_DIR, fit, make_accelerator, prepare, reset_accelerate
+    from .experiment import fit, make_accelerator, prepare, reset_accelerate
 
     started = _process_start()
     if not any(o.startswith("+concept=") for o in overrides):
@@ -208,14 +208,11 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
     forced = [f"train.max_steps={warmup + steps}", "train.save_steps=null", "train.checkpointing_steps=null",
               "train.resume_from_checkpoint=null", "validation.enabled=false", "logger=none"]
     run_dir = Path(tempfile.mkdtemp(prefix="ti-bench-"))
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*overrides, *forced, f"paths.output_dir={run_dir}"])
+    cfg = compose([*overrides, *forced, f"paths.output_dir={run_dir}"])
     from .records.memory import peak_memory_bytes
 
     p = prepare(cfg, run_dir)
     if reference and p.parts.is_sdxl:
-        from .errors import TIError
-
         raise TIError("--reference (the diffusers example's step) is not implemented for SDXL",
                       "leave out --reference for SDXL models")
     loaded_peak = peak_memory_bytes("cpu") / 2**30
@@ -302,7 +299,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", action="store_true",
                         help="also time the diffusers example's way of computing the same step, in this run")
     args, overrides = parser.parse_known_args(argv)
-    from .__main__ import report_or_raise
 
     try:
         result = benchmark(overrides, args.warmup, args.steps, args.phase_steps, args.reference)

@@ -20,7 +20,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from .errors import TIError
+from .errors import TIError, report_or_raise
 
 log = logging.getLogger("ti_experiments.evaluate")
 
@@ -30,9 +30,7 @@ STEP_FILE = re.compile(r"^learned_embeds-steps-(\d+)\.safetensors$")
 
 def load_config(run_dir: Path, overrides: list[str]):
     """The run's composed config, with the evaluation node chosen or added, and the overrides applied."""
-    from hydra import compose, initialize_config_dir
-
-    from .experiment import CONF_DIR
+    from .config import compose, options
 
     # Hydra's composed config keeps the interpolations (the cache as it is today); a run started from
     # Python has only the resolved one
@@ -46,11 +44,9 @@ def load_config(run_dir: Path, overrides: list[str]):
     if group or cfg.get("evaluation") is None:
         tiny = "load_tiny_components" in str(OmegaConf.select(cfg, "model._target_"))
         name = group[-1] if group else ("tiny" if tiny else "default")
-        if not (CONF_DIR / "evaluation" / f"{name}.yaml").is_file():
-            options = sorted(p.stem for p in (CONF_DIR / "evaluation").glob("*.yaml"))
-            raise TIError(f"evaluation={name} is unknown", f"use one of {', '.join(options)}")
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            node = compose(config_name="config", overrides=[f"evaluation={name}"]).evaluation
+        if name not in options("evaluation"):
+            raise TIError(f"evaluation={name} is unknown", f"use one of {', '.join(options('evaluation'))}")
+        node = compose([f"evaluation={name}"]).evaluation
         OmegaConf.update(cfg, "evaluation", OmegaConf.to_container(node), merge=False)
     for item in overrides:
         if item.startswith("evaluation="):
@@ -81,7 +77,8 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict:
     from .data import ConceptImages, LatentCache
     from .embeddings import add_placeholder_tokens, check_fits, read_embedding
     from .evaluation import Evaluator
-    from .experiment import build, check_precision, ensure_concept_images, no_accelerator, reset_accelerate
+    from .config import build
+    from .experiment import check_precision, ensure_concept_images, no_accelerator, reset_accelerate
     from .records.run_record import write_json
     from .training.loop import setup_attention, weight_dtype_for
     from .validation import Validator
@@ -156,7 +153,6 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.split("\n\n", 1)[1].strip())
         return 0 if args else 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from .__main__ import report_or_raise
 
     try:
         result = evaluate_run(Path(args[0]), args[1:])

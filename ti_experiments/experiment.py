@@ -10,11 +10,10 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .checks import check_run_settings
+from .config import build, options
 from .data import TEMPLATES, ConceptImages, TextualInversionDataset
 from .data.images import list_image_files
 from .embeddings import (
@@ -36,30 +35,10 @@ from .validation import make_settings as make_validation_settings
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-def build(node, **kwargs):
-    """`instantiate`, but a user error raised by the target reaches the user as itself, not wrapped."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as exc:
-        cause = exc.__cause__
-        while cause is not None and not isinstance(cause, TIError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise
-
-
-def available_concepts() -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / "concept").glob("*.yaml"))
-
-
 def check_concept(cfg: DictConfig) -> None:
     if cfg.get("concept") is None:
         raise TIError("no concept chosen",
-                      f"add +concept=NAME with NAME one of {', '.join(available_concepts())} "
+                      f"add +concept=NAME with NAME one of {', '.join(options('concept'))} "
                       "(or your own conf/concept/NAME.yaml)")
     prop = cfg.concept.learnable_property
     if prop not in TEMPLATES:

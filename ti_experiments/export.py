@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .embeddings import EmbeddingFile, read_embedding, save_a1111, save_learned_embeds, save_sdxl
-from .errors import TIError
+from .errors import TIError, report_or_raise
 from .files import write_text_atomic
 
 FORMATS = ("a1111", "diffusers")
@@ -118,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="export the embedding a run saved at step N (learned_embeds-steps-N.safetensors)")
     parser.add_argument("--token", default=None, help="the concept's name in the output (default: the source's)")
     args = parser.parse_args(argv)
-    from .__main__ import report_or_raise
 
     try:
         written = export(args.source, args.format, args.out, args.step, args.token)

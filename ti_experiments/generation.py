@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .embeddings import FAMILY_BY_WIDTHS, EmbeddingFile, load_into_pipeline, read_embedding
-from .errors import TIError
+from .errors import TIError, report_or_raise
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _from_model_node(node, resolution=None, where: str = "") -> BaseModel:
     source = str(node.pretrained_model_name_or_path)
     target = str(node.get("_target_", ""))
     if target.startswith("ti_experiments.models.load_tiny") and not Path(source).expanduser().exists():
-        from .experiment import build
+        from .config import build
 
         build(node)  # the offline tiny models are rebuilt, bit-identically, where the record says they were
     return BaseModel(source, node.get("revision"), node.get("variant"),
@@ -124,12 +124,10 @@ def _from_model_node(node, resolution=None, where: str = "") -> BaseModel:
 def base_model(model: str | None, concepts: list[Concept]) -> BaseModel:
     """--model (a folder, a Hub id, or an option of conf/model such as `sd15` or `tiny`), else the model
     of the first run directory given."""
-    from .experiment import CONF_DIR
+    from .config import compose, options
 
     if model:
-        if not Path(model).expanduser().exists() and (CONF_DIR / "model" / f"{model}.yaml").is_file():
-            from .api import compose
-
+        if not Path(model).expanduser().exists() and model in options("model"):
             return _from_model_node(compose([f"model={model}"]).model, where=f"model={model}")
         return BaseModel(str(model))
     for concept in concepts:
@@ -387,7 +385,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="default: fp16 on a GPU, fp32 on a CPU")
     args = parser.parse_args(argv)
     *positional, prompt = args.items
-    from .__main__ import report_or_raise
 
     try:
         if positional and Path(prompt).expanduser().exists():

@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .data.images import list_image_files
-from .errors import TIError
+from .errors import TIError, report_or_raise
 from .export import a1111_name
 from .files import write_text_atomic
 
@@ -293,7 +293,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--public", action="store_true", help="create the repository public (default: private)")
     parser.add_argument("--dry-run", action="store_true", help="write model_card.md and list the files; upload nothing")
     args = parser.parse_args(argv)
-    from .__main__ import report_or_raise
 
     try:
         config, summary = load_run(args.run_dir)
