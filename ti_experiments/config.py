@@ -55,6 +55,15 @@ def compose(overrides=(), return_hydra_config: bool = False, sweep: str | None =
         restore_gh_from_backup(backup)
 
 
+def hydra_choices() -> dict:
+    """The option chosen for each config group (`model` -> `tiny`), when Hydra composed this run; else {}."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return {k: v for k, v in HydraConfig.get().runtime.choices.items() if v and not k.startswith("hydra")}
+
+
 def build(node, **kwargs):
     """`instantiate`, but a user error raised by the target reaches the user as itself, not wrapped."""
     from hydra.errors import InstantiationException

@@ -21,9 +21,11 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if args else 2
     run_dir = Path(args[0]).expanduser().resolve()
-    job_config = run_dir / ".hydra" / "config.yaml"
+    from .run_dir import COMPOSED_CONFIG
+
+    job_config = run_dir / COMPOSED_CONFIG
     if not job_config.is_file():
-        print(f"error: {run_dir} has no .hydra/config.yaml, so it is not a run directory; fix: pass the "
+        print(f"error: {run_dir} has no {COMPOSED_CONFIG}, so it is not a run directory; fix: pass the "
               "directory of a run (it holds run.json and .hydra/)", file=sys.stderr)
         return 2
     from .__main__ import main as cli_main
