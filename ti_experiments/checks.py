@@ -10,8 +10,28 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
+from typing import Literal
+
 from .settings import Settings, bound
 from .training.settings import HardwareSettings, TrainSettings
+
+
+@dataclass
+class ConceptSettings(Settings):
+    """The `concept` group (conf/concept/*.yaml): what is learned, from which pictures."""
+
+    GROUP = "concept"
+
+    placeholder_token: str = bound("<concept>", example="'<my-thing>'")
+    initializer_token: str = bound("toy", example="toy")
+    num_vectors: int = bound(1, minimum=1, example="1")
+    # an embedding to start from instead of the initializer (any format run_dir.read_embedding reads)
+    init_from: str | None = bound(None, example="path/to/embedding.safetensors")
+    learnable_property: Literal["object", "style"] = "object"
+    train_data_dir: str = bound("", example="/path/to/images")
+    validation_prompt: str | None = bound(None, example="'a photo of <my-thing>'")
+    # where the images come from when the folder is empty (a node with _target_), or null
+    source: dict | None = None
 
 
 @dataclass

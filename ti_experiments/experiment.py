@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checks import check_run_settings
+from .checks import ConceptSettings, check_run_settings
 from .config import build, hydra_choices, options
-from .data import TEMPLATES, ConceptImages, TextualInversionDataset
+from .data import ConceptImages, TextualInversionDataset
 from .data.images import list_image_files
 from . import run_dir as run_files
 from .embeddings import EmbeddingFile, add_placeholder_tokens, check_fits, placeholder_tokens, unsplice
@@ -33,9 +33,7 @@ def check_concept(cfg: DictConfig) -> None:
         raise TIError("no concept chosen",
                       f"add +concept=NAME with NAME one of {', '.join(options('concept'))} "
                       "(or your own conf/concept/NAME.yaml)")
-    prop = cfg.concept.learnable_property
-    if prop not in TEMPLATES:
-        raise TIError(f"concept.learnable_property={prop!r} is unknown", "use object or style")
+    ConceptSettings.from_node(cfg.concept)
 
 
 def ensure_concept_images(concept: DictConfig, cache_dir: Path) -> Path:

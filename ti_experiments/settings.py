@@ -41,7 +41,9 @@ class Settings:
         """The settings of a config node (resolved); a key the dataclass does not know is an error."""
         from omegaconf import OmegaConf
 
-        values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+        # a mandatory value still missing (`???`) is reported where it is used, with its own hint
+        values = (OmegaConf.to_container(node, resolve=True, throw_on_missing=False) if OmegaConf.is_config(node)
+                  else dict(node))
         values.pop("_target_", None)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
