@@ -16,8 +16,9 @@ os.environ["WANDB_MODE"] = "disabled"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from ti_experiments.config import CONF_DIR  # noqa: E402 - after the environment above
+
 REPO = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO / "conf"
 
 # A short, fast tiny run: the overrides every training test starts from.
 TINY_RUN = [
@@ -30,12 +31,11 @@ TINY_SDXL_RUN = ["model=tiny_sdxl" if o == "model=tiny" else o for o in TINY_RUN
 
 
 def compose(*overrides: str, output_dir: Path | None = None):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    """The config the CLI composes from these overrides (the package's own `compose`)."""
+    from ti_experiments.config import compose as ti_compose
 
     extra = [f"paths.output_dir={output_dir}"] if output_dir is not None else []
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides) + extra)
+    return ti_compose([*overrides, *extra])
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,8 @@ CONTRACT_KEYS = [
 
 
 def _overrides(group: str, option: str) -> list[str]:
+    if group == "experiment":  # a `_global_` preset, not in the defaults
+        return ["+concept=cat_toy", f"+experiment={option}"]
     if group == "concept":
         extra = ["concept.train_data_dir=/tmp/x"] if option == "my_style" else []
         return [f"+concept={option}", *extra]
@@ -50,7 +52,7 @@ def test_expected_groups_and_options_exist():
 def test_every_option_composes_and_resolves(group, option, tmp_path):
     cfg = compose(*_overrides(group, option), output_dir=tmp_path)
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    assert resolved[group] is not None
+    assert resolved["train" if group == "experiment" else group] is not None
     for key in CONTRACT_KEYS:
         assert OmegaConf.select(cfg, key, default="<absent>") != "<absent>", key
 
@@ -68,9 +70,36 @@ def test_mission_command_composes(tmp_path):
 def test_sd21_is_768_and_hardware_only_sets_hardware(tmp_path):
     assert compose("+concept=demo", "model=sd21", output_dir=tmp_path).data.resolution == 768
     for option in ("v100", "a100", "low_vram", "cpu"):
-        keys = set(OmegaConf.load(CONF_DIR / "hardware" / f"{option}.yaml"))
+        keys = set(_hardware_preset(option))
         assert keys == {"mixed_precision", "allow_tf32", "gradient_checkpointing", "attention", "offload_idle", "channels_last",
                         "batch_size", "gradient_accumulation_steps"}
+        assert set(compose("+concept=demo", f"hardware={option}").hardware) == keys
+
+
+def _hardware_preset(option: str):
+    """A hardware preset as it applies: conf/hardware/base.yaml with the preset's differences over it."""
+    preset = OmegaConf.load(CONF_DIR / "hardware" / f"{option}.yaml")
+    assert [str(d) for d in preset.pop("defaults")] == ["base", "_self_"]
+    return OmegaConf.merge(OmegaConf.load(CONF_DIR / "hardware" / "base.yaml"), preset)
+
+
+def test_hardware_presets_state_only_what_differs_from_base():
+    base = OmegaConf.load(CONF_DIR / "hardware" / "base.yaml")
+    for option in ("v100", "a100", "low_vram", "cpu"):
+        preset = OmegaConf.load(CONF_DIR / "hardware" / f"{option}.yaml")
+        diff = {k: v for k, v in preset.items() if k != "defaults"}
+        assert all(k in base and base._get_node(k)._value() != preset._get_node(k)._value() for k in diff), option
+
+
+def test_demo_concepts_are_pure_concepts_with_the_demo_experiment():
+    for name in ("demo", "demo_style"):
+        concept = OmegaConf.load(CONF_DIR / "concept" / f"{name}.yaml")
+        assert "train" not in concept and list(concept.defaults) == ["/experiment/demo", "_self_"]
+        cfg = compose(f"+concept={name}")
+        assert (cfg.train.max_steps, cfg.train.save_steps, cfg.train.checkpointing_steps) == (400, 100, 200)
+        assert compose(f"+concept={name}", "train.max_steps=2").train.max_steps == 2  # the command line wins
+    assert compose("+concept=cat_toy", "+experiment=demo").train.max_steps == 400
+    assert compose("+concept=cat_toy").train.max_steps == 3000
 
 
 @pytest.mark.parametrize("hardware,sd,sdxl", [
@@ -82,7 +111,7 @@ def test_sdxl_composes_with_every_preset_and_prefers_bf16(tmp_path, hardware, sd
     for model, expected in (("sd15", sd), ("tiny", sd), ("sdxl", sdxl), ("tiny_sdxl", sdxl)):
         cfg = compose("+concept=demo", f"model={model}", f"hardware={hardware}", output_dir=tmp_path)
         assert cfg.hardware.mixed_precision == expected, model
-        preset = OmegaConf.load(CONF_DIR / "hardware" / f"{hardware}.yaml")
+        preset = _hardware_preset(hardware)
         assert cfg.hardware.batch_size == preset.batch_size
     cfg = compose("+concept=demo", "model=sdxl", f"hardware={hardware}", "hardware.mixed_precision=no",
                   output_dir=tmp_path)
@@ -138,24 +167,19 @@ def test_every_target_instantiates(tmp_path, tiny_model_path):
 
 
 def test_sweep_and_hydra_settings(tmp_path):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from ti_experiments.config import compose as ti_compose
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=["+concept=demo"], return_hydra_config=True)
+    cfg = ti_compose(["+concept=demo"], return_hydra_config=True)
     assert cfg.hydra.job.chdir is False
     assert cfg.hydra.run.dir.startswith("outputs/") and cfg.hydra.sweep.dir.startswith("outputs/")
 
 
 @pytest.mark.parametrize("launcher", ["slurm", "parallel"])
 def test_launcher_configs_compose(launcher, monkeypatch):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from ti_experiments.config import compose as ti_compose
 
     monkeypatch.setenv("TI_OUTPUT_ROOT", "/shared/ti")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=["+concept=demo", f"hydra/launcher={launcher}"],
-                            return_hydra_config=True)
+    cfg = ti_compose(["+concept=demo", f"hydra/launcher={launcher}"], return_hydra_config=True)
     launcher_cfg = cfg.hydra.launcher
     if launcher == "slurm":
         assert launcher_cfg._target_.endswith("SlurmLauncher")

@@ -103,7 +103,8 @@ def _rows(n=2, d=32, seed=0):
 
 @pytest.mark.parametrize("fmt", ["diffusers", "a1111", "sdxl", "a1111-pt", "folder", "diffusers-sdxl"])
 def test_read_embedding_every_format(tmp_path, fmt):
-    from ti_experiments.embeddings import read_embedding, save_a1111, save_sdxl
+    from ti_experiments.embeddings import save_a1111, save_sdxl
+    from ti_experiments.run_dir import read_embedding
 
     a, b = _rows(d=32), _rows(d=64, seed=1)
     if fmt == "diffusers":
@@ -133,7 +134,8 @@ def test_read_embedding_every_format(tmp_path, fmt):
 def test_read_embedding_refuses_what_is_not_one(tmp_path):
     from safetensors.torch import save_file
 
-    from ti_experiments.embeddings import check_fits, read_embedding
+    from ti_experiments.embeddings import check_fits
+    from ti_experiments.run_dir import read_embedding
 
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")
@@ -164,7 +166,7 @@ def test_init_vectors_start_the_new_rows_exactly(tok_te):
 
 
 def test_read_init_refuses_another_number_of_vectors(tmp_path):
-    from ti_experiments.embeddings import read_init
+    from ti_experiments.experiment import read_init
 
     path = save_learned_embeds(tmp_path / "e.safetensors", "<x>", _rows(4, 32))
     with pytest.raises(TIError, match=r"holds 4 vectors and concept.num_vectors is 2; fix: set concept.num_vectors=4"):

@@ -63,7 +63,8 @@ def test_from_a_run_directory_with_files_that_remake_each_image(run_dir, tmp_pat
 
 
 def test_the_learned_rows_are_the_ones_used(run_dir, tiny_model_path):
-    from ti_experiments.embeddings import load_into_pipeline, read_embedding
+    from ti_experiments.embeddings import load_into_pipeline
+    from ti_experiments.run_dir import read_embedding
     from ti_experiments.models import load_pipeline
 
     pipe = load_pipeline(str(tiny_model_path))
@@ -172,7 +173,8 @@ def tiny_sdxl(tmp_path_factory):
 
 
 def test_sdxl_loads_each_half_into_its_encoder_and_generates(tiny_sdxl, tmp_path):
-    from ti_experiments.embeddings import load_into_pipeline, read_embedding
+    from ti_experiments.embeddings import load_into_pipeline
+    from ti_experiments.run_dir import read_embedding
     from ti_experiments.models import load_pipeline
 
     clip_l, clip_g = rows(2, seed=1), rows(2, seed=2)

@@ -14,6 +14,7 @@ import ti_experiments.publish as publish
 from conftest import TINY_RUN, compose, run_cli
 from ti_experiments.errors import TIError
 from ti_experiments.experiment import run
+from ti_experiments.run_dir import load_finished_run
 
 pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each
 
@@ -48,7 +49,8 @@ class FakeHub:
 
 
 def test_card_and_file_list_of_a_finished_run(finished_run):
-    config, summary = publish.load_run(finished_run)
+    done = load_finished_run(finished_run)
+    config, summary = done.config, done.summary
     files = publish.files_to_upload(finished_run, config, num_training_images=2)
     dests = [d for _, d in files]
     assert dests[:5] == ["learned_embeds.safetensors", "demo-toy.safetensors", "token_identifier.txt",
@@ -69,7 +71,8 @@ def test_card_and_file_list_of_a_finished_run(finished_run):
 
 
 def test_a_hub_base_model_is_named_in_the_card(finished_run):
-    config, summary = publish.load_run(finished_run)
+    done = load_finished_run(finished_run)
+    config, summary = done.config, done.summary
     config["model"]["pretrained_model_name_or_path"] = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     card = publish.build_model_card(finished_run, config, summary)
     assert yaml.safe_load(card.split("---")[1])["base_model"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"

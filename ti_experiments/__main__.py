@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sys
@@ -10,16 +9,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from .errors import TIError
+from . import errors
+from .config import CONF_DIR, CONFIG_NAME, SWEEPS_DIR
+from .errors import TIError, report_or_raise, user_message
 from .evaluation import settings as _evaluation_settings  # noqa: F401 - registers ${ti.direction:...}
-from .experiment import CONF_DIR
 from .records.callbacks import SweepReport
 
-# A user who sets HYDRA_FULL_ERROR gets full tracebacks; main() decides, for its own run only.
-_USER_WANTS_TRACEBACK = False
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=CONFIG_NAME)
 def _task(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -45,54 +41,6 @@ def _task(cfg: DictConfig):
         sys.exit(2)
 
 
-def user_message(exc: BaseException) -> str | None:
-    """The one-line message for an error the user can fix; None for a bug (which keeps its traceback)."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    if isinstance(exc, TIError):
-        return f"error: {exc}"
-    if isinstance(exc, OSError) and exc.filename and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (f"error: no space left on the device while writing {exc.filename} (the previous copy, if any, "
-                "is intact); fix: free disk space, then resume with train.resume_from_checkpoint=latest")
-    if isinstance(exc, OSError) and exc.filename:  # a path the user gave: unwritable, not a folder, disk full
-        return (f"error: cannot write {exc.filename} ({exc.strerror or exc.__class__.__name__}); fix: choose a "
-                "writable hydra.run.dir (or TI_OUTPUT_ROOT) with free space")
-    if isinstance(exc, (HydraException, OmegaConfBaseException)) and not _USER_WANTS_TRACEBACK:
-        text = one_line(exc)
-        return f"error: {text}; fix: {_hydra_hint(text)}"
-    return None
-
-
-def one_line(exc: BaseException) -> str:
-    """Hydra/OmegaConf messages span lines ('Available options in ...:' then one per line); fold them."""
-    lines: list[str] = []
-    for source in (exc, exc.__cause__):
-        text = str(source or "").split("Config search path")[0]
-        lines += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("object_type=")]
-    pieces: list[str] = []
-    listing = False
-    for line in lines:
-        if line in pieces:
-            continue
-        if listing and not line.endswith(":"):
-            pieces[-1] += (" " if pieces[-1].endswith(":") else ", ") + line
-            continue
-        pieces.append(line)
-        listing = line.endswith(":")
-    return "; ".join(p.rstrip(".") for p in pieces)
-
-
-def _hydra_hint(text: str) -> str:
-    if "Missing mandatory value" in text:
-        return "set it on the command line, e.g. concept.train_data_dir=/path/to/images"
-    if "not in struct" in text or "Could not override" in text:
-        return "check the key's spelling; list every key with: python -m ti_experiments --cfg job"
-    if "Could not find" in text or "Available options" in text:
-        return "pick one of the available options"
-    return "see the README's configuration section"
-
-
 def _distributed_args(argv: list[str]) -> list[str]:
     """Under accelerate launch / torchrun every process runs this command: they must share one run
     directory, and only the first may write Hydra's files and the log file."""
@@ -109,24 +57,35 @@ def _distributed_args(argv: list[str]) -> list[str]:
     return argv
 
 
+def _sweep_args(argv: list[str]) -> list[str]:
+    """`--config-name num_vectors` finds the package's sweep files from any directory (an installed
+    wheel has no sweeps/ folder beside the user); an explicit --config-dir wins."""
+    if any(a in ("--config-dir", "-cd") or a.startswith("--config-dir=") for a in argv):
+        return argv
+    names = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config-name", "-cn")]
+    names += [a.split("=", 1)[1] for a in argv if a.startswith("--config-name=")]
+    if names and (SWEEPS_DIR / f"{names[-1]}.yaml").is_file():
+        return ["--config-dir", str(SWEEPS_DIR), *argv]
+    return argv
+
+
 def main() -> int:
-    global _USER_WANTS_TRACEBACK
-    _USER_WANTS_TRACEBACK = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    errors.SHOW_HYDRA_TRACEBACKS = wants_traceback = bool(os.environ.get("HYDRA_FULL_ERROR"))
     # A log line that cannot be written (a full disk) must not print a traceback of its own; the
     # write that matters fails too and says so in one line.
-    logging.raiseExceptions = _USER_WANTS_TRACEBACK
+    logging.raiseExceptions = wants_traceback
     # Let Hydra's own errors reach us instead of being printed over several lines by Hydra.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         return _main()
     finally:
-        if not _USER_WANTS_TRACEBACK:
+        if not wants_traceback:
             os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
 def _main() -> int:
     try:
-        sys.argv = [sys.argv[0], *_distributed_args(sys.argv[1:])]
+        sys.argv = [sys.argv[0], *_sweep_args(_distributed_args(sys.argv[1:]))]
         _task()
         failed = SweepReport.failed_jobs
         if failed:
@@ -139,15 +98,6 @@ def _main() -> int:
     except Exception as exc:
         return report_or_raise(exc)
     return 0
-
-
-def report_or_raise(exc: Exception) -> int:
-    """A user error: print its one line and return exit code 2. A bug: re-raise, traceback and all."""
-    line = user_message(exc)
-    if line is None:
-        raise exc
-    print(line, file=sys.stderr)
-    return 2
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
     result = train("+concept=demo", "model=tiny", "hardware=cpu", "train.max_steps=100")
     images = generate("a photo of a <demo-toy> on a beach", result.run_dir, steps=25, seed=0)
 
-`train` composes the same config as `python -m ti_experiments` (Hydra's compose API on this checkout's
-conf/), and leaves the process as it found it: no change of directory or `sys.argv`, Hydra's and
+`train` composes the same config as `python -m ti_experiments` (`config.compose`, on the package's
+configs), and leaves the process as it found it: no change of directory or `sys.argv`, Hydra's and
 Accelerate's process-wide state restored, its log file handler removed, so calls are independent.
 User errors raise `TIError`.
 """
@@ -13,7 +13,6 @@ User errors raise `TIError`.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -21,8 +20,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from . import run_dir as run_files
+from .config import compose
 from .errors import TIError
-from .experiment import CONF_DIR
 from .generation import generate
 
 __all__ = ["RunResult", "compose", "generate", "train"]
@@ -37,31 +37,7 @@ class RunResult:
 
     @property
     def embedding(self) -> Path:
-        return self.run_dir / "learned_embeds.safetensors"
-
-
-def compose(overrides=(), return_hydra_config: bool = False) -> DictConfig:
-    """The config `python -m ti_experiments OVERRIDES...` composes; a Hydra state of the caller's is kept."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from hydra.initialize import get_gh_backup, restore_gh_from_backup
-    from omegaconf.errors import OmegaConfBaseException
-
-    from .__main__ import _hydra_hint, one_line
-
-    backup = get_gh_backup()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="ti"):
-            return hydra_compose("config", overrides=[str(o) for o in overrides],
-                                 return_hydra_config=return_hydra_config)
-    except (HydraException, OmegaConfBaseException) as exc:
-        text = one_line(exc)
-        raise TIError(text, _hydra_hint(text)) from None
-    finally:
-        restore_gh_from_backup(backup)
+        return self.run_dir / run_files.EMBEDDING
 
 
 def train(*overrides: str, config: DictConfig | None = None, output_dir: str | os.PathLike | None = None) -> RunResult:
@@ -101,16 +77,14 @@ def train(*overrides: str, config: DictConfig | None = None, output_dir: str | o
     previous = HydraConfig.instance().cfg
     if full is not None:
         HydraConfig.instance().set_config(full)  # `${hydra:runtime.output_dir}` and the choices, as in the CLI
-    with _log_file(run_dir / "ti.log"):
+    with _log_file(run_dir / run_files.LOG):
         try:
-            _save_hydra_files(run_dir, task_cfg, list(overrides))
+            run_files.write_configs(run_dir, task_cfg, list(overrides), composed=True)
             run(task_cfg, overrides=list(overrides))
         finally:
             HydraConfig.instance().cfg = previous
             reset_accelerate()
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    return RunResult(run_dir=run_dir, summary=summary)
+    return RunResult(run_dir=run_dir, summary=run_files.read_summary(run_dir))
 
 
 class _writable:
@@ -129,14 +103,6 @@ class _writable:
         for context in reversed(self._contexts):
             context.__exit__(*exc)
         return False
-
-
-def _save_hydra_files(run_dir: Path, task_cfg: DictConfig, overrides: list[str]) -> None:
-    """What Hydra writes for a command-line run: the composed config (interpolations kept) and the overrides."""
-    from .files import write_text_atomic
-
-    write_text_atomic(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(task_cfg))
-    write_text_atomic(run_dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
 
 
 class _log_file:

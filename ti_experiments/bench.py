@@ -20,8 +20,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .config import compose
+from .errors import TIError, report_or_raise
 from .training.conditioning import text_conditioning
-from .training.loop import prediction_target, weight_dtype_for
+from .training.loop import prediction_target
+from .training.placement import Placement
 
 PHASES = ("data", "latents (cache)", "text encoder fwd", "unet fwd", "unet bwd", "text encoder bwd",
           "optimizer")
@@ -97,7 +100,7 @@ def time_phases(p, state, accelerator, n: int) -> list[dict]:
     return rows
 
 
-def _fresh_vae(p, device, dtype):
+def _fresh_vae(p, placement: Placement):
     """The reference step needs a whole VAE (training drops its encoder once the latents are cached)."""
     source = p.parts.source
     if source.startswith("random:"):
@@ -108,8 +111,7 @@ def _fresh_vae(p, device, dtype):
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", local_files_only=True)
-    vae = vae.to(device) if dtype == torch.float32 else vae.to(device, dtype=dtype)
-    return vae.requires_grad_(False).eval()
+    return placement.put(vae).requires_grad_(False).eval()
 
 
 def time_reference(p, accelerator, cfg, n: int, warmup: int) -> list[float]:
@@ -122,9 +124,10 @@ def time_reference(p, accelerator, cfg, n: int, warmup: int) -> list[float]:
     from .training.memory import plain_backward
 
     parts, device = p.parts, accelerator.device
-    dtype = weight_dtype_for(accelerator.mixed_precision)
+    placement = Placement.of(accelerator, p.hardware)
+    dtype = placement.weight_dtype
     text_encoder, unet, scheduler, tokenizer = parts.text_encoder, parts.unet, parts.noise_scheduler, parts.tokenizer
-    vae = _fresh_vae(p, device, dtype)
+    vae = _fresh_vae(p, placement)
     unsplice(text_encoder)
     plain_backward(unet)  # autograd's own layers, as the example has
     weight = text_encoder.get_input_embeddings().weight
@@ -138,7 +141,7 @@ def time_reference(p, accelerator, cfg, n: int, warmup: int) -> list[float]:
     rng = random.Random(0)
     templates = TEMPLATES[cfg.concept.learnable_property]
     placeholder = " ".join(p.tokens)
-    bs, ga = int(cfg.train.batch_size), int(cfg.train.gradient_accumulation_steps)
+    bs, ga = p.train.batch_size, p.train.gradient_accumulation_steps
     pixels = p.images.pixels
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     ends = []
@@ -198,9 +201,7 @@ def _memory(device) -> dict:
 
 
 def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, reference: bool = False) -> dict:
-    from hydra import compose, initialize_config_dir
-
-    from .experiment import CONF_DIR, fit, make_accelerator, prepare, reset_accelerate
+    from .experiment import fit, make_accelerator, prepare, reset_accelerate
 
     started = _process_start()
     if not any(o.startswith("+concept=") for o in overrides):
@@ -208,18 +209,15 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
     forced = [f"train.max_steps={warmup + steps}", "train.save_steps=null", "train.checkpointing_steps=null",
               "train.resume_from_checkpoint=null", "validation.enabled=false", "logger=none"]
     run_dir = Path(tempfile.mkdtemp(prefix="ti-bench-"))
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*overrides, *forced, f"paths.output_dir={run_dir}"])
+    cfg = compose([*overrides, *forced, f"paths.output_dir={run_dir}"])
     from .records.memory import peak_memory_bytes
 
     p = prepare(cfg, run_dir)
     if reference and p.parts.is_sdxl:
-        from .errors import TIError
-
         raise TIError("--reference (the diffusers example's step) is not implemented for SDXL",
                       "leave out --reference for SDXL models")
     loaded_peak = peak_memory_bytes("cpu") / 2**30
-    accelerator = make_accelerator(cfg.hardware, p.tracker, run_dir)
+    accelerator = make_accelerator(p.hardware, p.tracker, run_dir)
     try:
         times = StepTimes()
         result = fit(p, accelerator, lambda start_step: times)
@@ -238,12 +236,12 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
     median_step = statistics.median(step_seconds)
     phase_medians = {name: statistics.median(r[name] for r in phases) for name in PHASES}
     unavoidable = statistics.median(sum(r[n] for n in UNAVOIDABLE) for r in phases)
-    batch = int(cfg.train.batch_size) * int(cfg.train.gradient_accumulation_steps)
+    batch = p.train.batch_size * p.train.gradient_accumulation_steps
     phase_medians["other"] = max(0.0, median_step - sum(phase_medians.values()))
     return {
-        "model": p.parts.source, "resolution": p.data_settings.resolution, "batch_size": int(cfg.train.batch_size),
-        "gradient_accumulation_steps": int(cfg.train.gradient_accumulation_steps),
-        "mixed_precision": cfg.hardware.mixed_precision, "gradient_checkpointing": cfg.hardware.gradient_checkpointing,
+        "model": p.parts.source, "resolution": p.data_settings.resolution, "batch_size": p.train.batch_size,
+        "gradient_accumulation_steps": p.train.gradient_accumulation_steps,
+        "mixed_precision": p.hardware.mixed_precision, "gradient_checkpointing": p.hardware.gradient_checkpointing,
         "device": str(device), "threads": torch.get_num_threads(),
         "warmup_steps": warmup, "timed_steps": len(step_seconds), "phase_steps": phase_steps,
         "median_step_s": median_step, "images_per_s": batch / median_step,
@@ -302,7 +300,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", action="store_true",
                         help="also time the diffusers example's way of computing the same step, in this run")
     args, overrides = parser.parse_known_args(argv)
-    from .__main__ import report_or_raise
 
     try:
         result = benchmark(overrides, args.warmup, args.steps, args.phase_steps, args.reference)

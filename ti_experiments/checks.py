@@ -1,39 +1,58 @@
 """Settings checked before anything is loaded, so a typo costs a second, not a model load.
 
-Hydra accepts any value for a key that exists (`train.max_steps=abc` composes); these checks turn a
-value of the wrong type or out of range into one line that names the key and a value that works.
+The typed settings (`train`, `hardware`, and the run's own `seed` and learning rate) check their types
+and ranges as they are made; this module makes them from a composed config.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from .errors import TIError
+from typing import Literal
+
+from .settings import Settings, bound
+from .training.settings import HardwareSettings, TrainSettings
 
 
-def _integer(value, key: str, minimum: int, example: str, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-    if not ok:
-        what = f"an integer >= {minimum}" + (" or null" if allow_none else "")
-        raise TIError(f"{key}={value!r} is not {what}", f"use e.g. {key}={example}")
+@dataclass
+class ConceptSettings(Settings):
+    """The `concept` group (conf/concept/*.yaml): what is learned, from which pictures."""
+
+    GROUP = "concept"
+
+    placeholder_token: str = bound("<concept>", example="'<my-thing>'")
+    initializer_token: str = bound("toy", example="toy")
+    num_vectors: int = bound(1, minimum=1, example="1")
+    # an embedding to start from instead of the initializer (any format run_dir.read_embedding reads)
+    init_from: str | None = bound(None, example="path/to/embedding.safetensors")
+    learnable_property: Literal["object", "style"] = "object"
+    train_data_dir: str = bound("", example="/path/to/images")
+    validation_prompt: str | None = bound(None, example="'a photo of <my-thing>'")
+    # where the images come from when the folder is empty (a node with _target_), or null
+    source: dict | None = None
 
 
-def check_run_settings(cfg: DictConfig) -> None:
-    train = cfg.train
-    _integer(cfg.seed, "seed", 0, "0")
-    _integer(train.max_steps, "train.max_steps", 1, "3000")
-    _integer(train.batch_size, "train.batch_size", 1, "1")
-    _integer(train.gradient_accumulation_steps, "train.gradient_accumulation_steps", 1, "4")
-    # 0 or null: never (the final embedding is always written)
-    _integer(train.save_steps, "train.save_steps", 0, "500", allow_none=True)
-    _integer(train.checkpointing_steps, "train.checkpointing_steps", 0, "500", allow_none=True)
-    _integer(train.checkpoints_total_limit, "train.checkpoints_total_limit", 1, "3", allow_none=True)
-    if not isinstance(train.scale_lr, bool):
-        raise TIError(f"train.scale_lr={train.scale_lr!r} is not true or false", "use e.g. train.scale_lr=true")
-    lr = cfg.optimizer.get("lr")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
-        raise TIError(f"optimizer.lr={lr!r} is not a positive number", "use e.g. optimizer.lr=5e-4")
+@dataclass
+class RunSettings(Settings):
+    """The top-level keys a run checks besides its groups."""
+
+    seed: int = bound(0, minimum=0, example="0")
+
+
+@dataclass
+class LearningRate(Settings):
+    """`optimizer.lr`: the optimizer node is a factory (any torch optimizer), its `lr` is checked here."""
+
+    GROUP = "optimizer"
+
+    lr: float = bound(5e-4, positive=True, example="5e-4")
+
+
+def check_run_settings(cfg: DictConfig) -> tuple[TrainSettings, HardwareSettings]:
+    """The run's `train` and `hardware` settings, checked with the seed and the learning rate."""
+    RunSettings(seed=cfg.seed)
+    train = TrainSettings.from_node(cfg.train)
+    LearningRate(lr=cfg.optimizer.get("lr"))
+    return train, HardwareSettings.from_node(cfg.hardware)

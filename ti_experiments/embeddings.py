@@ -9,7 +9,7 @@ adaptive optimizers see only the rows they train.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -169,6 +169,8 @@ class EmbeddingFile:
     format: str  # diffusers | a1111 | a1111-pt | sdxl | diffusers-sdxl
     token: str | None
     vectors: list[torch.Tensor]
+    # the files read, when there are several (SDXL's two diffusers files); else just `path`
+    files: list[Path] = field(default_factory=list)
 
     @property
     def num_vectors(self) -> int:
@@ -243,44 +245,9 @@ def _from_state(state: dict, path: Path) -> EmbeddingFile:
                   "pass a file with one token key (diffusers), emb_params (A1111/ComfyUI) or clip_l+clip_g (SDXL)")
 
 
-CONCEPT_FILES = ("learned_embeds.safetensors", "learned_embeds.bin")
-
-
-def read_embedding(path: str | os.PathLike) -> EmbeddingFile:
-    """Any embedding people exchange: a file in the diffusers, A1111/ComfyUI (`emb_params`, `.pt` with
-    `string_to_param`) or SDXL (`clip_l`/`clip_g`) format, or a folder in the sd-concepts layout
-    (a run directory included; `learned_embeds_2.safetensors` beside it makes it the SDXL two-file layout).
-    Never executes code: safetensors, or torch.load with weights_only=True.
-    """
-    path = Path(path).expanduser()
-    if path.is_dir():
-        first = next((path / name for name in CONCEPT_FILES if (path / name).is_file()), None)
-        if first is None:
-            raise TIError(f"{path} holds no learned_embeds.safetensors or learned_embeds.bin",
-                          "pass an embedding file or a run/concept folder that has one")
-        embedding = _from_state(_read_state(first), first)
-        second = path / "learned_embeds_2.safetensors"
-        if second.is_file() and embedding.format == "diffusers":
-            other = _from_state(_read_state(second), second)
-            embedding = EmbeddingFile(path, "diffusers-sdxl", embedding.token, embedding.vectors + other.vectors)
-        identifier = path / "token_identifier.txt"
-        if identifier.is_file() and identifier.read_text().strip():
-            embedding.token = identifier.read_text().strip()
-        return embedding
-    if not path.is_file():
-        raise TIError(f"embedding {path} does not exist", "check the path")
+def read_embedding_file(path: Path) -> EmbeddingFile:
+    """One embedding file of any format (folders and a run's step files: run_dir.read_embedding)."""
     return _from_state(_read_state(path), path)
-
-
-def read_init(path: str | os.PathLike, num_vectors: int) -> EmbeddingFile:
-    """The embedding a run starts from (`concept.init_from`): readable, and with as many vectors as the
-    concept trains (a silent truncation or padding would be a different concept). `check_fits` follows
-    once the model is loaded."""
-    embedding = read_embedding(path)
-    if embedding.num_vectors != num_vectors:
-        raise TIError(f"concept.init_from {path} holds {embedding.num_vectors} vectors and concept.num_vectors is "
-                      f"{num_vectors}", f"set concept.num_vectors={embedding.num_vectors}")
-    return embedding
 
 
 def text_encoder_pairs(pipe) -> list[tuple]:

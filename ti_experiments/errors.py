@@ -1,4 +1,13 @@
-"""The one exception type that reaches the user as a clean, one-line message."""
+"""The one exception type that reaches the user as a clean, one-line message, and the machinery that
+turns any error into that line (every command's `main` ends in `report_or_raise`)."""
+
+from __future__ import annotations
+
+import errno
+import sys
+
+# A user who sets HYDRA_FULL_ERROR gets Hydra's full tracebacks; the CLI's main() decides, for its own run.
+SHOW_HYDRA_TRACEBACKS = False
 
 
 class TIError(Exception):
@@ -8,3 +17,65 @@ class TIError(Exception):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{problem}; fix: {fix}" if fix else problem)
+
+
+def user_message(exc: BaseException) -> str | None:
+    """The one-line message for an error the user can fix; None for a bug (which keeps its traceback)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(exc, TIError):
+        return f"error: {exc}"
+    if isinstance(exc, OSError) and exc.filename and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"error: no space left on the device while writing {exc.filename} (the previous copy, if any, "
+                "is intact); fix: free disk space, then resume with train.resume_from_checkpoint=latest")
+    if isinstance(exc, OSError) and exc.filename:  # a path the user gave: unwritable, not a folder, disk full
+        return (f"error: cannot write {exc.filename} ({exc.strerror or exc.__class__.__name__}); fix: choose a "
+                "writable hydra.run.dir (or TI_OUTPUT_ROOT) with free space")
+    if isinstance(exc, (HydraException, OmegaConfBaseException)) and not SHOW_HYDRA_TRACEBACKS:
+        return f"error: {hydra_error(exc)}"
+    return None
+
+
+def hydra_error(exc: BaseException) -> TIError:
+    """A Hydra/OmegaConf error as a TIError: its message on one line, and a hint at the fix."""
+    text = one_line(exc)
+    return TIError(text, _hydra_hint(text))
+
+
+def one_line(exc: BaseException) -> str:
+    """Hydra/OmegaConf messages span lines ('Available options in ...:' then one per line); fold them."""
+    lines: list[str] = []
+    for source in (exc, exc.__cause__):
+        text = str(source or "").split("Config search path")[0]
+        lines += [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("object_type=")]
+    pieces: list[str] = []
+    listing = False
+    for line in lines:
+        if line in pieces:
+            continue
+        if listing and not line.endswith(":"):
+            pieces[-1] += (" " if pieces[-1].endswith(":") else ", ") + line
+            continue
+        pieces.append(line)
+        listing = line.endswith(":")
+    return "; ".join(p.rstrip(".") for p in pieces)
+
+
+def _hydra_hint(text: str) -> str:
+    if "Missing mandatory value" in text:
+        return "set it on the command line, e.g. concept.train_data_dir=/path/to/images"
+    if "not in struct" in text or "Could not override" in text:
+        return "check the key's spelling; list every key with: python -m ti_experiments --cfg job"
+    if "Could not find" in text or "Available options" in text:
+        return "pick one of the available options"
+    return "see the README's configuration section"
+
+
+def report_or_raise(exc: Exception) -> int:
+    """A user error: print its one line and return exit code 2. A bug: re-raise, traceback and all."""
+    line = user_message(exc)
+    if line is None:
+        raise exc
+    print(line, file=sys.stderr)
+    return 2

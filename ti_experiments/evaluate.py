@@ -10,9 +10,7 @@ A run without an `evaluation` node gets `conf/evaluation/default.yaml` (`tiny.ya
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import sys
 from pathlib import Path
 
@@ -20,37 +18,32 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from .errors import TIError
+from . import run_dir as run_files
+from .errors import TIError, report_or_raise
 
 log = logging.getLogger("ti_experiments.evaluate")
 
 USAGE = "usage: python -m ti_experiments.evaluate RUN_DIR [evaluation=NAME] [KEY=VALUE ...]"
-STEP_FILE = re.compile(r"^learned_embeds-steps-(\d+)\.safetensors$")
 
 
 def load_config(run_dir: Path, overrides: list[str]):
     """The run's composed config, with the evaluation node chosen or added, and the overrides applied."""
-    from hydra import compose, initialize_config_dir
-
-    from .experiment import CONF_DIR
+    from .config import compose, options
 
     # Hydra's composed config keeps the interpolations (the cache as it is today); a run started from
     # Python has only the resolved one
-    path = next((p for p in (run_dir / ".hydra" / "config.yaml", run_dir / "resolved_config.yaml") if p.is_file()),
-                None)
-    if path is None:
-        raise TIError(f"{run_dir} has neither .hydra/config.yaml nor resolved_config.yaml, so it is not a run "
-                      "directory", "pass the directory of a run (it holds run.json and its config)")
-    cfg = OmegaConf.load(path)
+    cfg = run_files.read_config(run_dir)
+    if cfg is None:
+        raise TIError(f"{run_dir} has neither {run_files.COMPOSED_CONFIG} nor {run_files.RESOLVED_CONFIG}, so it is "
+                      "not a run directory", "pass the directory of a run (it holds run.json and its config)")
     group = [o.split("=", 1)[1] for o in overrides if o.startswith("evaluation=")]
     if group or cfg.get("evaluation") is None:
-        tiny = "load_tiny_components" in str(OmegaConf.select(cfg, "model._target_"))
-        name = group[-1] if group else ("tiny" if tiny else "default")
-        if not (CONF_DIR / "evaluation" / f"{name}.yaml").is_file():
-            options = sorted(p.stem for p in (CONF_DIR / "evaluation").glob("*.yaml"))
-            raise TIError(f"evaluation={name} is unknown", f"use one of {', '.join(options)}")
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            node = compose(config_name="config", overrides=[f"evaluation={name}"]).evaluation
+        # the configs decide, as for the run: a model's config chooses its evaluation (model=tiny: tiny)
+        if group and group[-1] not in options("evaluation"):
+            raise TIError(f"evaluation={group[-1]} is unknown", f"use one of {', '.join(options('evaluation'))}")
+        model = run_files.choice(run_dir, "model")
+        node = compose([*([f"model={model}"] if model in options("model") else []),
+                        *([f"evaluation={group[-1]}"] if group else [])]).evaluation
         OmegaConf.update(cfg, "evaluation", OmegaConf.to_container(node), merge=False)
     for item in overrides:
         if item.startswith("evaluation="):
@@ -64,89 +57,94 @@ def load_config(run_dir: Path, overrides: list[str]):
     return cfg
 
 
-def embedding_files(run_dir: Path) -> list[tuple[int | None, Path]]:
-    """(step, file) for every intermediate embedding in step order, then the final one (step None)."""
-    steps = sorted((int(m.group(1)), p) for p in run_dir.iterdir() if (m := STEP_FILE.match(p.name)))
-    final = run_dir / "learned_embeds.safetensors"
-    files = steps + ([(None, final)] if final.is_file() else [])
-    if not files:
-        raise TIError(f"{run_dir} holds no learned_embeds*.safetensors", "pass the directory of a run that saved one")
-    return files
-
-
 def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict:
     """Score every embedding of a run; write evaluation.json, summary.json and the best embedding."""
     from accelerate import Accelerator
 
-    from .data import ConceptImages, LatentCache
-    from .embeddings import add_placeholder_tokens, check_fits, read_embedding
+    from .config import build
+    from .data import ConceptImages
+    from .embeddings import add_placeholder_tokens
     from .evaluation import Evaluator
-    from .experiment import build, check_precision, ensure_concept_images, no_accelerator, reset_accelerate
-    from .records.run_record import write_json
-    from .training.loop import setup_attention, weight_dtype_for
+    from .experiment import check_precision, ensure_concept_images, no_accelerator, reset_accelerate
+    from .training.placement import Placement, process_settings
+    from .training.settings import HardwareSettings
     from .validation import Validator
     from .validation import make_settings as make_validation_settings
 
     run_dir = Path(run_dir).expanduser().resolve()
     cfg = load_config(run_dir, list(overrides or []))
-    files = embedding_files(run_dir)
+    files = run_files.embedding_files(run_dir)
     settings = build(cfg.evaluation)
     if not settings.enabled:
         raise TIError("evaluation.enabled is false", "drop evaluation=none / evaluation.enabled=false")
     concept = cfg.concept
-    check_precision(cfg.hardware)
+    hardware = HardwareSettings.from_node(cfg.hardware)
+    check_precision(hardware)
     data_settings = build(cfg.data)
     validation = make_validation_settings(cfg.validation, concept.get("validation_prompt"), data_settings.resolution)
     images = ConceptImages(ensure_concept_images(concept, Path(str(cfg.paths.cache_dir))), data_settings)
     parts = build(cfg.model)
     embedding = add_placeholder_tokens(parts.tokenizer, parts.text_encoder, concept.placeholder_token,
                                        concept.initializer_token, concept.num_vectors)
-    accelerator = Accelerator(cpu=no_accelerator(), mixed_precision=cfg.hardware.mixed_precision)
+    accelerator = Accelerator(cpu=no_accelerator(), mixed_precision=hardware.mixed_precision)
+    placement = Placement.of(accelerator, hardware)
     try:
-        device, dtype = accelerator.device, weight_dtype_for(accelerator.mixed_precision)
-        parts.vae.eval().to(device) if dtype == torch.float32 else parts.vae.eval().to(device, dtype=dtype)
-        cache = LatentCache.build(parts.vae, images.pixels, with_flips=False, device=device, dtype=dtype)
-        parts.vae.encoder = parts.vae.quant_conv = None
-        unet = parts.unet.eval().requires_grad_(False)
-        setup_attention(unet, cfg.hardware.attention, device)
-        if cfg.hardware.get("channels_last"):  # as in training, so the held-out loss comes out the same
-            unet.to(memory_format=torch.channels_last)
-        unet.to(device) if dtype == torch.float32 else unet.to(device, dtype=dtype)
-        parts.text_encoder.to(device).eval().requires_grad_(False)
-        validator = Validator(validation, parts, parts.text_encoder, accelerator, None, run_dir)
-        evaluator = Evaluator(settings, parts=parts, text_encoder=parts.text_encoder, accelerator=accelerator,
-                              run_dir=run_dir, concept=concept, image_paths=images.paths, generator=validator)
-        summary_path = run_dir / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        last_step = max([s for s, _ in files if s is not None] + [0])
-        final_step = int(summary.get("steps") or last_step)
-        evaluator.attach(cache, dtype, start_step=0, max_steps=final_step)
-        entries, seen = [], {}
-        for step, path in files:
-            found = read_embedding(path)
-            check_fits(found, [embedding.embedding_dim])
-            if found.num_vectors != embedding.vectors.shape[0]:
-                raise TIError(f"{path.name} has {found.num_vectors} vectors, the run's concept.num_vectors is "
-                              f"{embedding.vectors.shape[0]}", "pass the run directory the file belongs to")
-            vectors = found.vectors[0]
-            step = final_step if step is None else step
-            key = (step, vectors.numpy().tobytes())
-            if key in seen:  # the final embedding is often the last saved one: score it once
-                entries.append({**seen[key], "file": path.name})
-                continue
-            with torch.no_grad():
-                embedding.vectors.copy_(vectors.to(embedding.vectors.device))
-            values = evaluator(step, vectors, images=evaluator.images_on)
-            seen[key] = {"step": step, "file": path.name, **values}
-            entries.append(seen[key])
+        with process_settings(hardware, placement.device):
+            cache = _place(parts, images, placement)
+            validator = Validator(validation, parts, parts.text_encoder, accelerator, None, run_dir)
+            evaluator = Evaluator(settings, parts=parts, text_encoder=parts.text_encoder, accelerator=accelerator,
+                                  run_dir=run_dir, concept=concept, image_paths=images.paths, generator=validator)
+            summary = run_files.read_summary(run_dir)
+            last_step = max([s for s, _ in files if s is not None] + [0])
+            final_step = int(summary.get("steps") or last_step)
+            evaluator.attach(cache, placement.weight_dtype, start_step=0, max_steps=final_step)
+            entries = score_files(evaluator, embedding, files, final_step)
         result = {"run_dir": str(run_dir), "settings": OmegaConf.to_container(cfg.evaluation, resolve=True),
                   "embeddings": entries, **evaluator.summary()}
-        write_json(run_dir / "evaluation.json", result)
+        run_files.write_json(run_dir / run_files.EVALUATION, result)
         summary.update(evaluator.summary())  # the final embedding was scored last
-        write_json(summary_path, summary)
+        run_files.write_summary(run_dir, summary)
         return result
     finally:
         reset_accelerate()
+
+
+def _place(parts, images, placement):
+    """The frozen models placed as training placed them (so the held-out loss comes out the same); the
+    training images' latents, without flips."""
+    from .data import LatentCache
+
+    dtype = placement.place_vae(parts)
+    cache = LatentCache.build(parts.vae, images.pixels, with_flips=False, device=placement.device, dtype=dtype)
+    placement.release_vae(parts, keep_decoder=True)
+    placement.place_unet(parts.unet, training=False)
+    placement.place_text_encoders([parts.text_encoder.requires_grad_(False)], training=False)
+    return cache
+
+
+def score_files(evaluator, embedding, files: list, final_step: int) -> list[dict]:
+    """One entry per embedding file, in order; the final embedding counts at the run's last step."""
+    from .embeddings import check_fits
+
+    entries, seen = [], {}
+    for step, path in files:
+        found = run_files.read_embedding(path)
+        check_fits(found, [embedding.embedding_dim])
+        if found.num_vectors != embedding.vectors.shape[0]:
+            raise TIError(f"{path.name} has {found.num_vectors} vectors, the run's concept.num_vectors is "
+                          f"{embedding.vectors.shape[0]}", "pass the run directory the file belongs to")
+        vectors = found.vectors[0]
+        step = final_step if step is None else step
+        key = (step, vectors.numpy().tobytes())
+        if key in seen:  # the final embedding is often the last saved one: score it once
+            entries.append({**seen[key], "file": path.name})
+            continue
+        with torch.no_grad():
+            embedding.vectors.copy_(vectors.to(embedding.vectors.device))
+        values = evaluator(step, vectors, images=evaluator.images_on)
+        seen[key] = {"step": step, "file": path.name, **values}
+        entries.append(seen[key])
+    return entries
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,7 +154,6 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.split("\n\n", 1)[1].strip())
         return 0 if args else 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from .__main__ import report_or_raise
 
     try:
         result = evaluate_run(Path(args[0]), args[1:])
@@ -170,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if best is not None:
         metric = result["best_metric"]
         print(f"best by {metric}: step {best} ({result[f'best_{metric}']:.4f}) -> learned_embeds-best.safetensors")
-    print(f"written: {Path(result['run_dir']) / 'evaluation.json'}, summary.json")
+    print(f"written: {Path(result['run_dir']) / run_files.EVALUATION}, {run_files.SUMMARY}")
     return 0
 
 

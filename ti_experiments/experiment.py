@@ -10,61 +10,30 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .checks import check_run_settings
-from .data import TEMPLATES, ConceptImages, TextualInversionDataset
+from .checks import ConceptSettings, check_run_settings
+from .config import build, hydra_choices, options
+from .data import ConceptImages, TextualInversionDataset
 from .data.images import list_image_files
-from .embeddings import (
-    add_placeholder_tokens,
-    check_fits,
-    placeholder_tokens,
-    read_init,
-    save_learned_embeds,
-    unsplice,
-)
+from . import run_dir as run_files
+from .embeddings import EmbeddingFile, add_placeholder_tokens, check_fits, placeholder_tokens, unsplice
 from .errors import TIError
-from .export import a1111_name, save_for_other_tools
-from .files import write_text_atomic
 from .publish import check_can_push, publish
 from .records.run_record import MetricsLog, RunRecord, write_summary
-from .toyworld import shipped as _toyworld  # noqa: F401 - registers ${ti.toyworld:...}
-from .training import run_training
+from .training import TrainingJob, run_training
+from .training.settings import HardwareSettings, TrainSettings
 from .validation import Validator
 from .validation import make_settings as make_validation_settings
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-def build(node, **kwargs):
-    """`instantiate`, but a user error raised by the target reaches the user as itself, not wrapped."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as exc:
-        cause = exc.__cause__
-        while cause is not None and not isinstance(cause, TIError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise
-
-
-def available_concepts() -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / "concept").glob("*.yaml"))
-
-
 def check_concept(cfg: DictConfig) -> None:
     if cfg.get("concept") is None:
         raise TIError("no concept chosen",
-                      f"add +concept=NAME with NAME one of {', '.join(available_concepts())} "
+                      f"add +concept=NAME with NAME one of {', '.join(options('concept'))} "
                       "(or your own conf/concept/NAME.yaml)")
-    prop = cfg.concept.learnable_property
-    if prop not in TEMPLATES:
-        raise TIError(f"concept.learnable_property={prop!r} is unknown", "use object or style")
+    ConceptSettings.from_node(cfg.concept)
 
 
 def ensure_concept_images(concept: DictConfig, cache_dir: Path) -> Path:
@@ -88,18 +57,16 @@ def hydra_identity() -> dict:
     if not HydraConfig.initialized():
         return {}
     hc = HydraConfig.get()
-    choices = {k: v for k, v in hc.runtime.choices.items() if k in ("concept", "model", "hardware") and v}
+    choices = {k: v for k, v in hydra_choices().items() if k in ("concept", "model", "hardware")}
     if hc.mode != RunMode.MULTIRUN:
         return {"choices": choices}
     sweep = "/".join(Path(str(hc.sweep.dir)).parts[-2:])
     return {"sweep": sweep, "job": int(hc.job.num), "choices": choices}
 
 
-def check_precision(hardware: DictConfig) -> None:
+def check_precision(hardware: HardwareSettings) -> None:
     """Before any model is loaded: a precision this machine cannot run is a config error."""
     precision = hardware.mixed_precision
-    if precision not in ("no", "fp16", "bf16"):
-        raise TIError(f"hardware.mixed_precision={precision!r} is unknown", "use no, fp16 or bf16")
     if precision == "fp16" and not torch.cuda.is_available():
         raise TIError("fp16 mixed precision needs a CUDA GPU and none is available",
                       "use hardware=cpu (or hardware.mixed_precision=no or bf16)")
@@ -113,7 +80,7 @@ def no_accelerator() -> bool:
     return not torch.cuda.is_available() and not torch.backends.mps.is_available()
 
 
-def make_accelerator(hardware: DictConfig, tracker, run_dir: Path):
+def make_accelerator(hardware: HardwareSettings, tracker, run_dir: Path):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
@@ -121,25 +88,8 @@ def make_accelerator(hardware: DictConfig, tracker, run_dir: Path):
         cpu=no_accelerator(),
         mixed_precision=hardware.mixed_precision,
         log_with=tracker.log_with,
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / run_files.TENSORBOARD)),
     )
-
-
-def write_concept_files(run_dir: Path, placeholder: str, learnable_property: str, vectors: torch.Tensor,
-                        vectors_2: torch.Tensor | None = None) -> None:
-    """The sd-concepts-library layout (diffusers and InvokeAI read these three files), and the one file
-    AUTOMATIC1111/ComfyUI read, named after the placeholder (`<cat-toy>` -> `cat-toy.safetensors`).
-
-    SDXL (`vectors_2`, the second encoder's rows) adds diffusers' second file, learned_embeds_2.safetensors,
-    and its A1111/ComfyUI file holds keys clip_l and clip_g instead of emb_params.
-    """
-    save_learned_embeds(run_dir / "learned_embeds.safetensors", placeholder, vectors)
-    if vectors_2 is not None:
-        save_learned_embeds(run_dir / "learned_embeds_2.safetensors", placeholder, vectors_2)
-    write_text_atomic(run_dir / "token_identifier.txt", placeholder)
-    write_text_atomic(run_dir / "type_of_concept.txt", learnable_property)
-    save_for_other_tools(run_dir / f"{a1111_name(placeholder)}.safetensors",
-                         [vectors] if vectors_2 is None else [vectors, vectors_2])
 
 
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
@@ -188,6 +138,8 @@ class Prepared:
     embedding: object
     tokens: list
     dataset: TextualInversionDataset
+    train: TrainSettings
+    hardware: HardwareSettings
     embedding_2: object = None  # SDXL: the second text encoder's placeholder rows
     init_from: dict | None = None
     evaluation: object = None  # EvaluationSettings, or None when the config has no evaluation node
@@ -198,9 +150,9 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
     concept = cfg.concept
     from accelerate.utils import set_seed
 
-    check_run_settings(cfg)
+    train, hardware = check_run_settings(cfg)
     set_seed(int(cfg.seed))
-    check_precision(cfg.hardware)
+    check_precision(hardware)
     data_settings = build(cfg.data)
     validation = make_validation_settings(cfg.validation, concept.get("validation_prompt"), data_settings.resolution)
     images = ConceptImages(ensure_concept_images(concept, Path(str(cfg.paths.cache_dir))), data_settings)
@@ -232,7 +184,7 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
         log.warning("%d caption(s) are too long for the text encoder, which cuts off the placeholder, e.g. %s: "
                     "shorten them or put {} near the start", len(cut), images.paths[cut[0]])
     return Prepared(cfg, run_dir, data_settings, validation, images, tracker, parts, embedding, tokens, dataset,
-                    embedding_2[0] if embedding_2 else None, init_from=describe_init(init) if init else None,
+                    train, hardware, embedding_2[0] if embedding_2 else None, init_from=describe_init(init) if init else None,
                     evaluation=evaluation)
 
 
@@ -250,6 +202,17 @@ def start_embedding(cfg: DictConfig):
              init.num_vectors, "; a checkpoint to resume from replaces them" if cfg.train.resume_from_checkpoint
              else "")
     return init
+
+
+def read_init(path, num_vectors: int) -> EmbeddingFile:
+    """The embedding a run starts from (`concept.init_from`): readable, and with as many vectors as the
+    concept trains (a silent truncation or padding would be a different concept). `check_fits` follows
+    once the model is loaded."""
+    embedding = run_files.read_embedding(path)
+    if embedding.num_vectors != num_vectors:
+        raise TIError(f"concept.init_from {path} holds {embedding.num_vectors} vectors and concept.num_vectors is "
+                      f"{num_vectors}", f"set concept.num_vectors={embedding.num_vectors}")
+    return embedding
 
 
 def describe_init(init) -> dict:
@@ -273,17 +236,14 @@ def comparable_settings(cfg: DictConfig) -> dict:
 def fit(p: Prepared, accelerator, metrics_log_factory, validator=None, evaluator=None):
     """The training loop on a prepared run (the experiment and the benchmark both come through here)."""
     cfg = p.cfg
-    return run_training(
-        accelerator=accelerator, parts=p.parts, embedding=p.embedding,
+    return run_training(TrainingJob(
+        accelerator=accelerator, parts=p.parts, embeddings=[e for e in (p.embedding, p.embedding_2) if e is not None],
         placeholder_token=cfg.concept.placeholder_token, pixels=p.images.pixels, dataset=p.dataset,
-        make_optimizer=build(cfg.optimizer), base_lr=cfg.optimizer.lr,
-        make_scheduler=build(cfg.lr_scheduler), train_cfg=cfg.train, hw_cfg=cfg.hardware,
-        data_cfg=p.data_settings, run_dir=p.run_dir, seed=int(cfg.seed),
-        resume_state={"placeholder_tokens": p.tokens, "model": p.parts.source,
-                      "config": comparable_settings(cfg)},
-        metrics_log_factory=metrics_log_factory, validate=validator, embedding_2=p.embedding_2,
-        evaluate=evaluator,
-    )
+        make_optimizer=build(cfg.optimizer), base_lr=cfg.optimizer.lr, make_scheduler=build(cfg.lr_scheduler),
+        train=p.train, hardware=p.hardware, data=p.data_settings, run_dir=p.run_dir, seed=int(cfg.seed),
+        resume_state={"placeholder_tokens": p.tokens, "model": p.parts.source, "config": comparable_settings(cfg)},
+        metrics_log_factory=metrics_log_factory, validate=validator, evaluate=evaluator,
+    ))
 
 
 def make_evaluator(p: Prepared, accelerator, validator):
@@ -306,7 +266,7 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord | None = None) -> N
     p = prepare(cfg, run_dir)
     if record and p.init_from:
         record.note(init_from=p.init_from)
-    accelerator = make_accelerator(cfg.hardware, p.tracker, run_dir)
+    accelerator = make_accelerator(p.hardware, p.tracker, run_dir)
     failed = True
     try:
         p.tracker.start(accelerator, run_dir, OmegaConf.to_container(cfg, resolve=True),
@@ -322,8 +282,9 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord | None = None) -> N
             log.info("process %d of %d: second text encoder's embedding sha256 %s", accelerator.process_index,
                      accelerator.num_processes, tensor_sha256(result.vectors_2))
         if accelerator.is_main_process:
-            write_concept_files(run_dir, cfg.concept.placeholder_token, cfg.concept.learnable_property,
-                                result.vectors, result.vectors_2)
+            run_files.write_concept(run_dir, cfg.concept.placeholder_token,
+                                [v for v in (result.vectors, result.vectors_2) if v is not None],
+                                cfg.concept.learnable_property, other_tools=True)
             for encoder in p.parts.text_encoders:
                 unsplice(encoder)
             write_summary(run_dir, final_loss=result.final_loss, steps=result.global_step,
@@ -332,7 +293,7 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord | None = None) -> N
                           extra={"num_images": len(p.images), **(evaluator.summary() if evaluator else {})})
             log.info("done: %d steps in %.1fs, final loss %s; embedding in %s", result.global_step,
                      result.seconds, f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a",
-                     run_dir / "learned_embeds.safetensors")
+                     run_dir / run_files.EMBEDDING)
         failed = False
     finally:
         p.tracker.finish(accelerator, failed=failed)
@@ -348,15 +309,11 @@ def tensor_sha256(tensor: torch.Tensor) -> str:
 def objective(run_dir: Path, key: str) -> float:
     """The number a searching sweeper optimises: summary.json[key]; the worst value in the key's direction
     (+inf for a loss, -inf for clip_i/clip_t/dino) when the run left none."""
-    import json
     import math
 
     from .evaluation import worst
 
-    try:
-        value = json.loads((Path(run_dir) / "summary.json").read_text()).get(key)
-    except (OSError, ValueError):
-        return worst(key)
+    value = run_files.read_summary(run_dir).get(key)
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else worst(key)
 
 

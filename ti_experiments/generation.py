@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from .embeddings import FAMILY_BY_WIDTHS, EmbeddingFile, load_into_pipeline, read_embedding
-from .errors import TIError
+from . import run_dir as run_files
+from .embeddings import FAMILY_BY_WIDTHS, EmbeddingFile, load_into_pipeline
+from .run_dir import read_embedding
+from .errors import TIError, report_or_raise
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,7 @@ def read_concepts(specs, negative: bool) -> list[Concept]:
 def embedding_sha256(embedding: EmbeddingFile) -> str:
     """sha256 of the file read (for a run directory: the `learned_embeds_sha256` of its summary.json);
     the two-file SDXL layout hashes both files, one after the other."""
-    path = embedding.path
-    files = [path] if path.is_file() else [path / "learned_embeds.safetensors", path / "learned_embeds_2.safetensors"]
+    files = embedding.files or [embedding.path]
     digest = hashlib.sha256()
     for file in files:
         digest.update(file.read_bytes())
@@ -101,22 +102,17 @@ class BaseModel:
 
 def _run_config(folder: Path):
     """The resolved config a run directory keeps, or None for anything that is not a run."""
-    from omegaconf import OmegaConf
-
-    path = folder / "resolved_config.yaml"
-    return OmegaConf.load(path) if folder.is_dir() and path.is_file() else None
+    return run_files.read_config(folder, composed=False) if folder.is_dir() else None
 
 
 def _from_model_node(node, resolution=None, where: str = "") -> BaseModel:
     if node.get("random_init"):
         raise TIError(f"{where} trained on a model with random weights (model.random_init=true), which is not "
                       "kept anywhere", "pass --model with the model to generate with")
-    source = str(node.pretrained_model_name_or_path)
-    target = str(node.get("_target_", ""))
-    if target.startswith("ti_experiments.models.load_tiny") and not Path(source).expanduser().exists():
-        from .experiment import build
+    from .models.loading import ensure_offline_model
 
-        build(node)  # the offline tiny models are rebuilt, bit-identically, where the record says they were
+    source = str(node.pretrained_model_name_or_path)
+    ensure_offline_model(source)  # the offline tiny models are rebuilt, bit-identically, where the record says
     return BaseModel(source, node.get("revision"), node.get("variant"),
                      int(resolution or node.get("resolution") or 0) or None)
 
@@ -124,12 +120,10 @@ def _from_model_node(node, resolution=None, where: str = "") -> BaseModel:
 def base_model(model: str | None, concepts: list[Concept]) -> BaseModel:
     """--model (a folder, a Hub id, or an option of conf/model such as `sd15` or `tiny`), else the model
     of the first run directory given."""
-    from .experiment import CONF_DIR
+    from .config import compose, options
 
     if model:
-        if not Path(model).expanduser().exists() and (CONF_DIR / "model" / f"{model}.yaml").is_file():
-            from .api import compose
-
+        if not Path(model).expanduser().exists() and model in options("model"):
             return _from_model_node(compose([f"model={model}"]).model, where=f"model={model}")
         return BaseModel(str(model))
     for concept in concepts:
@@ -345,7 +339,7 @@ def default_out(specs) -> Path:
     """RUN_DIR/generated/<time> for the first run directory given, else ./generated/<time>."""
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
     runs = [path for path, _ in map(parse_spec, specs) if _run_config(path) is not None]
-    return (runs[0] / "generated" if runs else Path("generated")) / stamp
+    return (runs[0] / run_files.GENERATED if runs else Path(run_files.GENERATED)) / stamp
 
 
 EXAMPLES = """examples:
@@ -387,7 +381,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="default: fp16 on a GPU, fp32 on a CPU")
     args = parser.parse_args(argv)
     *positional, prompt = args.items
-    from .__main__ import report_or_raise
 
     try:
         if positional and Path(prompt).expanduser().exists():

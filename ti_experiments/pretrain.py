@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import TIError
-from .experiment import CONF_DIR
+from .config import CONF_DIR
 
 log = logging.getLogger("ti_experiments.pretrain")
 

@@ -11,24 +11,20 @@ value, so it cannot reach a config dump, run.json, a log or a tracker.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from .data.images import list_image_files
-from .errors import TIError
-from .export import a1111_name
+from . import run_dir as run_files
+from .errors import TIError, report_or_raise
 from .files import write_text_atomic
+from .run_dir import CARD as CARD_FILE  # the card as uploaded (README.md in the repository)
+from .run_dir import a1111_name
 
 log = logging.getLogger(__name__)
 
-CARD_FILE = "model_card.md"  # the card as uploaded (README.md in the repository), kept in the run directory
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _REPO_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$")
 
 
@@ -109,53 +105,17 @@ def check_can_push(settings: HubSettings, placeholder: str) -> str:
 # --- what is published ------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def load_run(run_dir: Path) -> tuple[dict, dict]:
-    """The resolved config and summary.json of a finished run (a publishable one)."""
-    run_dir = Path(run_dir)
-    config = run_dir / "resolved_config.yaml"
-    if not config.is_file() or not (run_dir / "learned_embeds.safetensors").is_file():
-        raise TIError(f"{run_dir} is not a finished run (no resolved_config.yaml or learned_embeds.safetensors)",
-                      "pass the directory of a completed run")
-    status = _read_json(run_dir / "run.json").get("status")
-    if status not in (None, "completed"):
-        raise TIError(f"{run_dir} did not complete (run.json says {status!r})",
-                      "publish a completed run, or resume this one first")
-    return OmegaConf.to_container(OmegaConf.load(config), resolve=False), _read_json(run_dir / "summary.json")
-
-
-def _images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return [p for p in list_image_files(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
-
-
-def last_validation(run_dir: Path) -> tuple[int | None, list[Path]]:
-    steps = [(int(m.group(1)), p) for p in (Path(run_dir) / "validation").glob("step-*")
-             if (m := re.fullmatch(r"step-(\d+)", p.name)) and p.is_dir()]
-    if not steps:
-        return None, []
-    step, folder = max(steps)
-    return step, _images(folder)
-
-
 def files_to_upload(run_dir: Path, config: dict, num_training_images: int = 4) -> list[tuple[Path, str]]:
     """(local file, path in the repository): the embeddings in both formats, the sd-concepts text files, the
     first training images and the last validation images (and the card, once written)."""
     run_dir = Path(run_dir)
-    placeholder = (run_dir / "token_identifier.txt").read_text().strip()
-    names = ["learned_embeds.safetensors", "learned_embeds_2.safetensors", f"{a1111_name(placeholder)}.safetensors",
-             "token_identifier.txt", "type_of_concept.txt", "learned_embeds-best.safetensors"]
+    placeholder = run_files.read_token(run_dir)
+    names = [*run_files.EMBEDDINGS, f"{a1111_name(placeholder)}.safetensors", run_files.TOKEN,
+             run_files.CONCEPT_TYPE, run_files.BEST_EMBEDDING]
     files = [(run_dir / n, n) for n in names if (run_dir / n).is_file()]
     train_dir = Path(str((config.get("concept") or {}).get("train_data_dir", ""))).expanduser()
-    files += [(p, f"concept_images/{p.name}") for p in _images(train_dir)[:num_training_images]]
-    _, validation = last_validation(run_dir)
+    files += [(p, f"concept_images/{p.name}") for p in run_files.list_images(train_dir)[:num_training_images]]
+    _, validation = run_files.last_validation(run_dir)
     files += [(p, f"validation_images/{p.name}") for p in validation]
     if (run_dir / CARD_FILE).is_file():
         files.append((run_dir / CARD_FILE, "README.md"))
@@ -182,19 +142,18 @@ def build_model_card(run_dir: Path, config: dict, summary: dict, repo_id: str | 
     run_dir = Path(run_dir)
     concept, model, train = config.get("concept") or {}, config.get("model") or {}, config.get("train") or {}
     data, optimizer, hardware = config.get("data") or {}, config.get("optimizer") or {}, config.get("hardware") or {}
-    placeholder = (run_dir / "token_identifier.txt").read_text().strip()
-    kind = (run_dir / "type_of_concept.txt").read_text().strip() if (run_dir / "type_of_concept.txt").is_file() \
-        else concept.get("learnable_property", "object")
+    placeholder = run_files.read_token(run_dir)
+    kind = run_files.read_concept_type(run_dir) or concept.get("learnable_property", "object")
     base = _hub_id(model.get("pretrained_model_name_or_path"))
     front = {"license": license, **({"base_model": base} if base else {}), "library_name": "diffusers",
              "tags": ["stable-diffusion", "stable-diffusion-diffusers", "text-to-image", "diffusers",
                       "textual_inversion", "ti-experiments"], "inference": True}
     from safetensors import safe_open
 
-    with safe_open(str(run_dir / "learned_embeds.safetensors"), "pt") as f:
+    with safe_open(str(run_dir / run_files.EMBEDDING), "pt") as f:
         num_vectors, width = f.get_slice(next(iter(f.keys()))).get_shape()
     a1111 = a1111_name(placeholder)
-    sdxl = (run_dir / "learned_embeds_2.safetensors").is_file()  # both text encoders must get the token
+    sdxl = (run_dir / run_files.EMBEDDINGS[1]).is_file()  # both text encoders must get the token
     pipeline = "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline"
     repo = repo_id or "USER/REPO"
     prompt = concept.get("validation_prompt") or (f"a photo of {placeholder}" if kind == "object"
@@ -224,7 +183,7 @@ def build_model_card(run_dir: Path, config: dict, summary: dict, repo_id: str | 
                                           "best_metric", "best_step") if summary.get(k) is not None]
     files = files_to_upload(run_dir, config, 10**6)
     training = [dest for _, dest in files if dest.startswith("concept_images/")]
-    step, validation = last_validation(run_dir)
+    step, validation = run_files.last_validation(run_dir)
     lines = [
         "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
         f"# Textual inversion: `{placeholder}`", "",
@@ -264,7 +223,8 @@ def publish(run_dir: Path, repo_id: str, settings: HubSettings) -> dict:
     from huggingface_hub import CommitOperationAdd
 
     run_dir = Path(run_dir)
-    config, summary = load_run(run_dir)
+    run = run_files.load_finished_run(run_dir)
+    config, summary = run.config, run.summary
     write_text_atomic(run_dir / CARD_FILE, build_model_card(run_dir, config, summary, repo_id, settings.license))
     files = files_to_upload(run_dir, config, settings.num_training_images)
     token = _token()
@@ -274,7 +234,7 @@ def publish(run_dir: Path, repo_id: str, settings: HubSettings) -> dict:
         info = api.create_commit(
             repo_id, [CommitOperationAdd(path_in_repo=dest, path_or_fileobj=str(local)) for local, dest in files],
             commit_message=f"Textual inversion {summary.get('steps', '')} steps: "
-                           f"{(run_dir / 'token_identifier.txt').read_text().strip()}",
+                           f"{run_files.read_token(run_dir)}",
             token=token)
     except Exception as exc:  # noqa: BLE001
         raise TIError(f"the upload to the Hub repository {repo_id} failed ({_first_line(exc)})",
@@ -293,10 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--public", action="store_true", help="create the repository public (default: private)")
     parser.add_argument("--dry-run", action="store_true", help="write model_card.md and list the files; upload nothing")
     args = parser.parse_args(argv)
-    from .__main__ import report_or_raise
 
     try:
-        config, summary = load_run(args.run_dir)
+        run = run_files.load_finished_run(args.run_dir)
+        config, summary = run.config, run.summary
         known = {f.name for f in fields(HubSettings)}
         hub = {k: v for k, v in (config.get("hub") or {}).items() if k in known}
         settings = HubSettings(**{**hub, "push": True, "repo_id": args.repo_id or hub.get("repo_id"),
@@ -307,8 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             for local, dest in files_to_upload(args.run_dir, config, settings.num_training_images):
                 print(f"{dest}\t<- {local}")
             return 0
-        placeholder = (args.run_dir / "token_identifier.txt").read_text().strip()
-        result = publish(args.run_dir, check_can_push(settings, placeholder), settings)
+        result = publish(args.run_dir, check_can_push(settings, run_files.read_token(args.run_dir)), settings)
     except Exception as exc:
         return report_or_raise(exc)
     print(f"published: {result['commit_url']}")

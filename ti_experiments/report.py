@@ -17,10 +17,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-import yaml
-
+from . import run_dir as run_files
 from .files import atomic_path, write_text_atomic
-from .records.run_record import read_metrics
 
 STANDARD = {"final_loss", "avg_loss", "steps", "wall_seconds", "train_seconds", "steps_per_sec", "peak_memory_bytes",
             "learned_embeds_sha256"}
@@ -36,7 +34,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
     for path in paths:
         if not path.exists():
             raise ReportError(f"{path} does not exist; fix: pass run directories or a sweep directory")
-        found = [path] if (path / "run.json").is_file() else sorted(p.parent for p in path.rglob("run.json"))
+        found = [path] if (path / run_files.RECORD).is_file() else sorted(p.parent for p in path.rglob(run_files.RECORD))
         runs += [r for r in found if r not in runs]
     if not runs:
         raise ReportError(f"no run.json under {', '.join(map(str, paths))}; fix: pass the directory of a run "
@@ -52,23 +50,11 @@ def _flatten(node, prefix=""):
         yield prefix[:-1], node
 
 
-def _load_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def load_run(run_dir: Path) -> dict:
-    config_path = run_dir / "resolved_config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    return {
-        "dir": run_dir,
-        "record": _load_json(run_dir / "run.json"),
-        "summary": _load_json(run_dir / "summary.json"),
-        "config": dict(_flatten(config or {})),
-        "metrics": read_metrics(run_dir),
-    }
+    """A run as the report's rows and plots read it: the run directory's files, the config flattened."""
+    run = run_files.load_run(run_dir)
+    return {"dir": run.dir, "record": run.record, "summary": run.summary, "config": dict(_flatten(run.config)),
+            "metrics": run.metrics}
 
 
 def differing_keys(runs: list[dict]) -> list[str]:
@@ -236,12 +222,8 @@ def plot_evaluation(path: Path, runs: list[dict], names: list[str]) -> bool:
 
 
 def last_validation_image(run_dir: Path) -> Path | None:
-    steps = sorted((run_dir / "validation").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    for step_dir in reversed(steps):
-        images = sorted(step_dir.glob("*.png"))
-        if images:
-            return images[0]
-    return None
+    _, images = run_files.last_validation(run_dir)
+    return images[0] if images else None
 
 
 def validation_strip(path: Path, runs: list[dict], names: list[str], size: int = 256) -> bool:

@@ -21,15 +21,17 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if args else 2
     run_dir = Path(args[0]).expanduser().resolve()
-    job_config = run_dir / ".hydra" / "config.yaml"
+    from .run_dir import COMPOSED_CONFIG
+
+    job_config = run_dir / COMPOSED_CONFIG
     if not job_config.is_file():
-        print(f"error: {run_dir} has no .hydra/config.yaml, so it is not a run directory; fix: pass the "
+        print(f"error: {run_dir} has no {COMPOSED_CONFIG}, so it is not a run directory; fix: pass the "
               "directory of a run (it holds run.json and .hydra/)", file=sys.stderr)
         return 2
     from .__main__ import main as cli_main
-    from .experiment import CONF_DIR
+    from .config import CONF_DIR, CONFIG_NAME
 
-    hydra = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml"), resolve=False)["hydra"]
+    hydra = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{CONFIG_NAME}.yaml"), resolve=False)["hydra"]
     sys.argv = [sys.argv[0], "--config-path", str(job_config.parent), "--config-name", "config",
                 f"hydra.run.dir={hydra['run']['dir']}", f"hydra.job.name={hydra['job']['name']}",
                 f"++reproduced_from='{run_dir}'", *args[1:]]

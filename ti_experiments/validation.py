@@ -14,6 +14,7 @@ import torch
 
 from .errors import TIError
 from .files import atomic_path
+from .run_dir import validation_dir
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class Validator:
             return {}
         s = self.settings
         images: dict[str, list] = {}
-        out_dir = self.run_dir / "validation" / f"step-{step}"
+        out_dir = validation_dir(self.run_dir, step)
         with self._generating() as pipe:
             for p, prompt in enumerate(s.prompts):
                 generator = torch.Generator(device=self.accelerator.device).manual_seed(s.seed + p)

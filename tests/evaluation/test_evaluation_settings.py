@@ -8,7 +8,8 @@ import torch
 from conftest import compose
 from ti_experiments.errors import TIError
 from ti_experiments.evaluation import EvaluationSettings, direction, worst
-from ti_experiments.experiment import build, objective
+from ti_experiments.config import build
+from ti_experiments.experiment import objective
 
 
 def test_presets_compose_and_the_tiny_model_picks_the_offline_pair():
@@ -49,13 +50,9 @@ def test_directions_and_the_objective_of_a_run(tmp_path):
 @pytest.mark.parametrize(("objective", "expected"), [("avg_loss", "minimize"), ("heldout_loss", "minimize"),
                                                      ("clip_i", "maximize"), ("dino", "maximize")])
 def test_the_optuna_sweep_takes_its_direction_from_the_objective(objective, expected):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    from conftest import REPO
+    from ti_experiments.config import compose
 
-    with initialize_config_dir(config_dir=str(REPO / "sweeps"), version_base="1.3"):
-        cfg = hydra_compose(config_name="optuna", return_hydra_config=True,
-                             overrides=[f"objective={objective}", f"hydra.searchpath=[file://{REPO / 'conf'}]"])
+    cfg = compose([f"objective={objective}"], return_hydra_config=True, sweep="optuna")
     assert OmegaConf.select(cfg, "hydra.sweeper.direction") == expected

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import ti_experiments.training.loop as loop
 from conftest import TINY_SDXL_RUN, compose
-from ti_experiments.embeddings import read_embedding
+from ti_experiments.run_dir import read_embedding
 from ti_experiments.experiment import run
 
 pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each

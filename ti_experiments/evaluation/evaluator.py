@@ -17,14 +17,13 @@ from pathlib import Path
 import torch
 
 from ..embeddings import placeholder_tokens, save_learned_embeds
-from ..records.run_record import read_metrics
+from ..run_dir import BEST_EMBEDDING, read_metrics
 from .heldout import build_heldout_set, heldout_loss
 from .prompts import prompt_templates
 from .settings import METRICS, EvaluationSettings, direction
 
 log = logging.getLogger(__name__)
 
-BEST_FILE = "learned_embeds-best.safetensors"
 
 
 class Evaluator:
@@ -144,7 +143,7 @@ class Evaluator:
                 return
         self.best = (step, value)
         if vectors is not None:
-            save_learned_embeds(self.run_dir / BEST_FILE, self.placeholder, vectors)
+            save_learned_embeds(self.run_dir / BEST_EMBEDDING, self.placeholder, vectors)
 
     def summary(self) -> dict:
         """For summary.json: the last value of each metric, and which step was best by which metric."""
@@ -156,4 +155,4 @@ class Evaluator:
         return out
 
 
-__all__ = ["BEST_FILE", "Evaluator"]
+__all__ = ["Evaluator"]

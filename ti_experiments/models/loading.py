@@ -184,15 +184,25 @@ def load_tiny_components(pretrained_model_name_or_path: str, resolution: int = 6
                          mixed_precision: str | None = None) -> SDComponents:
     """The offline demo models (SD and SDXL): built once, deterministically, into the cache, then loaded
     like any folder."""
+    path = Path(str(pretrained_model_name_or_path)).expanduser()
+    ensure_offline_model(path)
+    return load_components(str(path), resolution=resolution)
+
+
+def ensure_offline_model(path: str | Path) -> bool:
+    """Build an offline tiny model (SD or SDXL) if `path` is where one belongs and it is missing; True for
+    such a path. Only a folder named after the builder's version is built (bit-identically, anywhere)."""
     from .tiny import TINY_MODEL_VERSION, ensure_tiny_model
     from .tiny_sdxl import TINY_SDXL_VERSION, ensure_tiny_sdxl_model
 
-    path = Path(str(pretrained_model_name_or_path)).expanduser()
+    path = Path(str(path)).expanduser()
     if path.name == f"tiny-sd-{TINY_MODEL_VERSION}":
         ensure_tiny_model(path.parent)  # build it only where this version's folder belongs
     elif path.name == f"tiny-sdxl-{TINY_SDXL_VERSION}":
         ensure_tiny_sdxl_model(path.parent)
-    return load_components(str(path), resolution=resolution)
+    else:
+        return False
+    return True
 
 
 def load_pipeline(pretrained_model_name_or_path: str, revision: str | None = None, variant: str | None = None,

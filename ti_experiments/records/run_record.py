@@ -1,12 +1,10 @@
-"""The run directory as the record: resolved config, run.json (status), metrics.jsonl, summary.json."""
+"""The run directory as the record: run.json (status) kept true, metrics.jsonl rows, summary.json's figures;
+the files' names and formats are run_dir's."""
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import json
 import logging
-import os
 import time
 import traceback
 from datetime import datetime, timezone
@@ -14,7 +12,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..files import write_text_atomic
+from .. import run_dir as run_files
+from ..config import hydra_choices
+from ..run_dir import read_metrics, write_json
 from . import environment
 from .memory import peak_memory_bytes
 
@@ -27,10 +27,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_json(path: Path, data: dict) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -40,14 +36,16 @@ class RunRecord:
 
     def __init__(self, run_dir: Path, cfg: DictConfig, overrides: list[str] | None = None):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / "run.json"
-        write_text_atomic(self.run_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        self.path = self.run_dir / run_files.RECORD
+        run_files.write_configs(self.run_dir, cfg)
         self.data = {
             "status": "running",
             "error": None,
             "run_dir": str(self.run_dir.resolve()),
             "command": environment.command_line(),
             "overrides": overrides,
+            # the option of each config group (what `evaluate` asks the configs again, e.g. the model's)
+            "choices": hydra_choices(),
             "seeds": {"train": int(cfg.seed), "validation": OmegaConf.select(cfg, "validation.seed")},
             "start_time": _now(),
             "end_time": None,
@@ -84,7 +82,7 @@ class MetricsLog:
     """One JSON line per optimizer step in metrics.jsonl, and the same values to the trackers."""
 
     def __init__(self, run_dir: Path, accelerator, device, start_step: int = 0):
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.run_dir = Path(run_dir)
         self.accelerator = accelerator
         self.device = device
         self.started = time.perf_counter()
@@ -97,43 +95,13 @@ class MetricsLog:
                "peak_memory_bytes": peak_memory_bytes(self.device)}
         self.accelerator.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=step)
         if self.accelerator.is_main_process:
-            append_line(self.path, json.dumps(row))
+            run_files.append_metrics(self.run_dir, row)
         return row
-
-
-def append_line(path: Path, line: str) -> None:
-    """One write() of the whole line to an O_APPEND file: a process killed at any moment leaves whole
-    lines (only a full disk can cut one short, and readers skip a cut line)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        data = (line + "\n").encode("utf-8")
-        written = os.write(fd, data)
-        if written != len(data):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-    except OSError as exc:
-        raise exc if exc.filename else OSError(exc.errno, exc.strerror, str(path)) from exc
-    finally:
-        os.close(fd)
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """The rows of metrics.jsonl by step. A line cut short by a crash is skipped; a step logged again by a
-    run resumed from an earlier checkpoint replaces the first record of it."""
-    path = Path(run_dir) / "metrics.jsonl"
-    rows: dict = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rows[row.get("step")] = row
-    return sorted(rows.values(), key=lambda r: r.get("step") or 0)
 
 
 def write_summary(run_dir: Path, *, final_loss, steps: int, wall_seconds: float, train_seconds: float,
                   steps_trained: int, device, extra: dict | None = None) -> dict:
-    embeds = Path(run_dir) / "learned_embeds.safetensors"
+    embeds = Path(run_dir) / run_files.EMBEDDING
     losses = [row["loss"] for row in read_metrics(run_dir) if row.get("loss") is not None]
     tail = losses[-max(1, len(losses) // 10):]
     summary = {
@@ -148,5 +116,5 @@ def write_summary(run_dir: Path, *, final_loss, steps: int, wall_seconds: float,
         "learned_embeds_sha256": sha256(embeds) if embeds.exists() else None,
         **(extra or {}),
     }
-    write_json(Path(run_dir) / "summary.json", summary)
+    run_files.write_summary(run_dir, summary)
     return summary

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from ..errors import TIError
 from ..files import write_text_atomic
+from ..run_dir import WANDB_ID
 
 log = logging.getLogger(__name__)
 
 TRACKERS = ("wandb", "tensorboard", "none")
-WANDB_ID_FILE = "wandb_run_id.txt"
 
 
 def wandb_has_credentials() -> bool:
@@ -75,7 +75,7 @@ class TrackerSettings:
         if self.log_with is None:
             return
         init_kwargs = {}
-        id_file = Path(run_dir) / WANDB_ID_FILE
+        id_file = Path(run_dir) / WANDB_ID
         if self.name == "wandb":
             import wandb
 

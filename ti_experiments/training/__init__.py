@@ -1,5 +1,5 @@
 """The Accelerate training loop, checkpoints and resume."""
 
-from .loop import TrainResult, run_training
+from .loop import TrainingJob, TrainResult, run_training
 
-__all__ = ["TrainResult", "run_training"]
+__all__ = ["TrainResult", "TrainingJob", "run_training"]

@@ -8,27 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 from pathlib import Path
 
 from ..embeddings import PlaceholderEmbedding
 from ..errors import TIError
+from ..run_dir import CHECKPOINT_STATE as STATE_FILE
+from ..run_dir import checkpoint_dir, checkpoint_step, list_checkpoints
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "trainer_state.json"
-_NAME = re.compile(r"^checkpoint-(\d+)$")
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints (a trainer_state.json is written last), oldest first."""
-    found = []
-    for path in Path(run_dir).glob("checkpoint-*"):
-        match = _NAME.match(path.name)
-        if match and (path / STATE_FILE).is_file():
-            found.append((int(match.group(1)), path))
-    return [p for _, p in sorted(found)]
 
 
 def register_hooks(accelerator) -> None:
@@ -43,8 +31,8 @@ def register_hooks(accelerator) -> None:
 
 
 def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, total_limit: int | None) -> Path:
-    target = Path(run_dir) / f"checkpoint-{step}"
-    tmp = Path(run_dir) / f".checkpoint-{step}.tmp"
+    target = checkpoint_dir(run_dir, step)
+    tmp = target.with_name(f".{target.name}.tmp")
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
@@ -85,8 +73,7 @@ def resolve_resume(resume_from: str | None, run_dir: Path) -> Path | None:
 
 def load_checkpoint(accelerator, path: Path, expected: dict) -> int:
     """Restore the state; refuse a checkpoint made for other tokens or another model, or a broken one."""
-    step_of = lambda c: int(_NAME.match(c.name).group(1)) if _NAME.match(c.name) else -1  # noqa: E731
-    older = [c for c in list_checkpoints(path.parent) if step_of(c) < step_of(path)]
+    older = [c for c in list_checkpoints(path.parent) if checkpoint_step(c) < checkpoint_step(path)]
 
     def corrupt(reason: str) -> TIError:
         fix = (f"resume from the previous one: train.resume_from_checkpoint={older[-1]}" if older

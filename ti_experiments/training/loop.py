@@ -1,4 +1,10 @@
-"""How the placeholder embedding is trained: the denoising loss, accumulation, saves, checkpoints."""
+"""How the placeholder embedding is trained: the denoising loss, accumulation, saves, checkpoints.
+
+`run_training(job)` reads top to bottom: encode the images once (`encode_images`), place the frozen
+models (`placement.Placement`), build the optimizer and the data (`optimization`, `batches`), resume,
+then the steps; what happens after each optimizer step (log, save, checkpoint, evaluate, validate,
+stop) is `EndOfStep`'s. `LoopState` is the little that changes from step to step.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import math
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -20,11 +26,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data import EpochSampler, LatentCache, TextualInversionDataset
-from ..embeddings import PlaceholderEmbedding, save_learned_embeds
+from ..embeddings import PlaceholderEmbedding
 from ..errors import TIError
+from ..run_dir import write_step_embedding
 from . import checkpoints
 from .conditioning import text_conditioning
 from .memory import lean_backward, map_frozen_rows, return_free_heap
+from .placement import Placement, process_settings
+from .settings import HardwareSettings, TrainSettings
 from .signals import Interrupted, StopRequests
 
 log = logging.getLogger(__name__)
@@ -43,41 +52,49 @@ class TrainResult:
     vectors_2: torch.Tensor | None = None
 
 
+@dataclass
+class TrainingJob:
+    """What the loop trains, with what, and where; `experiment.fit` makes it (the benchmark too)."""
+
+    accelerator: object
+    parts: object  # SDComponents
+    embeddings: list[PlaceholderEmbedding]  # one per text encoder (SDXL: two, trained together)
+    placeholder_token: str
+    pixels: torch.Tensor
+    dataset: TextualInversionDataset
+    make_optimizer: Callable
+    base_lr: float
+    make_scheduler: Callable
+    train: TrainSettings
+    hardware: HardwareSettings
+    data: object  # DataSettings
+    run_dir: Path
+    seed: int
+    resume_state: dict  # what a checkpoint must match: tokens, model, settings
+    metrics_log_factory: Callable
+    validate: Callable | None = None
+    evaluate: object = None  # Evaluator
+
+
+@dataclass
+class LoopState:
+    """Where the loop is: the optimizer step, the epoch and the position in it, the loss so far."""
+
+    global_step: int = 0
+    start_step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    final_loss: float | None = None
+    step_loss: torch.Tensor | float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+
 def _stop_requested(stop: StopRequests, accelerator, device) -> bool:
     """Whether any process was asked to stop; all processes agree, so they stop at the same step."""
     if accelerator.num_processes == 1:
         return stop.signum is not None
     flag = torch.tensor([1.0 if stop.signum is not None else 0.0], device=device)
     return bool(accelerator.reduce(flag, "sum").item() > 0)
-
-
-def weight_dtype_for(mixed_precision: str) -> torch.dtype:
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
-
-
-def setup_attention(unet, attention: str, device: torch.device) -> None:
-    """sdpa is diffusers' default on torch 2; xformers only where it is installed and CUDA runs."""
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-
-    if attention == "xformers":
-        try:
-            import xformers  # noqa: F401
-        except ImportError:
-            log.info("xformers is not installed: using torch SDPA attention")
-            attention = "sdpa"
-        else:
-            if device.type != "cuda":
-                log.info("xformers needs CUDA: using torch SDPA attention")
-                attention = "sdpa"
-            else:
-                unet.enable_xformers_memory_efficient_attention()
-                return
-    if attention == "sdpa":
-        unet.set_attn_processor(AttnProcessor2_0())
-    elif attention == "default":
-        unet.set_attn_processor(AttnProcessor())
-    else:
-        raise TIError(f"hardware.attention={attention!r} is unknown", "use sdpa, xformers or default")
 
 
 def denoising_loss(parts, text_encoder, cache: LatentCache, batch: dict, weight_dtype, device) -> torch.Tensor:
@@ -112,190 +129,215 @@ def prediction_target(scheduler, latents, noise, timesteps) -> torch.Tensor:
                   "use a model whose scheduler predicts epsilon or v_prediction")
 
 
-def save_step_embeds(run_dir: Path, step: int, placeholder_token: str, vectors: list[torch.Tensor]) -> None:
-    """learned_embeds-steps-N.safetensors, and for SDXL learned_embeds_2-steps-N.safetensors (the second
-    encoder's rows), the names diffusers' SDXL example gives them."""
-    for i, rows in enumerate(vectors):
-        suffix = "" if i == 0 else f"_{i + 1}"
-        save_learned_embeds(run_dir / f"learned_embeds{suffix}-steps-{step}.safetensors", placeholder_token, rows)
+def run_training(job: TrainingJob) -> TrainResult:
+    """Train the placeholder rows of every text encoder; process-wide settings are restored at the end."""
+    accelerator = job.accelerator
+    placement = Placement.of(accelerator, job.hardware)
+    with process_settings(job.hardware, placement.device):
+        freeze(job, placement.device)
+        cache = encode_images(job, placement)
+        unet = job.parts.unet  # loaded (or built) now, if it was deferred
+        unet.requires_grad_(False)
+        lean_backward(unet)  # no activations kept for weight gradients nobody computes
+        placement.place_unet(unet, training=True)
+        placement.place_text_encoders(job.parts.text_encoders, training=True)
+        optimizer, lr_scheduler, lr = optimization(job)
+        sampler, dataloader = batches(job, placement.device)
+        *models, optimizer, dataloader = accelerator.prepare(*job.embeddings, optimizer, dataloader)
+        for encoder, wrapped in zip(job.parts.text_encoders, models):
+            encoder.set_input_embeddings(wrapped)
+        accelerator.register_for_checkpointing(lr_scheduler)
+        checkpoints.register_hooks(accelerator)
+        state = resume(job, accelerator, len(dataloader))
+        log.info("training %s: %d steps (%d images x %d repeats, batch %d x accumulation %d x %d processes), "
+                 "lr %.3g", job.placeholder_token, job.train.max_steps, len(job.dataset) // job.dataset.repeats,
+                 job.dataset.repeats, job.train.batch_size, job.train.gradient_accumulation_steps,
+                 accelerator.num_processes, lr)
+        end_of_step = EndOfStep(job, models, state)  # its metrics log times from here
+        if job.evaluate is not None:  # the held-out loss draws its fixed latents from the same cache
+            job.evaluate.attach(cache, placement.weight_dtype, start_step=state.global_step,
+                                max_steps=job.train.max_steps)
+        with StopRequests() as stop, end_of_step.watching(stop):
+            state.started = time.perf_counter()
+            train_steps(job, state, models, cache, placement, sampler, dataloader, optimizer, lr_scheduler,
+                        end_of_step)
+    seconds = time.perf_counter() - state.started
+    vectors = [v.detach().float().cpu() for v in learned(accelerator, models)]
+    return TrainResult(global_step=state.global_step, final_loss=state.final_loss, seconds=seconds,
+                       vectors=vectors[0], steps_trained=state.global_step - state.start_step,
+                       state={"cache": cache, "optimizer": optimizer, "dataloader": dataloader,
+                              "weight_dtype": placement.weight_dtype},
+                       vectors_2=vectors[1] if len(vectors) > 1 else None)
 
 
-def run_training(*, accelerator, parts, embedding: PlaceholderEmbedding,
-                 placeholder_token: str, pixels: torch.Tensor, dataset: TextualInversionDataset,
-                 make_optimizer: Callable, base_lr: float, make_scheduler: Callable, train_cfg, hw_cfg, data_cfg,
-                 run_dir: Path, seed: int, resume_state: dict, metrics_log_factory: Callable,
-                 validate: Callable | None = None, embedding_2: PlaceholderEmbedding | None = None,
-                 evaluate=None) -> TrainResult:
-    """Train the placeholder rows; `embedding_2` is SDXL's second text encoder's (trained together)."""
-    device = accelerator.device
-    weight_dtype = weight_dtype_for(accelerator.mixed_precision)
-    ga = int(train_cfg.gradient_accumulation_steps)
-    batch_size = int(train_cfg.batch_size)
-    max_steps = int(train_cfg.max_steps)
-
-    text_encoder, vae = parts.text_encoder, parts.vae
-    embeddings = [embedding] + ([embedding_2] if embedding_2 is not None else [])
-    text_encoders = parts.text_encoders  # SDXL: both
-    for encoder in text_encoders:
+def freeze(job: TrainingJob, device) -> None:
+    """Only the placeholder rows train: the text encoders (which hold them) are frozen first."""
+    for encoder in job.parts.text_encoders:
         encoder.requires_grad_(False)
-    vae.requires_grad_(False)
-    for e in embeddings:
+    for e in job.embeddings:
         e.vectors.requires_grad_(True)
         if device.type == "cpu":  # a GPU run copies the matrix to the GPU anyway
-            map_frozen_rows(e, run_dir)
+            map_frozen_rows(e, job.run_dir)
 
-    # First the VAE: encode every training image once, then let it go before the UNet arrives.
+
+def encode_images(job: TrainingJob, placement: Placement) -> LatentCache:
+    """First the VAE: encode every training image once, then let it go before the UNet arrives (the
+    decoder stays only for validation and image metrics)."""
+    parts = job.parts
     t0 = time.perf_counter()
-    vae.eval()
-    # SDXL's VAE overflows in fp16 (its config says force_upcast): it encodes in fp32, as SDXL pipelines do
-    vae_dtype = (torch.float32 if parts.is_sdxl and weight_dtype == torch.float16
-                 and vae.config.get("force_upcast", False) else weight_dtype)
-    vae.to(device) if vae_dtype == torch.float32 else vae.to(device, dtype=vae_dtype)
-    cache = LatentCache.build(vae, pixels, with_flips=data_cfg.flip_p > 0, device=device, dtype=vae_dtype)
-    log.info("encoded %d images into the latent cache in %.2fs", pixels.shape[0], time.perf_counter() - t0)
-    # Training needs no encoder, and the decoder only for validation images.
-    vae.encoder = None
-    vae.quant_conv = None
-    if validate is None and not (evaluate is not None and evaluate.needs_vae):
-        parts.vae = None
-        del vae
-    elif hw_cfg.offload_idle:
-        vae.to("cpu")  # validation brings it back for generation
+    dtype = placement.place_vae(parts)
+    cache = LatentCache.build(parts.vae, job.pixels, with_flips=job.data.flip_p > 0, device=placement.device,
+                              dtype=dtype)
+    log.info("encoded %d images into the latent cache in %.2fs", job.pixels.shape[0], time.perf_counter() - t0)
+    needs_decoder = job.validate is not None or (job.evaluate is not None and job.evaluate.needs_vae)
+    placement.release_vae(parts, keep_decoder=needs_decoder)
     gc.collect()
     return_free_heap()
+    return cache
 
-    unet = parts.unet  # loaded (or built) now, if it was deferred
-    unet.requires_grad_(False)
-    lean_backward(unet)  # no activations kept for weight gradients nobody computes
-    if hw_cfg.allow_tf32 and device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    setup_attention(unet, hw_cfg.attention, device)
-    if hw_cfg.get("channels_last"):
-        unet.to(memory_format=torch.channels_last)
-    if hw_cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-        for encoder in text_encoders:
-            encoder.gradient_checkpointing_enable()
-        unet.train()  # checkpointing is only active in train mode; the UNet has no dropout
-    else:
-        unet.eval()
-    # the frozen UNet runs in the mixed-precision dtype; the trained text encoders stay fp32 (autocast)
-    unet.to(device) if weight_dtype == torch.float32 else unet.to(device, dtype=weight_dtype)
-    for encoder in text_encoders:
-        encoder.train()
-        encoder.to(device)
 
-    lr = float(base_lr)  # checked by checks.check_run_settings
-    if train_cfg.scale_lr:
-        lr = lr * ga * batch_size * accelerator.num_processes
-    optimizer = make_optimizer(params=[e.vectors for e in embeddings], lr=lr)
-    lr_scheduler = make_scheduler(optimizer=optimizer, num_training_steps=max_steps)
+def optimization(job: TrainingJob):
+    """The optimizer over the placeholder rows only, its schedule, and the learning rate (scaled by batch x
+    accumulation x processes when train.scale_lr, as in the diffusers example)."""
+    lr = float(job.base_lr)  # checked by checks.check_run_settings
+    if job.train.scale_lr:
+        lr = lr * job.train.gradient_accumulation_steps * job.train.batch_size * job.accelerator.num_processes
+    optimizer = job.make_optimizer(params=[e.vectors for e in job.embeddings], lr=lr)
+    return optimizer, job.make_scheduler(optimizer=optimizer, num_training_steps=job.train.max_steps), lr
 
-    sampler = EpochSampler(len(dataset), seed)
-    # Its own generator: creating an epoch's iterator must not draw from the global RNG, or a
-    # resumed run (which creates one mid-epoch) would draw different noise from the uninterrupted one.
-    dataloader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                            num_workers=int(data_cfg.num_workers), pin_memory=device.type == "cuda",
-                            generator=torch.Generator().manual_seed(seed))
-    *models, optimizer, dataloader = accelerator.prepare(*embeddings, optimizer, dataloader)
-    for encoder, wrapped in zip(text_encoders, models):
-        encoder.set_input_embeddings(wrapped)
-    accelerator.register_for_checkpointing(lr_scheduler)
-    checkpoints.register_hooks(accelerator)
 
-    global_step = 0
-    resume_path = checkpoints.resolve_resume(train_cfg.resume_from_checkpoint, run_dir)
-    if resume_path is not None:
-        global_step = checkpoints.load_checkpoint(accelerator, resume_path, resume_state)
+def batches(job: TrainingJob, device) -> tuple[EpochSampler, DataLoader]:
+    """Epochs in a seeded order. The loader has its own generator: creating an epoch's iterator must not
+    draw from the global RNG, or a resumed run (which creates one mid-epoch) would draw different noise
+    from the uninterrupted one."""
+    sampler = EpochSampler(len(job.dataset), job.seed)
+    loader = DataLoader(job.dataset, batch_size=job.train.batch_size, sampler=sampler,
+                        num_workers=int(job.data.num_workers), pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(job.seed))
+    return sampler, loader
 
+
+def resume(job: TrainingJob, accelerator, micro_per_epoch: int) -> LoopState:
+    """The loop's starting point: step 0, or the step of the checkpoint resumed from."""
+    step = 0
+    path = checkpoints.resolve_resume(job.train.resume_from_checkpoint, job.run_dir)
+    if path is not None:
+        step = checkpoints.load_checkpoint(accelerator, path, job.resume_state)
+    steps_per_epoch = math.ceil(micro_per_epoch / job.train.gradient_accumulation_steps)
+    epoch, step_in_epoch = divmod(step, steps_per_epoch)
+    return LoopState(global_step=step, start_step=step, epoch=epoch, step_in_epoch=step_in_epoch)
+
+
+def train_steps(job: TrainingJob, state: LoopState, models, cache, placement: Placement, sampler, dataloader,
+                optimizer, lr_scheduler, end_of_step: EndOfStep) -> None:
+    """Micro-steps accumulate gradients; each optimizer step then goes to `end_of_step`."""
+    accelerator, ga, max_steps = job.accelerator, job.train.gradient_accumulation_steps, job.train.max_steps
     micro_per_epoch = len(dataloader)
-    steps_per_epoch = math.ceil(micro_per_epoch / ga)
-    epoch, step_in_epoch = divmod(global_step, steps_per_epoch)
-    log.info("training %s: %d steps (%d images x %d repeats, batch %d x accumulation %d x %d processes), "
-             "lr %.3g", placeholder_token, max_steps, len(dataset) // dataset.repeats, dataset.repeats,
-             batch_size, ga, accelerator.num_processes, lr)
-
-    metrics = metrics_log_factory(start_step=global_step)
-    if evaluate is not None:  # the held-out loss draws its fixed latents from the same cache
-        evaluate.attach(cache, weight_dtype, start_step=global_step, max_steps=max_steps)
-    # A bar for a person at a terminal; CI logs and other processes get a line every 10% instead.
-    show_bar = accelerator.is_local_main_process and sys.stderr.isatty()
-    progress = tqdm(total=max_steps, initial=global_step, desc="steps", mininterval=1, disable=not show_bar)
-    every = max(1, max_steps // 10)
-    started = time.perf_counter()
-    start_step = global_step
-    final_loss = None
-    step_loss = 0.0
-    with StopRequests() as stop:
-        while global_step < max_steps:
-            sampler.set_epoch(epoch)
-            batches = itertools.islice(enumerate(dataloader), step_in_epoch * ga, None)
-            for micro, batch in batches:
-                sync = (micro + 1) % ga == 0 or micro + 1 == micro_per_epoch
-                with contextlib.ExitStack() as ctx:
-                    if not sync:
-                        for wrapped in models:
-                            ctx.enter_context(accelerator.no_sync(wrapped))
-                    ctx.enter_context(accelerator.autocast())
-                    loss = denoising_loss(parts, text_encoder, cache, batch, weight_dtype, device)
-                    accelerator.backward(loss / ga)
-                step_loss += loss.detach().float() / ga
+    while state.global_step < max_steps:
+        sampler.set_epoch(state.epoch)
+        for micro, batch in itertools.islice(enumerate(dataloader), state.step_in_epoch * ga, None):
+            sync = (micro + 1) % ga == 0 or micro + 1 == micro_per_epoch
+            with contextlib.ExitStack() as ctx:
                 if not sync:
-                    continue
-                final_loss = accelerator.reduce(step_loss, "mean").item()
-                if not math.isfinite(final_loss):  # before the update: the embedding stays the last good one
-                    raise TIError(f"the loss became {final_loss} at step {global_step + 1}; the embedding was "
-                                  "not updated with it",
-                                  "lower optimizer.lr, or use hardware.mixed_precision=bf16 instead of fp16")
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                global_step += 1
-                step_loss = 0.0
-                values = {"loss": final_loss, "lr": lr_scheduler.get_last_lr()[0]}
-                if evaluate is not None and evaluate.due(global_step, max_steps):  # same row, same step
-                    values.update(evaluate(global_step, accelerator.unwrap_model(models[0]).vectors))
-                row = metrics.log(global_step, values)
-                progress.update(1)
-                progress.set_postfix(loss=f"{final_loss:.4f}", lr=f"{row['lr']:.2e}",
-                                     steps_per_s=f"{row['steps_per_sec'] or 0:.2f}", refresh=False)
-                if not show_bar and accelerator.is_main_process and (global_step % every == 0
-                                                                    or global_step == max_steps):
-                    log.info("step %d/%d  loss %.4f  lr %.3g  %.2f steps/s", global_step, max_steps, final_loss,
-                             row["lr"], row["steps_per_sec"] or 0.0)
-                saved = bool(train_cfg.save_steps) and global_step % int(train_cfg.save_steps) == 0
-                if saved and accelerator.is_main_process:
-                    save_step_embeds(run_dir, global_step, placeholder_token, learned(accelerator, models))
-                checkpointed = bool(train_cfg.checkpointing_steps) and global_step % int(train_cfg.checkpointing_steps) == 0
-                if checkpointed:
-                    checkpoints.save_checkpoint(accelerator, run_dir, global_step, resume_state,
-                                                train_cfg.checkpoints_total_limit)
-                if _stop_requested(stop, accelerator, device):
-                    if accelerator.is_main_process and not saved:
-                        save_step_embeds(run_dir, global_step, placeholder_token, learned(accelerator, models))
-                    if not checkpointed:
-                        checkpoints.save_checkpoint(accelerator, run_dir, global_step, resume_state,
-                                                    train_cfg.checkpoints_total_limit)
-                    progress.close()
-                    raise Interrupted(f"stopped by {signal.Signals(stop.signum or signal.SIGTERM).name} at step "
-                                      f"{global_step}; checkpoint-{global_step} and the embedding of that step are "
-                                      f"saved in {run_dir}; fix: resume with hydra.run.dir={run_dir} "
-                                      "train.resume_from_checkpoint=latest", stop.signum or signal.SIGTERM)
-                if validate is not None and validate.settings.due(global_step, max_steps):
-                    validate(global_step)
-                if global_step >= max_steps:
-                    break
-            epoch += 1
-            step_in_epoch = 0
-    progress.close()
-    seconds = time.perf_counter() - started
-    vectors = [v.detach().float().cpu() for v in learned(accelerator, models)]
-    return TrainResult(global_step=global_step, final_loss=final_loss, seconds=seconds, vectors=vectors[0],
-                       steps_trained=global_step - start_step,
-                       state={"cache": cache, "optimizer": optimizer, "dataloader": dataloader,
-                              "weight_dtype": weight_dtype},
-                       vectors_2=vectors[1] if len(vectors) > 1 else None)
+                    for wrapped in models:
+                        ctx.enter_context(accelerator.no_sync(wrapped))
+                ctx.enter_context(accelerator.autocast())
+                loss = denoising_loss(job.parts, job.parts.text_encoder, cache, batch, placement.weight_dtype,
+                                      placement.device)
+                accelerator.backward(loss / ga)
+            state.step_loss += loss.detach().float() / ga
+            if not sync:
+                continue
+            state.final_loss = accelerator.reduce(state.step_loss, "mean").item()
+            if not math.isfinite(state.final_loss):  # before the update: the embedding stays the last good one
+                raise TIError(f"the loss became {state.final_loss} at step {state.global_step + 1}; the embedding "
+                              "was not updated with it",
+                              "lower optimizer.lr, or use hardware.mixed_precision=bf16 instead of fp16")
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.global_step += 1
+            state.step_loss = 0.0
+            end_of_step(lr_scheduler.get_last_lr()[0])
+            if state.global_step >= max_steps:
+                break
+        state.epoch += 1
+        state.step_in_epoch = 0
+
+
+class EndOfStep:
+    """What follows each optimizer step, in order: evaluate and log (one metrics row), save the embedding,
+    checkpoint, stop cleanly when asked (saving both first), validate."""
+
+    def __init__(self, job: TrainingJob, models, state: LoopState):
+        self.job, self.models, self.state = job, models, state
+        self.accelerator = job.accelerator
+        self.metrics = job.metrics_log_factory(start_step=state.global_step)
+        # A bar for a person at a terminal; CI logs and other processes get a line every 10% instead.
+        self.show_bar = self.accelerator.is_local_main_process and sys.stderr.isatty()
+        self.every = max(1, job.train.max_steps // 10)
+
+    @contextlib.contextmanager
+    def watching(self, stop: StopRequests):
+        """While the steps run: the stop requests to honour, and the progress bar."""
+        self.stop = stop
+        self.progress = tqdm(total=self.job.train.max_steps, initial=self.state.global_step, desc="steps",
+                             mininterval=1, disable=not self.show_bar)
+        try:
+            yield self
+        finally:
+            self.progress.close()
+
+    def __call__(self, lr: float) -> dict:
+        step, max_steps = self.state.global_step, self.job.train.max_steps
+        row = self.log(step, lr)
+        saved = self.job.train.saves_at(step)
+        if saved:
+            self.save(step)
+        checkpointed = self.job.train.checkpoints_at(step)
+        if checkpointed:
+            self.checkpoint(step)
+        if _stop_requested(self.stop, self.accelerator, self.accelerator.device):
+            self.stop_here(step, saved, checkpointed)
+        if self.job.validate is not None and self.job.validate.settings.due(step, max_steps):
+            self.job.validate(step)
+        return row
+
+    def log(self, step: int, lr: float) -> dict:
+        """One metrics row (with the evaluation's values at its steps), the bar, and the 10% log lines."""
+        loss, evaluate, max_steps = self.state.final_loss, self.job.evaluate, self.job.train.max_steps
+        values = {"loss": loss, "lr": lr}
+        if evaluate is not None and evaluate.due(step, max_steps):  # same row, same step
+            values.update(evaluate(step, self.accelerator.unwrap_model(self.models[0]).vectors))
+        row = self.metrics.log(step, values)
+        self.progress.update(1)
+        self.progress.set_postfix(loss=f"{loss:.4f}", lr=f"{row['lr']:.2e}",
+                                  steps_per_s=f"{row['steps_per_sec'] or 0:.2f}", refresh=False)
+        if not self.show_bar and self.accelerator.is_main_process and (step % self.every == 0 or step == max_steps):
+            log.info("step %d/%d  loss %.4f  lr %.3g  %.2f steps/s", step, max_steps, loss, row["lr"],
+                     row["steps_per_sec"] or 0.0)
+        return row
+
+    def save(self, step: int) -> None:
+        if self.accelerator.is_main_process:
+            write_step_embedding(self.job.run_dir, step, self.job.placeholder_token,
+                                 learned(self.accelerator, self.models))
+
+    def checkpoint(self, step: int) -> None:
+        checkpoints.save_checkpoint(self.accelerator, self.job.run_dir, step, self.job.resume_state,
+                                    self.job.train.checkpoints_total_limit)
+
+    def stop_here(self, step: int, saved: bool, checkpointed: bool) -> None:
+        """A stop request (Ctrl-C, SIGTERM): the embedding and a checkpoint of this step, then a clean exit."""
+        if not saved:
+            self.save(step)
+        if not checkpointed:
+            self.checkpoint(step)
+        self.progress.close()
+        signum = self.stop.signum or signal.SIGTERM
+        raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint-{step} and the "
+                          f"embedding of that step are saved in {self.job.run_dir}; fix: resume with "
+                          f"hydra.run.dir={self.job.run_dir} train.resume_from_checkpoint=latest", signum)
 
 
 def learned(accelerator, models) -> list[torch.Tensor]:
