@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # A short, fast tiny run: the overrides every training test starts from.
 TINY_RUN = [
-    "+concept=demo", "model=tiny", "hardware=cpu", "logger=none", "train.max_steps=4",
+    "+concept=demo", "model=tiny", "hardware=cpu", "logger=none", "train.max_steps=4", "train.batch_size=1",
     "train.save_steps=2", "train.checkpointing_steps=2", "data.repeats=2", "validation.enabled=false",
 ]
 

@@ -96,9 +96,10 @@ def test_demo_concepts_are_pure_concepts_with_the_demo_experiment():
         concept = OmegaConf.load(CONF_DIR / "concept" / f"{name}.yaml")
         assert "train" not in concept and list(concept.defaults) == ["/experiment/demo", "_self_"]
         cfg = compose(f"+concept={name}")
-        assert (cfg.train.max_steps, cfg.train.save_steps, cfg.train.checkpointing_steps) == (400, 100, 200)
+        assert (cfg.train.max_steps, cfg.train.save_steps, cfg.train.checkpointing_steps) == (300, 100, 100)
+        assert cfg.train.batch_size == 8 and cfg.model.pretrained_model_name_or_path.endswith("weights/model")
         assert compose(f"+concept={name}", "train.max_steps=2").train.max_steps == 2  # the command line wins
-    assert compose("+concept=cat_toy", "+experiment=demo").train.max_steps == 400
+    assert compose("+concept=cat_toy", "+experiment=demo").train.max_steps == 300
     assert compose("+concept=cat_toy").train.max_steps == 3000
 
 

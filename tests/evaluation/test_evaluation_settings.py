@@ -13,8 +13,10 @@ from ti_experiments.experiment import objective
 
 
 def test_presets_compose_and_the_tiny_model_picks_the_offline_pair():
-    default = build(compose("+concept=demo").evaluation)
+    default = build(compose("+concept=cat_toy").evaluation)  # the default model, SD 1.5
     assert default.clip_model == "openai/clip-vit-base-patch32" and default.dino_model == "facebook/dino-vits16"
+    toy = build(compose("+concept=demo").evaluation)  # the demo trains on the toy world: its own judge
+    assert toy.clip_model.endswith("toyworld/weights/judge/clip") and toy.prompts == "toyworld"
     tiny = build(compose("+concept=demo", "model=tiny").evaluation)
     assert "tiny-eval-2" in tiny.clip_model and tiny.enabled
     assert not build(compose("+concept=demo", "model=tiny", "evaluation=none").evaluation).enabled
