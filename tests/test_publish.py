@@ -55,18 +55,18 @@ def test_card_and_file_list_of_a_finished_run(finished_run):
     dests = [d for _, d in files]
     assert dests[:5] == ["learned_embeds.safetensors", "demo-toy.safetensors", "token_identifier.txt",
                          "type_of_concept.txt", "learned_embeds-best.safetensors"]
-    assert dests[5:] == ["concept_images/object-00.png", "concept_images/object-01.png",
+    assert dests[5:] == ["concept_images/demo-00.png", "concept_images/demo-01.png",
                          "validation_images/00-00.png", "validation_images/00-01.png"]
     assert all(local.is_file() for local, _ in files)
     card = publish.build_model_card(finished_run, config, summary, "me/demo-toy")
     front = yaml.safe_load(card.split("---")[1])
     assert front["license"] == "creativeml-openrail-m" and "textual_inversion" in front["tags"]
     assert "base_model" not in front  # the tiny model is a local folder, not a Hub model
-    assert 'pipe.load_textual_inversion("me/demo-toy")' in card and 'pipe("A <demo-toy> on a beach")' in card
+    assert 'pipe.load_textual_inversion("me/demo-toy")' in card and 'pipe("a photo of a <demo-toy>")' in card
     assert "`demo-toy.safetensors`" in card and "`<demo-toy>` / 1 x 32" in card
     assert "| steps | 4 |" in card and f"| final loss | {summary['final_loss']:.4g} |" in card
     assert "| training images | 6 |" in card
-    assert "![training image](concept_images/object-00.png)" in card
+    assert "![training image](concept_images/demo-00.png)" in card
     assert "## Validation images (step 4)" in card and "![validation image](validation_images/00-01.png)" in card
 
 
@@ -115,7 +115,7 @@ def test_a_pushed_run_uploads_everything_and_never_writes_the_token(tmp_path, mo
     assert [c[0] for c in hub.calls] == ["whoami", "create_repo", "create_repo", "create_commit"]
     assert hub.calls[0] == ("whoami", SECRET) and hub.calls[1] == ("create_repo", "me/demo-toy", True)
     assert hub.calls[-1][2] == ["learned_embeds.safetensors", "demo-toy.safetensors", "token_identifier.txt",
-                                "type_of_concept.txt", "learned_embeds-best.safetensors", "concept_images/object-00.png", "README.md"]
+                                "type_of_concept.txt", "learned_embeds-best.safetensors", "concept_images/demo-00.png", "README.md"]
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "completed" and record["hub"]["repo_id"] == "me/demo-toy"
     assert (run_dir / "model_card.md").read_text().startswith("---\nlicense:")

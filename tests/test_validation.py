@@ -63,7 +63,7 @@ def test_images_reach_wandb_offline_with_their_prompt(tmp_path, monkeypatch):
     images = [(step, data["validation"]) for step, data in logged if "validation" in data]
     assert [step for step, _ in images] == [2]  # the global step, not an epoch index
     assert len(images[0][1]) == 2 and all(isinstance(i, wandb.Image) for i in images[0][1])
-    assert {i._caption for i in images[0][1]} == {"A <demo-toy> on a beach"}
+    assert {i._caption for i in images[0][1]} == {"a photo of a <demo-toy>"}  # the demo concept's validation_prompt
     # the tracker's own files: the offline run stored both images
     assert len(list((run_dir / "wandb").glob("offline-run-*/files/media/images/validation_2_*.png"))) == 2
 

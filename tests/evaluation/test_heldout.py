@@ -32,7 +32,8 @@ def _parts_and_cache(cfg):
 def test_heldout_set_and_loss_are_exactly_reproducible_and_leave_the_global_rng_alone(tmp_path):
     cfg = compose(*TINY_RUN, output_dir=tmp_path)
     parts, cache = _parts_and_cache(cfg)
-    make = lambda seed: build_heldout_set(cache, parts.tokenizer, 1000, "<demo-toy>", "toy", "object", 8, seed)  # noqa: E731
+    init = str(cfg.concept.initializer_token)
+    make = lambda seed: build_heldout_set(cache, parts.tokenizer, 1000, "<demo-toy>", init, "object", 8, seed)  # noqa: E731
     state = torch.random.get_rng_state()
     a, b, other = make(0), make(0), make(1)
     assert torch.equal(torch.random.get_rng_state(), state)

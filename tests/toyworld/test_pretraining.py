@@ -42,11 +42,12 @@ def test_the_pretrain_command_builds_a_model_diffusers_loads(tmp_path):
     work, ship = tmp_path / "work", tmp_path / "ship"
     args = [sys.executable, "-m", "ti_experiments.pretrain", f"work_dir={work}", f"ship_dir={ship}",
             "vae.steps=2", "vae.batch_size=2", "generator.steps=2", "generator.batch_size=2",
-            "judge.steps=2", "judge.batch_size=4", "generator.warmup_steps=1", "judge.warmup_steps=1"]
+            "judge.steps=2", "judge.batch_size=4", "classifier.steps=2", "classifier.batch_size=4",
+            "generator.warmup_steps=1", "judge.warmup_steps=1", "classifier.warmup_steps=1"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((ship / "manifest.json").read_text())
-    assert manifest["stages"]["generator"]["steps"] == 2 and "model/unet/diffusion_pytorch_model.safetensors" in manifest["sha256"]
+    assert manifest["stages"]["classifier"]["steps"] == 2 and "model/unet/diffusion_pytorch_model.safetensors" in manifest["sha256"]
     again = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "resumed at step 2" in again.stdout + again.stderr
 
