@@ -14,6 +14,7 @@ Everything is loaded from folders as a user would (the shipped weights, the run 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
@@ -100,7 +101,7 @@ def ti_figures(pipe, weights: Path, concepts: list[str], num_vectors: list[int],
         init_clip_i = scorer.score(generate(pipe, [init_prompt] * 16, seed), [init_prompt] * 16)["clip_i"]
         contexts = list(world.CONTEXTS)
         texts = [c.format(concept.initializer_token) for c in contexts]
-        in_context = [world.render(s.__class__(**{**s.__dict__, **world.CONTEXTS[c]}), rng)[0]
+        in_context = [world.render(dataclasses.replace(s, **world.CONTEXTS[c]), rng)[0]
                       for c in contexts for s in concept.scenes(4, seed + 1)]
         real_clip_t = scorer.score(in_context, [t for t in texts for _ in range(4)])["clip_t"]
         for k in num_vectors:
