@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ti_experiments.checks import check_run_settings
+from ti_experiments.checks import check_config
 from ti_experiments.errors import TIError
 
 from conftest import TINY_RUN, compose
@@ -29,11 +29,93 @@ from conftest import TINY_RUN, compose
 ])
 def test_a_bad_value_is_refused_with_its_key(override, key):
     with pytest.raises(TIError, match=key.replace(".", r"\.")) as err:
-        check_run_settings(compose(*TINY_RUN, override))
+        check_config(compose(*TINY_RUN, override))
     assert "use e.g." in err.value.fix
 
 
 @pytest.mark.parametrize("override", ["train.save_steps=null", "train.save_steps=0", "train.checkpointing_steps=null",
                                       "train.checkpoints_total_limit=2", "seed=0", "optimizer.lr=1"])
 def test_good_values_pass(override):
-    check_run_settings(compose(*TINY_RUN, override))
+    check_config(compose(*TINY_RUN, override))
+
+
+# -- every leaf of every option: a wrong type and an out-of-range value, each one line naming the key --
+
+def _leaves(node, prefix=""):
+    """(dotted key, value) of every setting: scalars, lists, and the concept's source node as one value."""
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and path != "concept.source":
+            yield from _leaves(value, path + ".")
+        elif not str(key).startswith("_"):
+            yield path, value
+
+
+def _field(path: str):
+    """The typed field that owns a config key (None: no settings class declares it)."""
+    from dataclasses import fields
+
+    from ti_experiments.checks import GROUPS, RunSettings
+
+    group, _, name = path.rpartition(".")
+    cls = GROUPS.get(group, RunSettings if not group else None)
+    return next((f for f in fields(cls) if f.name == name), None) if cls else None
+
+
+def _wrong_type(annotation: str):
+    """A value of another type than the annotation allows."""
+    if annotation.startswith("Literal"):
+        return "nonsense"
+    if annotation.startswith(("bool", "int", "float")):
+        return "maybe" if annotation.startswith("bool") else "abc"
+    if annotation.startswith(("list", "dict")):
+        return 5
+    return [1, 2]  # a string's place
+
+
+def _configs():
+    """(name, composed config, the key prefix whose leaves to feed): the default config whole, then each
+    option of each group with its own group's leaves (the rest is the default's)."""
+    from ti_experiments.config import options
+
+    yield "default", compose("+concept=demo"), ""
+    for group in ("concept", "model", "data", "optimizer", "lr_scheduler", "hardware", "logger", "evaluation",
+                  "hub", "experiment"):
+        for option in options(group):
+            prefix = "+" if group in ("concept", "experiment") else ""
+            base = [] if group == "concept" else ["+concept=demo"]
+            # an experiment preset is a global diff: all its leaves
+            yield (f"{group}={option}", compose(*base, f"{prefix}{group}={option}"),
+                   "" if group == "experiment" else group + ".")
+
+
+def test_every_leaf_of_every_option_is_owned_and_checked_by_type_and_range():
+    from omegaconf import OmegaConf
+
+    from ti_experiments.checks import check_config
+
+    checked = 0
+    for name, cfg, prefix in _configs():
+        check_config(cfg)  # every shipped option is valid as it is
+        raw = OmegaConf.to_container(cfg, resolve=False)
+        for key, value in _leaves(raw):
+            field = _field(key)
+            assert field is not None, f"{name}: {key} has no typed setting, so nothing checks it"
+            if not key.startswith(prefix) or isinstance(value, str) and "${" in value:
+                continue  # an interpolation: the key it reads from is fed the bad values
+            annotation = str(field.type)
+            bad = [_wrong_type(annotation)]
+            meta = field.metadata
+            if meta.get("minimum") is not None:
+                bad.append(meta["minimum"] - 1)
+            elif meta.get("positive"):
+                bad.append(0)
+            for value in bad:
+                broken = cfg.copy()
+                OmegaConf.update(broken, key, value, merge=False)
+                with pytest.raises(TIError) as err:
+                    check_config(broken)
+                assert err.value.problem.startswith((f"{key}=", f"{key} ")), f"{name}: {key}={value!r}: {err.value}"
+                assert err.value.fix, f"{name}: {key}"
+                checked += 1
+    assert checked > 300

@@ -147,7 +147,7 @@ def test_the_command_line_fails_in_one_line_before_training(tmp_path, monkeypatc
 @pytest.mark.parametrize("kwargs,message", [
     ({"push": "yes"}, "hub.push='yes' is not true or false"),
     ({"repo_id": "me/two words"}, "is not a Hub repository name"),
-    ({"num_training_images": -1}, "must be >= 0"),
+    ({"num_training_images": -1}, "hub.num_training_images=-1 is not an integer >= 0"),
 ])
 def test_bad_hub_settings_are_refused(kwargs, message):
     with pytest.raises(TIError, match=message):

@@ -1,19 +1,34 @@
-"""Settings checked before anything is loaded, so a typo costs a second, not a model load.
+"""Every setting of a composed config, checked before anything is loaded, so a typo costs a second, not
+a model load.
 
-The typed settings (`train`, `hardware`, and the run's own `seed` and learning rate) check their types
-and ranges as they are made; this module makes them from a composed config.
+Each config group is a typed settings class (its field types and bounds are the checks, see
+settings.py); `check_config` makes all of them from a composed config, and refuses a top-level key that
+no class owns, so a key added later cannot go unchecked.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from omegaconf import DictConfig
-
 from typing import Literal
 
+from omegaconf import DictConfig, OmegaConf
+
+from .config import options
+from .data.images import DataSettings
+from .errors import TIError
+from .evaluation.settings import EvaluationSettings
+from .models.settings import ModelSettings
+from .publish import HubSettings
+from .records.trackers import TrackerSettings
 from .settings import Settings, bound
-from .training.settings import HardwareSettings, TrainSettings
+from .training.settings import (
+    HardwareSettings,
+    OptimizerSettings,
+    SchedulerSettings,
+    TrainSettings,
+)
+from .validation import ValidationSettings
+from .validation import make_settings as make_validation_settings
 
 
 @dataclass
@@ -36,23 +51,83 @@ class ConceptSettings(Settings):
 
 @dataclass
 class RunSettings(Settings):
-    """The top-level keys a run checks besides its groups."""
+    """The top-level keys of conf/config.yaml that are not groups."""
 
     seed: int = bound(0, minimum=0, example="0")
+    # the summary.json key a searching sweeper optimises
+    objective: str = bound("avg_loss", example="heldout_loss")
+    # set by `reproduce`: the run this one repeats
+    reproduced_from: str | None = bound(None, example="outputs/runs/DAY/TIME")
 
 
 @dataclass
-class LearningRate(Settings):
-    """`optimizer.lr`: the optimizer node is a factory (any torch optimizer), its `lr` is checked here."""
+class PathSettings(Settings):
+    """`paths`: where the run writes, and the cache of built models and downloaded images."""
 
-    GROUP = "optimizer"
+    GROUP = "paths"
 
-    lr: float = bound(5e-4, positive=True, example="5e-4")
+    # null where Hydra has not chosen the run's folder yet (a config composed outside a run)
+    output_dir: str | None = bound(None, example="outputs/runs/my-run")
+    cache_dir: str = bound("~/.cache/ti_experiments", example="~/.cache/ti_experiments")
 
 
-def check_run_settings(cfg: DictConfig) -> tuple[TrainSettings, HardwareSettings]:
-    """The run's `train` and `hardware` settings, checked with the seed and the learning rate."""
-    RunSettings(seed=cfg.seed)
-    train = TrainSettings.from_node(cfg.train)
-    LearningRate(lr=cfg.optimizer.get("lr"))
-    return train, HardwareSettings.from_node(cfg.hardware)
+@dataclass
+class RunConfig:
+    """A run's settings, every group typed and checked."""
+
+    run: RunSettings
+    concept: ConceptSettings
+    train: TrainSettings
+    hardware: HardwareSettings
+    model: ModelSettings
+    data: DataSettings
+    optimizer: OptimizerSettings
+    lr_scheduler: SchedulerSettings
+    validation: ValidationSettings
+    logger: TrackerSettings
+    paths: PathSettings
+    evaluation: EvaluationSettings | None = None
+    hub: HubSettings | None = None
+
+
+# the node of each group, and the class that checks it (validation is made with the concept's prompt)
+GROUPS: dict[str, type[Settings]] = {
+    "concept": ConceptSettings, "paths": PathSettings, "model": ModelSettings, "hardware": HardwareSettings,
+    "train": TrainSettings, "data": DataSettings, "optimizer": OptimizerSettings,
+    "lr_scheduler": SchedulerSettings, "validation": ValidationSettings, "evaluation": EvaluationSettings,
+    "logger": TrackerSettings, "hub": HubSettings,
+}
+NOT_SETTINGS = ("hydra",)
+
+
+def check_concept(cfg: DictConfig) -> ConceptSettings:
+    if cfg.get("concept") is None:
+        raise TIError("no concept chosen",
+                      f"add +concept=NAME with NAME one of {', '.join(options('concept'))} "
+                      "(or your own conf/concept/NAME.yaml)")
+    return ConceptSettings.from_node(cfg.concept)
+
+
+def check_config(cfg: DictConfig) -> RunConfig:
+    """Every group of a run's config as its typed settings; the first bad value is one line naming its key."""
+    top = [k for k in cfg if k not in GROUPS and k not in NOT_SETTINGS]
+    unknown = [k for k in top if k not in RunSettings.__dataclass_fields__]
+    if unknown:
+        raise TIError(f"{unknown[0]} is not a setting", f"remove it; the config's top-level settings are "
+                      f"{', '.join(RunSettings.__dataclass_fields__)} and the groups {', '.join(GROUPS)}")
+    checked = {"run": RunSettings.from_node({k: cfg[k] for k in top})}
+    # in GROUPS' order, so a value that others interpolate (hardware.batch_size) is named where it is set
+    for name, cls in GROUPS.items():
+        if name == "concept":
+            checked[name] = check_concept(cfg)
+        elif name == "validation":
+            checked[name] = make_validation_settings(cfg.validation, checked["concept"].validation_prompt,
+                                                     checked["data"].resolution)
+        elif name == "paths":  # the run's folder is Hydra's to resolve, once the run starts
+            checked[name] = PathSettings.from_node(
+                {k: OmegaConf.select(cfg.paths, k, throw_on_resolution_failure=False) for k in cfg.paths})
+        elif cfg.get(name) is not None:
+            checked[name] = cls.from_node(cfg[name])
+        elif name not in ("evaluation", "hub"):
+            raise TIError(f"the config has no {name} group", f"choose one, e.g. {name}=...")
+    return RunConfig(**checked)

@@ -61,28 +61,26 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict:
     """Score every embedding of a run; write evaluation.json, summary.json and the best embedding."""
     from accelerate import Accelerator
 
+    from .checks import check_config
     from .config import build
     from .data import ConceptImages
     from .embeddings import add_placeholder_tokens
     from .evaluation import Evaluator
     from .experiment import check_precision, ensure_concept_images, no_accelerator, reset_accelerate
     from .training.placement import Placement, process_settings
-    from .training.settings import HardwareSettings
     from .validation import Validator
-    from .validation import make_settings as make_validation_settings
 
     run_dir = Path(run_dir).expanduser().resolve()
     cfg = load_config(run_dir, list(overrides or []))
     files = run_files.embedding_files(run_dir)
-    settings = build(cfg.evaluation)
-    if not settings.enabled:
+    checked = check_config(cfg)
+    settings = checked.evaluation
+    if settings is None or not settings.enabled:
         raise TIError("evaluation.enabled is false", "drop evaluation=none / evaluation.enabled=false")
     concept = cfg.concept
-    hardware = HardwareSettings.from_node(cfg.hardware)
+    hardware, validation = checked.hardware, checked.validation
     check_precision(hardware)
-    data_settings = build(cfg.data)
-    validation = make_validation_settings(cfg.validation, concept.get("validation_prompt"), data_settings.resolution)
-    images = ConceptImages(ensure_concept_images(concept, Path(str(cfg.paths.cache_dir))), data_settings)
+    images = ConceptImages(ensure_concept_images(concept, Path(checked.paths.cache_dir)), checked.data)
     parts = build(cfg.model)
     embedding = add_placeholder_tokens(parts.tokenizer, parts.text_encoder, concept.placeholder_token,
                                        concept.initializer_token, concept.num_vectors)

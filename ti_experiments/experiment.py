@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checks import ConceptSettings, check_run_settings
-from .config import build, hydra_choices, options
+from .checks import RunConfig, check_config
+from .config import build, hydra_choices
 from .data import ConceptImages, TextualInversionDataset
 from .data.images import list_image_files
 from . import run_dir as run_files
@@ -24,17 +24,8 @@ from .records.run_record import MetricsLog, RunRecord, write_summary
 from .training import TrainingJob, run_training
 from .training.settings import HardwareSettings, TrainSettings
 from .validation import Validator
-from .validation import make_settings as make_validation_settings
 
 log = logging.getLogger(__name__)
-
-def check_concept(cfg: DictConfig) -> None:
-    if cfg.get("concept") is None:
-        raise TIError("no concept chosen",
-                      f"add +concept=NAME with NAME one of {', '.join(options('concept'))} "
-                      "(or your own conf/concept/NAME.yaml)")
-    ConceptSettings.from_node(cfg.concept)
-
 
 def ensure_concept_images(concept: DictConfig, cache_dir: Path) -> Path:
     """The concept's folder, filled from its source (Hub download, demo drawing) when missing or empty.
@@ -96,17 +87,16 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     """Train one concept; return the run directory. run.json says how it ended, whatever happens."""
     from accelerate import PartialState
 
-    check_concept(cfg)
+    checked = check_config(cfg)  # every setting, before the run's folder exists
     run_dir = Path(str(cfg.paths.output_dir)).expanduser()
     run_dir.mkdir(parents=True, exist_ok=True)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()  # a sweep's previous job must not count here
     # With several processes (accelerate launch) only the main one keeps the record.
     record = RunRecord(run_dir, cfg, overrides) if PartialState(cpu=no_accelerator()).is_main_process else None
-    hub = cfg.get("hub")
     try:
         # token, network and repository are checked before anything is trained, on the main process
-        settings = build(hub) if record and hub is not None else None
+        settings = checked.hub if record else None
         repo_id = check_can_push(settings, cfg.concept.placeholder_token) if settings and settings.push else None
         _train(cfg, run_dir, record)
     except KeyboardInterrupt as exc:
@@ -129,36 +119,52 @@ class Prepared:
     """Everything a run needs before Accelerate starts: checked settings, images, model, tokens."""
 
     cfg: DictConfig
+    settings: RunConfig
     run_dir: Path
-    data_settings: object
-    validation: object
     images: ConceptImages
-    tracker: object
     parts: object
     embedding: object
     tokens: list
     dataset: TextualInversionDataset
-    train: TrainSettings
-    hardware: HardwareSettings
     embedding_2: object = None  # SDXL: the second text encoder's placeholder rows
     init_from: dict | None = None
-    evaluation: object = None  # EvaluationSettings, or None when the config has no evaluation node
+
+    @property
+    def train(self) -> TrainSettings:
+        return self.settings.train
+
+    @property
+    def hardware(self) -> HardwareSettings:
+        return self.settings.hardware
+
+    @property
+    def data_settings(self):
+        return self.settings.data
+
+    @property
+    def validation(self):
+        return self.settings.validation
+
+    @property
+    def tracker(self):
+        return self.settings.logger
+
+    @property
+    def evaluation(self):
+        return self.settings.evaluation
 
 
 def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
-    """Check cheap things first (precision, data, validation), then load the model and add the tokens."""
+    """Check cheap things first (every setting, precision, data), then load the model and add the tokens."""
     concept = cfg.concept
     from accelerate.utils import set_seed
 
-    train, hardware = check_run_settings(cfg)
-    set_seed(int(cfg.seed))
-    check_precision(hardware)
-    data_settings = build(cfg.data)
-    validation = make_validation_settings(cfg.validation, concept.get("validation_prompt"), data_settings.resolution)
-    images = ConceptImages(ensure_concept_images(concept, Path(str(cfg.paths.cache_dir))), data_settings)
-    evaluation = build(cfg.evaluation) if cfg.get("evaluation") is not None else None
-    tracker = build(cfg.logger)
-    tracker.identify(run_dir, **hydra_identity())
+    settings = check_config(cfg)
+    set_seed(settings.run.seed)
+    check_precision(settings.hardware)
+    data_settings = settings.data
+    images = ConceptImages(ensure_concept_images(concept, Path(settings.paths.cache_dir)), data_settings)
+    settings.logger.identify(run_dir, **hydra_identity())
 
     init = start_embedding(cfg)
     parts = build(cfg.model)
@@ -183,9 +189,8 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
     if data_settings.captions != "none" and (cut := dataset.cut_placeholders()):
         log.warning("%d caption(s) are too long for the text encoder, which cuts off the placeholder, e.g. %s: "
                     "shorten them or put {} near the start", len(cut), images.paths[cut[0]])
-    return Prepared(cfg, run_dir, data_settings, validation, images, tracker, parts, embedding, tokens, dataset,
-                    train, hardware, embedding_2[0] if embedding_2 else None, init_from=describe_init(init) if init else None,
-                    evaluation=evaluation)
+    return Prepared(cfg, settings, run_dir, images, parts, embedding, tokens, dataset,
+                    embedding_2[0] if embedding_2 else None, init_from=describe_init(init) if init else None)
 
 
 def start_embedding(cfg: DictConfig):
@@ -239,8 +244,8 @@ def fit(p: Prepared, accelerator, metrics_log_factory, validator=None, evaluator
     return run_training(TrainingJob(
         accelerator=accelerator, parts=p.parts, embeddings=[e for e in (p.embedding, p.embedding_2) if e is not None],
         placeholder_token=cfg.concept.placeholder_token, pixels=p.images.pixels, dataset=p.dataset,
-        make_optimizer=build(cfg.optimizer), base_lr=cfg.optimizer.lr, make_scheduler=build(cfg.lr_scheduler),
-        train=p.train, hardware=p.hardware, data=p.data_settings, run_dir=p.run_dir, seed=int(cfg.seed),
+        make_optimizer=build(cfg.optimizer), base_lr=p.settings.optimizer.lr, make_scheduler=build(cfg.lr_scheduler),
+        train=p.train, hardware=p.hardware, data=p.data_settings, run_dir=p.run_dir, seed=p.settings.run.seed,
         resume_state={"placeholder_tokens": p.tokens, "model": p.parts.source, "config": comparable_settings(cfg)},
         metrics_log_factory=metrics_log_factory, validate=validator, evaluate=evaluator,
     ))

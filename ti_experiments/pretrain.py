@@ -8,7 +8,6 @@ the weights are committed.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time

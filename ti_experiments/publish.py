@@ -20,8 +20,11 @@ from pathlib import Path
 from . import run_dir as run_files
 from .errors import TIError, report_or_raise
 from .files import write_text_atomic
-from .run_dir import CARD as CARD_FILE  # the card as uploaded (README.md in the repository)
+from .run_dir import (
+    CARD as CARD_FILE,  # the card as uploaded (README.md in the repository)
+)
 from .run_dir import a1111_name
+from .settings import Settings, bound
 
 log = logging.getLogger(__name__)
 
@@ -29,24 +32,22 @@ _REPO_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$")
 
 
 @dataclass
-class HubSettings:
+class HubSettings(Settings):
     """The `hub` config group."""
 
+    GROUP = "hub"
+
     push: bool = False
-    repo_id: str | None = None
+    repo_id: str | None = bound(None, example="me/cat-toy")
     private: bool = True
-    license: str = "creativeml-openrail-m"
-    num_training_images: int = 4
+    license: str = bound("creativeml-openrail-m", example="creativeml-openrail-m")
+    num_training_images: int = bound(4, minimum=0, example="4")
 
     def __post_init__(self):
-        for key in ("push", "private"):
-            if not isinstance(getattr(self, key), bool):
-                raise TIError(f"hub.{key}={getattr(self, key)!r} is not true or false", f"use e.g. hub.{key}=true")
-        if self.repo_id is not None and not _REPO_ID.match(str(self.repo_id)):
+        super().__post_init__()
+        if self.repo_id is not None and not _REPO_ID.match(self.repo_id):
             raise TIError(f"hub.repo_id={self.repo_id!r} is not a Hub repository name",
                           "use NAME or USER/NAME (letters, digits, '-', '_', '.')")
-        if not isinstance(self.num_training_images, int) or self.num_training_images < 0:
-            raise TIError(f"hub.num_training_images={self.num_training_images!r} must be >= 0", "use e.g. 4")
 
 
 def _api():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,44 +15,43 @@ import torch
 from .errors import TIError
 from .files import atomic_path
 from .run_dir import validation_dir
+from .settings import Settings, bound, node_values
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class ValidationSettings:
-    """The `validation` config node."""
+class ValidationSettings(Settings):
+    """The `validation` config node (with the concept's prompt and the data's resolution filled in)."""
+
+    GROUP = "validation"
 
     enabled: bool = True
-    prompts: list = field(default_factory=list)
-    steps: int | None = 100
-    num_images: int = 4
-    num_inference_steps: int = 25
-    guidance_scale: float = 7.5
-    seed: int = 0
-    resolution: int = 512
+    prompts: list[str] = bound(factory=list, example="['a photo of <cat-toy>']")
+    # every N optimizer steps, and at the end (null: only at the end)
+    steps: int | None = bound(100, minimum=1, example="100")
+    num_images: int = bound(4, minimum=1, example="4")
+    num_inference_steps: int = bound(25, minimum=1, example="25")
+    guidance_scale: float = bound(7.5, minimum=0, example="7.5")
+    seed: int = bound(0, minimum=0, example="0")
+    resolution: int = bound(512, minimum=1, example="512")
 
     def __post_init__(self):
+        super().__post_init__()
         if self.enabled and not self.prompts:
             raise TIError("validation is on but has no prompt",
                           "set concept.validation_prompt or validation.prompts=[...], or validation.enabled=false")
-        if self.num_images < 1 or self.num_inference_steps < 1:
-            raise TIError("validation.num_images and validation.num_inference_steps must be >= 1",
-                          "set them to positive integers")
-        if self.steps is not None and self.steps < 1:
-            raise TIError(f"validation.steps={self.steps} must be >= 1 or null (only at the end)",
-                          "use e.g. validation.steps=100")
 
     def due(self, step: int, max_steps: int) -> bool:
         return self.enabled and (step >= max_steps or bool(self.steps and step % self.steps == 0))
 
 
 def make_settings(node, concept_prompt: str | None, resolution: int) -> ValidationSettings:
-    prompts = list(node.prompts) if node.get("prompts") else ([concept_prompt] if concept_prompt else [])
-    return ValidationSettings(enabled=bool(node.enabled), prompts=prompts, steps=node.steps,
-                              num_images=int(node.num_images), num_inference_steps=int(node.num_inference_steps),
-                              guidance_scale=float(node.guidance_scale), seed=int(node.seed),
-                              resolution=int(resolution))
+    """The node's settings; its prompts default to the concept's validation prompt."""
+    values = node_values(node)
+    if not values.get("prompts"):
+        values["prompts"] = [concept_prompt] if concept_prompt else []
+    return ValidationSettings.from_node({**values, "resolution": resolution})
 
 
 class Validator:
@@ -67,7 +66,11 @@ class Validator:
         self.run_dir = Path(run_dir)
 
     def _pipeline(self):
-        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+        from diffusers import (
+            DPMSolverMultistepScheduler,
+            StableDiffusionPipeline,
+            StableDiffusionXLPipeline,
+        )
 
         scheduler = DPMSolverMultistepScheduler.from_config(self.parts.noise_scheduler.config)
         if self.parts.is_sdxl:

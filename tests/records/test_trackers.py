@@ -20,7 +20,7 @@ def test_wandb_mode_resolution(monkeypatch, tmp_path):
     assert TrackerSettings().wandb_mode() == "online"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert TrackerSettings(mode="online").wandb_mode() == "disabled"
-    with pytest.raises(TIError, match="logger name"):
+    with pytest.raises(TIError, match=r"logger\.name='comet' is unknown; fix: use wandb, tensorboard or none"):
         TrackerSettings(name="comet")
 
 

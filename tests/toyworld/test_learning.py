@@ -1,6 +1,7 @@
 """Textual inversion on the toy world learns something real: the held-out loss of the learned token
-falls clearly below the initializer word's, towards the loss of the concept described in words, and
-the embedding loads back into diffusers and draws the concept's colour."""
+falls clearly below the initializer word's, towards the loss of the concept described in words; a
+resumed run learns the same embedding; the embedding loads back into diffusers and, through
+`generate`, draws the concept's colour, which the same embedding as a negative pushes away."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ pytestmark = [pytest.mark.train,
 
 TOY_RUN = ["+concept=demo", "logger=none", "validation.enabled=false", "train.max_steps=80",
            "evaluation.steps=40", "evaluation.image_metrics=false", "train.save_steps=40",
+           "train.checkpointing_steps=40",
            f"evaluation.description='{world.CONCEPTS['demo'].description()}'"]
 
 
@@ -39,6 +41,36 @@ def test_the_learned_token_beats_the_initializer_word_and_the_best_is_kept(toy_r
     assert summary["best_metric"] == "heldout_loss" and summary["best_step"] in (40, 80)
 
 
+def orange_share(images) -> float:
+    """The share of pixels of the demo toy's orange in [0, 1] float images [N, H, W, 3]."""
+    orange = np.array(world.COLOURS["orange"]) / 255
+    return float((np.abs(np.asarray(images, dtype=np.float64) - orange).sum(-1) < 0.25).mean())
+
+
+def test_a_run_resumed_from_its_checkpoint_learns_the_same_embedding(toy_run, tmp_path):
+    from safetensors.torch import load_file
+
+    resumed = run(compose(*TOY_RUN, f"train.resume_from_checkpoint={toy_run / 'checkpoint-40'}",
+                          output_dir=tmp_path / "resumed"))
+    learned = load_file(toy_run / "learned_embeds.safetensors")["<demo-toy>"]
+    assert torch.equal(load_file(resumed / "learned_embeds.safetensors")["<demo-toy>"], learned)
+    before = [r["heldout_loss"] for r in read_metrics(toy_run) if "heldout_loss" in r]
+    after = [r["heldout_loss"] for r in read_metrics(resumed) if "heldout_loss" in r]
+    assert after[-1] == before[-1]
+
+
+def test_generate_draws_the_concept_and_as_a_negative_pushes_it_away(toy_run):
+    from ti_experiments.generation import generate
+
+    def share(prompt: str, **kwargs) -> float:
+        images = generate(prompt, toy_run, num_images=8, steps=15, guidance=4.0, seed=0, progress=False, **kwargs)
+        return orange_share([np.asarray(i) / 255 for i in images])
+
+    assert share("a photo of a <demo-toy>") > share("a photo of a circle") + 0.02
+    plain = share("a photo of a large circle with ears")
+    assert share("a photo of a large circle with ears", negative_prompt="<demo-toy>") < plain
+
+
 def test_the_embedding_loads_into_diffusers_and_draws_the_concepts_colour(toy_run):
     from diffusers import StableDiffusionPipeline
 
@@ -47,10 +79,8 @@ def test_the_embedding_loads_into_diffusers_and_draws_the_concepts_colour(toy_ru
     pipe.load_textual_inversion(str(toy_run))
     pipe.set_progress_bar_config(disable=True)
 
-    def orange_share(prompt: str) -> float:
-        images = pipe([prompt] * 4, num_inference_steps=15, guidance_scale=4.0, height=32, width=32,
-                      generator=torch.Generator().manual_seed(0), output_type="np").images
-        orange = np.array(world.COLOURS["orange"]) / 255
-        return float((np.abs(images - orange).sum(-1) < 0.25).mean())
+    def share(prompt: str) -> float:
+        return orange_share(pipe([prompt] * 4, num_inference_steps=15, guidance_scale=4.0, height=32, width=32,
+                                 generator=torch.Generator().manual_seed(0), output_type="np").images)
 
-    assert orange_share("a photo of a <demo-toy>") > orange_share("a photo of a circle") + 0.02
+    assert share("a photo of a <demo-toy>") > share("a photo of a circle") + 0.02

@@ -57,3 +57,14 @@ def test_the_pretrain_command_builds_a_model_diffusers_loads(tmp_path):
     assert pipe.unet.dtype == torch.float32  # stored in half precision, loaded as the user's default
     image = pipe("a red circle", num_inference_steps=2, height=32, width=32, output_type="np").images[0]
     assert image.shape == (32, 32, 3)
+
+
+def test_a_restart_extends_a_finished_schedule_without_changing_its_past(tmp_path):
+    def stage(steps=100, **extra):
+        settings = pretraining.StageSettings(steps=steps, batch_size=1, lr=1.0, warmup_steps=10, **extra)
+        return pretraining.Stage("s", tmp_path, {"m": torch.nn.Linear(1, 1)}, settings, seed=0)
+
+    short, extended = stage(), stage(steps=300, restarts=(100,))
+    assert [extended.lr_at(s) for s in range(100)] == [short.lr_at(s) for s in range(100)]
+    assert extended.lr_at(99) == pytest.approx(0.1, abs=1e-3) and extended.lr_at(100) == pytest.approx(0.1)
+    assert extended.lr_at(109) == 1.0 and extended.lr_at(299) == pytest.approx(0.1, abs=1e-3)

@@ -6,12 +6,14 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import TIError
+from ..settings import Settings, bound
 from .templates import CAPTION_MODES, FILEWORDS, has_placeholder
 
 log = logging.getLogger(__name__)
@@ -26,24 +28,25 @@ INTERPOLATIONS = {
 
 
 @dataclass
-class DataSettings:
+class DataSettings(Settings):
     """The `data` config group: how images become training tensors."""
 
-    resolution: int = 512
+    GROUP = "data"
+
+    resolution: int = bound(512, minimum=1, example="512")
     center_crop: bool = False
-    flip_p: float = 0.5
-    interpolation: str = "bicubic"
-    repeats: int = 100
-    num_workers: int = 0
+    flip_p: float = bound(0.5, minimum=0, example="0.5")
+    interpolation: Literal[tuple(INTERPOLATIONS)] = "bicubic"
+    repeats: int = bound(100, minimum=1, example="100")
+    num_workers: int = bound(0, minimum=0, example="0")
     # none: templates only; file: each image's caption file; filewords: templates with [filewords] = caption
-    captions: str = "none"
-    caption_extension: str = ".txt"
+    captions: Literal[CAPTION_MODES] = "none"
+    caption_extension: str = bound(".txt", example=".txt")
     # null: the built-in templates of the concept's kind; or your own, with {} or [name] (and [filewords])
-    templates: list | None = None
+    templates: list[str] | None = bound(None, example="['a photo of {}']")
 
     def __post_init__(self):
-        if self.captions not in CAPTION_MODES:
-            raise TIError(f"data.captions={self.captions!r} is unknown", f"use one of {', '.join(CAPTION_MODES)}")
+        super().__post_init__()
         if not str(self.caption_extension).startswith(".") or len(str(self.caption_extension)) < 2:
             raise TIError(f"data.caption_extension={self.caption_extension!r} is not a file extension",
                           "use e.g. .txt or .caption")
@@ -58,19 +61,8 @@ class DataSettings:
             if self.captions == "filewords" and not any(FILEWORDS in t for t in self.templates):
                 raise TIError("data.captions=filewords but no template of data.templates has [filewords]",
                               "add [filewords] where the caption goes, e.g. 'a photo of {}, [filewords]'")
-        if self.interpolation not in INTERPOLATIONS:
-            raise TIError(
-                f"data.interpolation={self.interpolation!r} is unknown",
-                f"use one of {', '.join(INTERPOLATIONS)}",
-            )
-        if not isinstance(self.resolution, int) or self.resolution <= 0:
-            raise TIError(f"data.resolution={self.resolution!r} is not a positive integer", "use e.g. 512")
-        if not 0.0 <= float(self.flip_p) <= 1.0:
+        if self.flip_p > 1.0:
             raise TIError(f"data.flip_p={self.flip_p} is not a probability", "use a value in [0, 1]")
-        if not isinstance(self.repeats, int) or self.repeats < 1:
-            raise TIError(f"data.repeats={self.repeats!r} must be an integer >= 1", "use e.g. 100")
-        if not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise TIError(f"data.num_workers={self.num_workers!r} must be >= 0", "use 0 to load in the main process")
 
 
 def _open_rgb(path: Path, resolution: int) -> tuple[Image.Image, tuple[int, int]]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from omegaconf import OmegaConf
 
 from ..errors import TIError
+from ..settings import Settings, bound
 
 # The public names, as in metrics.jsonl and summary.json. Losses: lower is better; similarities: higher.
 METRICS = ("heldout_loss", "heldout_loss_init", "heldout_loss_words", "clip_i", "clip_t", "dino")
@@ -31,47 +33,37 @@ if not OmegaConf.has_resolver("ti.direction"):  # sweeps/optuna.yaml: direction:
 
 
 @dataclass
-class EvaluationSettings:
+class EvaluationSettings(Settings):
     """The `evaluation` config node (conf/evaluation/*.yaml)."""
+
+    GROUP = "evaluation"
 
     enabled: bool = True
     # held-out loss every N optimizer steps and at the end (null: only at the end)
-    steps: int | None = 100
-    heldout_samples: int = 16
-    heldout_seed: int = 0
+    steps: int | None = bound(100, minimum=1, example="100")
+    heldout_samples: int = bound(16, minimum=1, example="16")
+    heldout_seed: int = bound(0, minimum=0, example="0")
     # the concept in plain words ("large orange circle with ears"): heldout_loss_words scores that prompt too
-    description: str | None = None
-    heldout_batch_size: int = 8
+    description: str | None = bound(None, example="'large orange circle with ears'")
+    heldout_batch_size: int = bound(8, minimum=1, example="8")
     # true, false, or "auto": on where there is a GPU (or MPS), off on a CPU
-    image_metrics: bool | str = "auto"
-    # image metrics every N optimizer steps and at the end (null: only at the end)
-    image_steps: int | None = 500
+    image_metrics: Literal[True, False, "auto"] = "auto"
+    # image metrics every N optimizer steps and at the end (0 or null: only at the end, as train.save_steps)
+    image_steps: int | None = bound(500, minimum=0, example="500")
     # "dreambench" (the DreamBench object prompts, or our style prompts for a style), or a list with {}
-    prompts: object = "dreambench"
-    num_prompts: int | None = None
-    num_images: int = 4
-    batch_size: int = 8
+    prompts: str | list[str] = bound("dreambench", example="dreambench")
+    num_prompts: int | None = bound(None, minimum=1, example="5")
+    num_images: int = bound(4, minimum=1, example="4")
+    batch_size: int = bound(8, minimum=1, example="8")
     # the word that stands for the concept in CLIP-T's text (null: the concept's initializer token)
-    text_subject: str | None = None
-    clip_model: str = "openai/clip-vit-base-patch32"
-    dino_model: str = "facebook/dino-vits16"
+    text_subject: str | None = bound(None, example="toy")
+    clip_model: str = bound("openai/clip-vit-base-patch32", example="openai/clip-vit-base-patch32")
+    dino_model: str = bound("facebook/dino-vits16", example="facebook/dino-vits16")
     # learned_embeds-best.safetensors by this metric (null: clip_i with image metrics, else heldout_loss)
-    best_metric: str | None = None
+    best_metric: Literal[METRICS] | None = None
 
     def __post_init__(self):
-        if self.image_metrics not in (True, False, "auto"):
-            raise TIError(f"evaluation.image_metrics={self.image_metrics!r} is unknown", "use true, false or auto")
-        for key in ("heldout_samples", "heldout_batch_size", "num_images", "batch_size"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                raise TIError(f"evaluation.{key}={value!r} must be an integer >= 1", f"set evaluation.{key}")
-        for key in ("steps", "image_steps", "num_prompts"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise TIError(f"evaluation.{key}={value!r} must be an integer >= 1 or null", f"set evaluation.{key}")
-        if self.best_metric is not None and self.best_metric not in METRICS:
-            raise TIError(f"evaluation.best_metric={self.best_metric!r} is unknown",
-                          f"use one of {', '.join(METRICS)} (or null)")
+        super().__post_init__()
         if not isinstance(self.prompts, str):
             self.prompts = list(self.prompts)
 

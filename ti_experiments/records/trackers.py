@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import netrc
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from ..errors import TIError
 from ..files import write_text_atomic
 from ..run_dir import WANDB_ID
+from ..settings import Settings, bound
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +29,19 @@ def wandb_has_credentials() -> bool:
 
 
 @dataclass
-class TrackerSettings:
+class TrackerSettings(Settings):
     """The `logger` config group."""
 
-    name: str = "wandb"
-    project: str = "ti-experiments"
-    entity: str | None = None
-    run_name: str | None = None
-    group: str | None = None
-    tags: list = field(default_factory=list)
-    mode: str | None = None
+    GROUP = "logger"
 
-    def __post_init__(self):
-        if self.name not in TRACKERS:
-            raise TIError(f"logger name {self.name!r} is unknown", f"use logger={'|'.join(TRACKERS)}")
+    name: Literal[TRACKERS] = "wandb"
+    project: str = bound("ti-experiments", example="ti-experiments")
+    entity: str | None = bound(None, example="my-team")
+    run_name: str | None = bound(None, example="first-try")
+    group: str | None = bound(None, example="lr-sweep")
+    tags: list[str] = bound(factory=list, example="[baseline]")
+    # null or auto: online with credentials, else offline (WANDB_MODE wins)
+    mode: Literal["online", "offline", "disabled", "auto"] | None = None
 
     def identify(self, run_dir: Path, sweep: str | None = None, job: int | None = None,
                  choices: dict | None = None) -> None:

@@ -21,7 +21,9 @@ STAGES = ("vae", "generator", "judge", "classifier")
 
 def _settings(section) -> pretraining.StageSettings:
     fields = pretraining.StageSettings.__dataclass_fields__
-    return pretraining.StageSettings(**{k: v for k, v in section.items() if k in fields})
+    values = {k: v for k, v in section.items() if k in fields}
+    values["restarts"] = tuple(int(r) for r in values.get("restarts") or ())
+    return pretraining.StageSettings(**values)
 
 
 def _stage(name: str, work: Path, modules: dict, cfg) -> pretraining.Stage:

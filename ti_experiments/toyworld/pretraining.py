@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..files import atomic_dir, write_text_atomic
-from . import architecture, world
+from . import world
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,9 @@ class StageSettings:
     ema_decay: float | None = None
     checkpoint_every: int = 100
     log_every: int = 25
+    # steps where the schedule starts over (warm-up, then cosine to the next restart or the end): a
+    # stage extended after it finished is extended by a restart, so a rebuild retraces the same steps
+    restarts: tuple[int, ...] = ()
 
 
 class Stage:
@@ -86,10 +89,15 @@ class Stage:
         return self.step >= self.s.steps
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up, then cosine decay to a tenth of the peak at the stage's last step."""
-        if step < self.s.warmup_steps:
-            return self.s.lr * (step + 1) / self.s.warmup_steps
-        progress = (step - self.s.warmup_steps) / max(1, self.s.steps - self.s.warmup_steps)
+        """Linear warm-up, then cosine decay to a tenth of the peak at the end of the cycle (the stage's
+        last step, or its next restart)."""
+        bounds = [0, *sorted(r for r in self.s.restarts if 0 < r < self.s.steps), self.s.steps]
+        start = max(b for b in bounds[:-1] if b <= step)
+        end = bounds[bounds.index(start) + 1]
+        into = step - start
+        if into < self.s.warmup_steps:
+            return self.s.lr * (into + 1) / self.s.warmup_steps
+        progress = (into - self.s.warmup_steps) / max(1, end - start - self.s.warmup_steps)
         return self.s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
     def run(self, step_fn: Callable, max_seconds: float | None = None, until: int | None = None) -> None:
@@ -113,12 +121,12 @@ class Stage:
             self.step += 1
             self.seconds += time.monotonic() - t0
             if self.step % self.s.log_every == 0 or self.done:
-                row = {"step": self.step, "loss": float(loss), "lr": self.lr_at(self.step - 1),
+                row = {"step": self.step, "loss": loss.item(), "lr": self.lr_at(self.step - 1),
                        "seconds": round(self.seconds, 1), **figures}
                 with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
                 log.info("%s step %d/%d loss %.4f (%.2f s/step, %.0f s so far)", self.name, self.step, self.s.steps,
-                         float(loss), self.seconds / self.step, self.seconds)
+                         loss.item(), self.seconds / self.step, self.seconds)
             if self.step % self.s.checkpoint_every == 0 or self.done:
                 self.save()
 
@@ -184,7 +192,7 @@ def vae_step(vae, batch_size: int, kl_weight: float, object_weight: float):
         weight = 1 + object_weight * mask
         rec = ((y - x).abs() * weight).mean() + ((y - x) ** 2 * weight).mean()
         kl = posterior.kl().mean() / x[0].numel()
-        return rec + kl_weight * kl, {"rec": float(rec), "kl": float(kl)}
+        return rec + kl_weight * kl, {"rec": rec.item(), "kl": kl.item()}
     return step
 
 
@@ -245,7 +253,7 @@ def judge_step(judge, heads, tokenizer, batch_size: int):
         labels = [s.labels() for s in scenes]
         out = heads(vision.pooler_output)
         attribute = sum(F.cross_entropy(out[n], torch.tensor([lab[n] for lab in labels])) for n in names) / len(names)
-        return contrastive + attribute, {"contrastive": float(contrastive), "attribute": float(attribute)}
+        return contrastive + attribute, {"contrastive": contrastive.item(), "attribute": attribute.item()}
     return step
 
 

@@ -6,7 +6,9 @@
 - ti: textual inversion on every named concept with the demo's settings, 1 and 4 vectors: the held-out
   loss of the learned token, the initializer word and the concept's description in words; the judge's
   CLIP-I of "a photo of a <token>" images against the real images (and of the initializer's, and of the
-  real images among themselves); CLIP-T of prompts in new contexts against real renders of them.
+  real images among themselves); CLIP-T of prompts in new contexts against real renders of them. CLIP-T's
+  text names the concept by its description (real CLIP knows "a toy" in any colour; the judge has only
+  ever read complete descriptions, so the initializer word alone is outside what it can read).
 
 Everything is loaded from folders as a user would (the shipped weights, the run directories).
 """
@@ -100,7 +102,7 @@ def ti_figures(pipe, weights: Path, concepts: list[str], num_vectors: list[int],
         init_prompt = f"a photo of a {concept.initializer_token}"
         init_clip_i = scorer.score(generate(pipe, [init_prompt] * 16, seed), [init_prompt] * 16)["clip_i"]
         contexts = list(world.CONTEXTS)
-        texts = [c.format(concept.initializer_token) for c in contexts]
+        texts = [c.format(concept.description()) for c in contexts]
         in_context = [world.render(dataclasses.replace(s, **world.CONTEXTS[c]), rng)[0]
                       for c in contexts for s in concept.scenes(4, seed + 1)]
         real_clip_t = scorer.score(in_context, [t for t in texts for _ in range(4)])["clip_t"]
@@ -108,6 +110,7 @@ def ti_figures(pipe, weights: Path, concepts: list[str], num_vectors: list[int],
             run_dir = out / f"{name}-nv{k}"
             result = train(f"+concept={name}", "model=toyworld", "logger=none", "validation.enabled=false",
                            f"concept.num_vectors={k}", f"evaluation.description='{concept.description()}'",
+                           f"evaluation.text_subject='{concept.description()}'",
                            f"seed={seed}", *settings, *where, output_dir=run_dir)
             token = concept.placeholder_token
             pipe.load_textual_inversion(str(run_dir), token=token)

@@ -1,11 +1,13 @@
-"""The `train` and `hardware` config groups as typed settings: what a run trains, and on what."""
+"""The `train`, `hardware`, `optimizer` and `lr_scheduler` config groups as typed settings: what a run
+trains, on what, and how its steps are taken."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-from ..settings import Settings, bound
+from ..errors import TIError
+from ..settings import FactorySettings, Settings, bound
 
 
 @dataclass
@@ -47,3 +49,48 @@ class HardwareSettings(Settings):
     offload_idle: bool = False
     batch_size: int = bound(1, minimum=1, example="1")
     gradient_accumulation_steps: int = bound(1, minimum=1, example="4")
+
+
+@dataclass
+class OptimizerSettings(FactorySettings):
+    """The `optimizer` group: any torch optimizer (`_target_`, built with the parameters by the loop)."""
+
+    GROUP = "optimizer"
+    EXAMPLE_TARGET = "torch.optim.AdamW"
+    SUPPLIED = ("params",)
+
+    lr: float = bound(5e-4, positive=True, example="5e-4")
+    weight_decay: float | None = bound(None, minimum=0, example="1e-2")
+    eps: float | None = bound(None, positive=True, example="1e-8")
+    momentum: float | None = bound(None, minimum=0, example="0.9")
+    betas: list[float] | None = bound(None, minimum=0, example="[0.9,0.999]")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.betas is not None and (len(self.betas) != 2 or not all(b < 1 for b in self.betas)):
+            raise TIError(f"optimizer.betas={self.betas!r} is not two numbers in [0, 1)",
+                          "use e.g. optimizer.betas=[0.9,0.999]")
+
+
+@dataclass
+class SchedulerSettings(FactorySettings):
+    """The `lr_scheduler` group: a diffusers schedule (`_target_`, built with the optimizer and the steps)."""
+
+    GROUP = "lr_scheduler"
+    EXAMPLE_TARGET = "diffusers.optimization.get_scheduler"
+    SUPPLIED = ("optimizer", "num_training_steps", "last_epoch", "step_rules")
+
+    # get_scheduler's schedule name (null when _target_ is a schedule function itself)
+    name: str | None = bound(None, example="constant")
+    num_warmup_steps: int = bound(0, minimum=0, example="100")
+    num_cycles: float | None = bound(None, positive=True, example="1")
+    power: float | None = bound(None, positive=True, example="1.0")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.name is not None:
+            from diffusers.optimization import SchedulerType
+
+            names = [t.value for t in SchedulerType]
+            if self.name not in names:
+                raise TIError(f"lr_scheduler.name={self.name!r} is unknown", f"use one of {', '.join(names)}")
