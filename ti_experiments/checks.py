@@ -8,7 +8,7 @@ no class owns, so a key added later cannot go unchecked.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from omegaconf import DictConfig, OmegaConf
@@ -111,10 +111,11 @@ def check_concept(cfg: DictConfig) -> ConceptSettings:
 def check_config(cfg: DictConfig) -> RunConfig:
     """Every group of a run's config as its typed settings; the first bad value is one line naming its key."""
     top = [k for k in cfg if k not in GROUPS and k not in NOT_SETTINGS]
-    unknown = [k for k in top if k not in RunSettings.__dataclass_fields__]
+    settings = [f.name for f in fields(RunSettings)]
+    unknown = [k for k in top if k not in settings]
     if unknown:
         raise TIError(f"{unknown[0]} is not a setting", f"remove it; the config's top-level settings are "
-                      f"{', '.join(RunSettings.__dataclass_fields__)} and the groups {', '.join(GROUPS)}")
+                      f"{', '.join(settings)} and the groups {', '.join(GROUPS)}")
     checked = {"run": RunSettings.from_node({k: cfg[k] for k in top})}
     # in GROUPS' order, so a value that others interpolate (hardware.batch_size) is named where it is set
     for name, cls in GROUPS.items():

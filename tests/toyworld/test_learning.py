@@ -62,13 +62,15 @@ def test_a_run_resumed_from_its_checkpoint_learns_the_same_embedding(toy_run, tm
 def test_generate_draws_the_concept_and_as_a_negative_pushes_it_away(toy_run):
     from ti_experiments.generation import generate
 
-    def share(prompt: str, **kwargs) -> float:
-        images = generate(prompt, toy_run, num_images=8, steps=15, guidance=4.0, seed=0, progress=False, **kwargs)
+    def share(prompt: str, embeddings=(), **kwargs) -> float:
+        images = generate(prompt, embeddings, model=str(shipped.MODEL_DIR), num_images=8, steps=15, guidance=4.0,
+                          seed=0, progress=False, **kwargs)
         return orange_share([np.asarray(i) / 255 for i in images])
 
-    assert share("a photo of a <demo-toy>") > share("a photo of a circle") + 0.02
-    plain = share("a photo of a large circle with ears")
-    assert share("a photo of a large circle with ears", negative_prompt="<demo-toy>") < plain
+    assert share("a photo of a <demo-toy>", toy_run) > share("a photo of a circle") + 0.02
+    # the concept as a negative embedding pushes the picture away from it: fewer of its orange pixels
+    plain = share("a photo of a large orange circle")
+    assert share("a photo of a large orange circle", negative_embeddings=[toy_run]) < plain - 0.03
 
 
 def test_the_embedding_loads_into_diffusers_and_draws_the_concepts_colour(toy_run):
