@@ -63,3 +63,19 @@ def test_report_on_nothing_is_a_clean_error(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 2 and "fix:" in err
+
+
+def test_settings_over_seeds_compare_the_settings_with_the_seeds_spread(tmp_path):
+    from ti_experiments.report import seed_table
+
+    def fake(lr, seed, loss):
+        return {"dir": tmp_path / f"{lr}-{seed}", "config": {"optimizer.lr": lr, "seed": seed},
+                "summary": {"heldout_loss": loss}, "record": {}, "metrics": []}
+
+    runs = [fake(1e-3, 0, 0.50), fake(1e-3, 1, 0.52), fake(1e-2, 0, 0.40), fake(1e-2, 1, 0.41)]
+    header, rows, lines = seed_table(runs)
+    assert header == ["optimizer.lr", "seeds", "heldout_loss mean", "heldout_loss seed spread"]
+    assert rows[0][:3] == [1e-3, 2, pytest.approx(0.51)] and rows[1][3] == pytest.approx(0.01)
+    assert lines == ["heldout_loss: the settings' means differ by 0.105; the largest spread between seeds of one "
+                     "setting is 0.02 (5.2x)"]
+    assert seed_table(runs[:1] + runs[2:3]) is None  # one seed: nothing to compare

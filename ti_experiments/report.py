@@ -4,7 +4,8 @@ PATH is a run directory or any directory above runs (a sweep). One row per run: 
 differ between the runs, status, final loss, speed, memory and any evaluation metric in summary.json.
 Writes report.md, report.csv, loss_curves.png, sweep.png (final loss and metrics against each value that
 differs), validation.png and evaluation.png (held-out loss, CLIP-I/CLIP-T/DINO against the step); failed and
-unfinished runs are kept.
+unfinished runs are kept. When the runs differ in `seed` and in something else, report.md also has each
+setting's mean over its seeds and their spread, and says whether the settings differ by more than the seeds.
 """
 
 from __future__ import annotations
@@ -93,6 +94,46 @@ def table(runs: list[dict]) -> tuple[list[str], list[list]]:
                      s.get("steps_per_sec"), round(peak / 2**30, 3) if peak else None,
                      *[s.get(k) for k in metrics]])
     return header, rows
+
+
+SEED_METRICS = ("heldout_loss", "avg_loss", "final_loss", "clip_i", "clip_t", "dino")
+
+
+def seed_table(runs: list[dict]) -> tuple[list[str], list[list], list[str]] | None:
+    """Each setting (the differing keys other than `seed`) with its mean and spread (max - min) over the
+    seeds it ran with, per metric; and a line per metric comparing the settings' spread of means with the
+    largest spread between seeds. None unless the runs differ in the seed and in something else."""
+    varying = differing_keys(runs)
+    others = [k for k in varying if k != "seed"]
+    if "seed" not in varying or not others:
+        return None
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(tuple(json.dumps(r["config"].get(k), default=str) for k in others), []).append(r)
+    metrics = [m for m in SEED_METRICS if any(isinstance(r["summary"].get(m), (int, float)) for r in runs)]
+    header, rows, stats = [*others, "seeds"], [], {m: ([], []) for m in metrics}
+    for m in metrics:
+        header += [f"{m} mean", f"{m} seed spread"]
+    for key, members in groups.items():
+        row = [json.loads(v) for v in key] + [len(members)]
+        for m in metrics:
+            values = [r["summary"][m] for r in members if isinstance(r["summary"].get(m), (int, float))]
+            mean = sum(values) / len(values) if values else None
+            spread = max(values) - min(values) if len(values) > 1 else None
+            row += [mean, spread]
+            if mean is not None:
+                stats[m][0].append(mean)
+            if spread is not None:
+                stats[m][1].append(spread)
+        rows.append(row)
+    lines = []
+    for m, (means, spreads) in stats.items():
+        if len(means) > 1 and spreads:
+            between, within = max(means) - min(means), max(spreads)
+            lines.append(f"{m}: the settings' means differ by {between:.4g}; the largest spread between seeds of "
+                         f"one setting is {within:.4g} ({between / within:.1f}x)" if within else
+                         f"{m}: the settings' means differ by {between:.4g}; the seeds agree exactly")
+    return header, rows, lines
 
 
 def _fmt(value) -> str:
@@ -258,6 +299,10 @@ def report(paths: list[Path], out: Path | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     header, rows = table(runs)
     text = markdown(header, rows)
+    seeds = seed_table(runs)
+    if seeds:
+        text += "\n## Settings over seeds\n\n" + markdown(seeds[0], seeds[1]) + "\n" + \
+            "".join(f"- {line}\n" for line in seeds[2])
     write_text_atomic(out / "report.md", text)
     write_csv(out / "report.csv", header, rows)
     plot_losses(out / "loss_curves.png", runs, names)

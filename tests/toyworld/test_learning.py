@@ -59,7 +59,8 @@ def test_a_run_resumed_from_its_checkpoint_learns_the_same_embedding(toy_run, tm
     assert after[-1] == before[-1]
 
 
-def test_generate_draws_the_concept_and_as_a_negative_pushes_it_away(toy_run):
+def test_generate_draws_the_concept_and_as_a_negative_pushes_it_away(toy_run, tmp_path):
+    from ti_experiments.export import export
     from ti_experiments.generation import generate
 
     def share(prompt: str, embeddings=(), **kwargs) -> float:
@@ -67,7 +68,11 @@ def test_generate_draws_the_concept_and_as_a_negative_pushes_it_away(toy_run):
                           seed=0, progress=False, **kwargs)
         return orange_share([np.asarray(i) / 255 for i in images])
 
-    assert share("a photo of a <demo-toy>", toy_run) > share("a photo of a circle") + 0.02
+    circle = share("a photo of a circle")
+    assert share("a photo of a <demo-toy>", toy_run) > circle + 0.02
+    # exported for A1111/ComfyUI (the file's name is the token) and loaded back: the same concept
+    a1111 = export(toy_run, "a1111", tmp_path / "demo-toy.safetensors")
+    assert share("a photo of a demo-toy", a1111) > circle + 0.02
     # the concept as a negative embedding pushes the picture away from it: fewer of its orange pixels
     plain = share("a photo of a large orange circle")
     assert share("a photo of a large orange circle", negative_embeddings=[toy_run]) < plain - 0.03

@@ -18,7 +18,7 @@ from conftest import REPO, run_cli
 pytestmark = pytest.mark.slow
 
 RUN = ["+concept=demo", "model=tiny", "hardware=cpu", "logger=none", "validation.enabled=false",
-       "train.max_steps=60", "train.save_steps=null", "train.checkpointing_steps=null",
+       "train.max_steps=30", "train.save_steps=null", "train.checkpointing_steps=null",
        "train.gradient_accumulation_steps=2"]
 
 
@@ -44,7 +44,7 @@ def test_a_stopped_run_saves_its_state_and_resumes_to_the_same_result(tmp_path, 
     record = json.loads((stopped / "run.json").read_text())
     assert record["status"] == "interrupted"
     step = _steps_done(stopped)
-    assert 5 <= step < 60
+    assert 5 <= step < 30
     assert (stopped / f"checkpoint-{step}" / "trainer_state.json").exists()
     assert (stopped / f"learned_embeds-steps-{step}.safetensors").exists()
     assert not (stopped / "learned_embeds.safetensors").exists()
@@ -78,4 +78,4 @@ def test_kill_9_leaves_only_complete_files_and_resume_finishes(tmp_path):
         assert (checkpoint / "trainer_state.json").exists() and (checkpoint / "model.safetensors").exists()
     resumed = run_cli(*args, f"hydra.run.dir={run_dir}", "train.resume_from_checkpoint=latest")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 60
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 30
