@@ -69,7 +69,7 @@ def test_settings_over_seeds_compare_the_settings_with_the_seeds_spread(tmp_path
     from ti_experiments.report import seed_table
 
     def fake(lr, seed, loss):
-        return {"dir": tmp_path / f"{lr}-{seed}", "config": {"optimizer.lr": lr, "seed": seed},
+        return {"dir": tmp_path / f"{lr}-{seed}", "config": {"optimizer.lr": lr, "seed": seed, "validation.seed": seed},
                 "summary": {"heldout_loss": loss}, "record": {}, "metrics": []}
 
     runs = [fake(1e-3, 0, 0.50), fake(1e-3, 1, 0.52), fake(1e-2, 0, 0.40), fake(1e-2, 1, 0.41)]

@@ -104,7 +104,8 @@ def seed_table(runs: list[dict]) -> tuple[list[str], list[list], list[str]] | No
     seeds it ran with, per metric; and a line per metric comparing the settings' spread of means with the
     largest spread between seeds. None unless the runs differ in the seed and in something else."""
     varying = differing_keys(runs)
-    others = [k for k in varying if k != "seed"]
+    # keys that follow the seed (validation.seed: ${seed}) are the seed, not a setting
+    others = [k for k in varying if k != "seed" and any(r["config"].get(k) != r["config"].get("seed") for r in runs)]
     if "seed" not in varying or not others:
         return None
     groups: dict[tuple, list[dict]] = {}
@@ -126,6 +127,7 @@ def seed_table(runs: list[dict]) -> tuple[list[str], list[list], list[str]] | No
             if spread is not None:
                 stats[m][1].append(spread)
         rows.append(row)
+    rows.sort(key=lambda row: [(0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for v in row[:len(others)]])
     lines = []
     for m, (means, spreads) in stats.items():
         if len(means) > 1 and spreads:
