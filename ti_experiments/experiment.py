@@ -107,6 +107,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
         if record:
             record.finish("failed", exc)
         raise
+    finally:
+        reset_accelerate()  # also when the run failed before training began (the next run starts clean)
     if record:
         record.finish("completed")
         if repo_id:  # the run is complete whatever happens to the upload; a failed upload says how to retry
@@ -186,11 +188,25 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
                                       concept.learnable_property, data_settings.flip_p, **sdxl,
                                       captions=images.captions, caption_mode=data_settings.captions,
                                       templates=data_settings.templates)
-    if data_settings.captions != "none" and (cut := dataset.cut_placeholders()):
-        log.warning("%d caption(s) are too long for the text encoder, which cuts off the placeholder, e.g. %s: "
-                    "shorten them or put {} near the start", len(cut), images.paths[cut[0]])
+    check_room(dataset, concept.num_vectors, data_settings.captions != "none")
     return Prepared(cfg, settings, run_dir, images, parts, embedding, tokens, dataset,
                     embedding_2[0] if embedding_2 else None, init_from=describe_init(init) if init else None)
+
+
+def check_room(dataset: TextualInversionDataset, num_vectors: int, captions: bool) -> None:
+    """Every placeholder vector must reach the text encoder in every training prompt: a vector cut off by
+    the limit on positions would stay untrained and still be saved as part of the concept."""
+    room = dataset.placeholder_room()
+    if room is None:
+        return
+    fit, prompt = room
+    limit = dataset.tokenizer.model_max_length
+    shown = prompt if len(prompt) <= 80 else prompt[:77] + "..."
+    fix = f"use concept.num_vectors={fit} or fewer" if fit else "put {} near the start of the prompt"
+    if captions:
+        fix += ", or shorten the captions (or put {} near their start)"
+    raise TIError(f"only {fit} of concept.num_vectors={num_vectors} placeholder vectors fit in the text encoder's "
+                  f"{limit} positions with the training prompt {shown!r}", fix)
 
 
 def start_embedding(cfg: DictConfig):

@@ -245,3 +245,25 @@ def test_a_tiny_run_trains_on_the_captions(tmp_path, monkeypatch):
     assert (run_dir / "learned_embeds.safetensors").is_file()
     assert set(seen) == {"a photo of <demo-toy>, a <demo-toy> on a red carpet",
                          "a photo of <demo-toy>, a <demo-toy> in a blue box"}
+
+
+def test_placeholder_vectors_that_cannot_reach_the_text_encoder_are_refused(tiny_model_path):
+    from transformers import CLIPTokenizer
+
+    from ti_experiments.experiment import check_room
+
+    tok = CLIPTokenizer.from_pretrained(tiny_model_path, subfolder="tokenizer")
+    tokens = ["<x>"] + [f"<x>_{i}" for i in range(1, 100)]
+    tok.add_tokens(tokens)
+
+    def dataset(n: int):
+        return TextualInversionDataset(1, 1, tok, " ".join(tokens[:n]), "object", 0.0)
+
+    assert dataset(4).placeholder_room() is None
+    check_room(dataset(4), 4, captions=False)
+    fit, prompt = dataset(100).placeholder_room()
+    assert 60 < fit < 75 and "<x>_1" in prompt  # the longest template leaves room for `fit`
+    assert dataset(fit).placeholder_room() is None
+    with pytest.raises(TIError, match=rf"only {fit} of concept.num_vectors=100 .* 77 positions.*"
+                                      rf"fix: use concept.num_vectors={fit} or fewer"):
+        check_room(dataset(100), 100, captions=False)

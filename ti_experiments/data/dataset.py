@@ -41,6 +41,20 @@ class TextualInversionDataset(Dataset):
     def __len__(self) -> int:
         return self.num_images * self.repeats
 
+    def placeholder_room(self) -> tuple[int, str] | None:
+        """Where some prompt leaves room for fewer placeholder vectors than it holds: the number that
+        fit in the text encoder's positions with the tightest prompt, and that prompt; None when all fit."""
+        ids = set(self.tokenizer.convert_tokens_to_ids(self.placeholder_string.split()))
+        limit = self.tokenizer.model_max_length
+        tightest = None
+        for i in range(self.num_images):
+            for text in self.prompts.all_texts(i):
+                kept = self.tokenizer(text, truncation=True, max_length=limit).input_ids
+                fit = sum(t in ids for t in kept)
+                if fit < len(ids) and (tightest is None or fit < tightest[0]):
+                    tightest = (fit, text)
+        return tightest
+
     def cut_placeholders(self) -> list[int]:
         """Images with a prompt so long that the text encoder's limit cuts off (some of) the placeholder:
         such an item teaches nothing about the vectors it drops."""
