@@ -98,7 +98,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
         # token, network and repository are checked before anything is trained, on the main process
         settings = checked.hub if record else None
         repo_id = check_can_push(settings, cfg.concept.placeholder_token) if settings and settings.push else None
-        _train(cfg, run_dir, record)
+        _train(cfg, run_dir, record, checked)
     except KeyboardInterrupt as exc:
         if record:
             record.finish("interrupted", exc)
@@ -156,12 +156,13 @@ class Prepared:
         return self.settings.evaluation
 
 
-def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
-    """Check cheap things first (every setting, precision, data), then load the model and add the tokens."""
+def prepare(cfg: DictConfig, run_dir: Path, settings: RunConfig | None = None) -> Prepared:
+    """Check cheap things first (every setting, unless `run` already did; precision, data), then load the
+    model and add the tokens."""
     concept = cfg.concept
     from accelerate.utils import set_seed
 
-    settings = check_config(cfg)
+    settings = settings or check_config(cfg)
     set_seed(settings.run.seed)
     check_precision(settings.hardware)
     data_settings = settings.data
@@ -282,9 +283,9 @@ def make_evaluator(p: Prepared, accelerator, validator):
                      run_dir=p.run_dir, concept=p.cfg.concept, image_paths=p.images.paths, generator=generator)
 
 
-def _train(cfg: DictConfig, run_dir: Path, record: RunRecord | None = None) -> None:
+def _train(cfg: DictConfig, run_dir: Path, record: RunRecord | None = None, settings: RunConfig | None = None) -> None:
     started = time.perf_counter()
-    p = prepare(cfg, run_dir)
+    p = prepare(cfg, run_dir, settings)
     if record and p.init_from:
         record.note(init_from=p.init_from)
     accelerator = make_accelerator(p.hardware, p.tracker, run_dir)
@@ -317,8 +318,7 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord | None = None) -> N
                      run_dir / run_files.EMBEDDING)
         failed = False
     finally:
-        p.tracker.finish(accelerator, failed=failed)
-        reset_accelerate()
+        p.tracker.finish(accelerator, failed=failed)  # run() then resets Accelerate
 
 
 def tensor_sha256(tensor: torch.Tensor) -> str:

@@ -89,8 +89,9 @@ class FactorySettings(Settings):
     def from_node(cls, node):
         import inspect
 
-        target = str(dict(_plain(node) or {}).get("_target_", ""))
-        values = node_values(node)
+        raw = dict(_plain(node) or {})
+        target = str(raw.get("_target_", ""))
+        values = {k: v for k, v in raw.items() if k not in HYDRA_KEYS}
         try:
             parameters = inspect.signature(_locate(target)).parameters
         except Exception:  # noqa: BLE001 - a target that does not import is the user's to fix
