@@ -173,3 +173,17 @@ def test_an_sdxl_card_loads_both_encoders_and_lists_both_files(tmp_path):
     assert "`clip_l` and `clip_g`" in card and "heldout_loss" in card
     assert {dest for _, dest in files_to_upload(tmp_path, config)} >= {
         "learned_embeds.safetensors", "learned_embeds_2.safetensors", "x.safetensors"}
+
+
+def test_the_check_before_a_push_answers_within_15_s_when_the_hub_never_does(monkeypatch, silent_server):
+    import time
+
+    from huggingface_hub import HfApi, constants
+
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read once, at import: the suite runs offline
+    monkeypatch.setattr(publish, "_api", lambda: HfApi(endpoint=silent_server))
+    started = time.perf_counter()
+    with pytest.raises(TIError, match=r"^cannot reach the Hugging Face Hub \(no answer within 8 s\); fix: "):
+        publish.check_can_push(publish.HubSettings(push=True), "<demo-toy>")
+    assert time.perf_counter() - started < 15

@@ -92,3 +92,48 @@ def test_checkpoints_are_complete_ones_in_step_order(tmp_path):
         if complete:
             (folder / run_files.CHECKPOINT_STATE).write_text("{}")
     assert [p.name for p in run_files.list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-10"]
+
+
+def _finished_run(folder, checkpoint: bool = False):
+    run_files.write_json(folder / run_files.RECORD, {"status": "completed"})
+    run_files.write_concept(folder, "<t>", [torch.zeros(1, 4)])
+    if checkpoint:
+        (run_files.checkpoint_dir(folder, 2)).mkdir()
+        (run_files.checkpoint_dir(folder, 2) / run_files.CHECKPOINT_STATE).write_text("{}")
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+@pytest.mark.parametrize("leftover", [run_files.RECORD, run_files.METRICS, run_files.COMPOSED_CONFIG,
+                                      "learned_embeds-steps-2.safetensors", "checkpoint-2"])
+def test_any_trace_of_a_run_makes_a_folder_taken(tmp_path, leftover):
+    assert not run_files.holds_run(tmp_path)
+    path = tmp_path / leftover
+    path.mkdir(parents=True) if leftover.startswith("checkpoint") else (path.parent.mkdir(exist_ok=True), path.write_text("{}"))
+    assert run_files.holds_run(tmp_path)
+
+
+def test_a_folder_that_holds_a_run_is_refused_unless_the_run_resumes_it(tmp_path):
+    before = _finished_run(tmp_path)
+    with pytest.raises(TIError, match=rf"^{tmp_path} already holds a run \(run.json: completed\).*no checkpoint"):
+        with run_files.claim(tmp_path):
+            pass
+    with pytest.raises(TIError, match="already holds a run"):  # nothing to resume: still refused
+        with run_files.claim(tmp_path, "latest"):
+            pass
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    _finished_run(tmp_path, checkpoint=True)
+    for resume in ("latest", str(tmp_path), str(run_files.checkpoint_dir(tmp_path, 2))):
+        with run_files.claim(tmp_path, resume):
+            pass
+    other = tmp_path.parent / (tmp_path.name + "-other")
+    _finished_run(other, checkpoint=True)
+    with pytest.raises(TIError, match="train.resume_from_checkpoint=latest"):  # another run's checkpoint
+        with run_files.claim(tmp_path, str(run_files.checkpoint_dir(other, 2))):
+            pass
+
+
+def test_a_held_run_folder_is_refused_before_its_contents_are_looked_at(tmp_path):
+    with run_files.claim(tmp_path):
+        with pytest.raises(TIError, match=r"is in use by a run \(process \d+\); fix: wait for it to end"):
+            with run_files.claim(tmp_path):
+                pass

@@ -43,7 +43,7 @@ def _task(cfg: DictConfig):
 
 def _distributed_args(argv: list[str]) -> list[str]:
     """Under accelerate launch / torchrun every process runs this command: they must share one run
-    directory, and only the first may write Hydra's files and the log file."""
+    directory, and only the first may write the log file (and hold the folder, and write Hydra's files)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return argv
     if any(a in ("-m", "--multirun") for a in argv):
@@ -53,7 +53,7 @@ def _distributed_args(argv: list[str]) -> list[str]:
         raise TIError("several processes need one run directory, and each would pick its own timestamp",
                       "add hydra.run.dir=outputs/runs/NAME to the command")
     if int(os.environ.get("RANK", "0")) > 0:
-        argv = argv + ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+        argv = argv + ["hydra/job_logging=stdout"]
     return argv
 
 

@@ -79,7 +79,6 @@ def train(*overrides: str, config: DictConfig | None = None, output_dir: str | o
         HydraConfig.instance().set_config(full)  # `${hydra:runtime.output_dir}` and the choices, as in the CLI
     with _log_file(run_dir / run_files.LOG):
         try:
-            run_files.write_configs(run_dir, task_cfg, list(overrides), composed=True)
             run(task_cfg, overrides=list(overrides))
         finally:
             HydraConfig.instance().cfg = previous
@@ -117,7 +116,7 @@ class _log_file:
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handlers = [logging.FileHandler(self.path, encoding="utf-8")]
+        self.handlers = [logging.FileHandler(self.path, encoding="utf-8", delay=True)]
         if not self.logger.handlers and not logging.getLogger().handlers:
             self.handlers.append(logging.StreamHandler())
         for handler in self.handlers:

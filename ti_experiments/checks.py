@@ -20,7 +20,7 @@ from .evaluation.settings import EvaluationSettings
 from .models.settings import ModelSettings
 from .publish import HubSettings
 from .records.trackers import TrackerSettings
-from .settings import Settings, bound
+from .settings import Settings, bound, seed_bound
 from .training.settings import (
     HardwareSettings,
     OptimizerSettings,
@@ -53,7 +53,7 @@ class ConceptSettings(Settings):
 class RunSettings(Settings):
     """The top-level keys of conf/config.yaml that are not groups."""
 
-    seed: int = bound(0, minimum=0, example="0")
+    seed: int = seed_bound()
     # the summary.json key a searching sweeper optimises
     objective: str = bound("avg_loss", example="heldout_loss")
     # set by `reproduce`: the run this one repeats

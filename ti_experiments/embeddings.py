@@ -202,6 +202,9 @@ def _as_rows(value, path: Path, key: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor) or value.ndim not in (1, 2) or not value.is_floating_point():
         raise TIError(f"{path}: {key!r} is not a 1-D or 2-D float tensor", "pass a textual-inversion embedding file")
     tensor = value.detach().to(torch.float32)
+    if not torch.isfinite(tensor).all():  # a broken file, named here, not blamed later on the learning rate
+        raise TIError(f"{path}: {key!r} holds values that are not finite (NaN or inf)",
+                      "use another embedding file: this one is broken (a run that diverged, or a cut copy)")
     return tensor.unsqueeze(0) if tensor.ndim == 1 else tensor
 
 

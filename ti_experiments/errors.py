@@ -32,9 +32,19 @@ def user_message(exc: BaseException) -> str | None:
     if isinstance(exc, OSError) and exc.filename:  # a path the user gave: unwritable, not a folder, disk full
         return (f"error: cannot write {exc.filename} ({exc.strerror or exc.__class__.__name__}); fix: choose a "
                 "writable hydra.run.dir (or TI_OUTPUT_ROOT) with free space")
+    if _out_of_memory(exc):
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        return (f"error: out of memory ({first}); fix: use a smaller data.resolution or train.batch_size "
+                "(generate: --width/--height), or hardware=low_vram")
     if isinstance(exc, (HydraException, OmegaConfBaseException)) and not SHOW_HYDRA_TRACEBACKS:
         return f"error: {hydra_error(exc)}"
     return None
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Python's MemoryError, torch's CUDA OOM, and the CPU allocator's failure (a RuntimeError)."""
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))
 
 
 def hydra_error(exc: BaseException) -> TIError:

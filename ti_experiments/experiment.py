@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -89,11 +90,23 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
 
     checked = check_config(cfg)  # every setting, before the run's folder exists
     run_dir = Path(str(cfg.paths.output_dir)).expanduser()
+    # With several processes (accelerate launch) only the main one holds the folder and keeps the record.
+    main = PartialState(cpu=no_accelerator()).is_main_process
+    try:
+        with run_files.claim(run_dir, checked.train.resume_from_checkpoint) if main else nullcontext():
+            return _run(cfg, run_dir, checked, overrides, main)
+    finally:
+        reset_accelerate()  # also when the run failed before training began (the next run starts clean)
+
+
+def _run(cfg: DictConfig, run_dir: Path, checked: RunConfig, overrides: list[str] | None, main: bool) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()  # a sweep's previous job must not count here
-    # With several processes (accelerate launch) only the main one keeps the record.
-    record = RunRecord(run_dir, cfg, overrides) if PartialState(cpu=no_accelerator()).is_main_process else None
+    record = None
+    if main:
+        run_files.write_configs(run_dir, cfg, overrides, composed=True)  # what Hydra would, once the folder is ours
+        record = RunRecord(run_dir, cfg, overrides)
     try:
         # token, network and repository are checked before anything is trained, on the main process
         settings = checked.hub if record else None
@@ -107,8 +120,6 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
         if record:
             record.finish("failed", exc)
         raise
-    finally:
-        reset_accelerate()  # also when the run failed before training began (the next run starts clean)
     if record:
         record.finish("completed")
         if repo_id:  # the run is complete whatever happens to the upload; a failed upload says how to retry

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a resumed run after `kill -9`) never sees a half-written file."""
+"""Atomic file writes (a reader, or a resumed run after `kill -9`, never sees a half-written file), and the
+lock that gives a folder to one process at a time."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import shutil
 import tempfile
 from pathlib import Path
 from collections.abc import Iterator
+
+from .errors import TIError
+
+LOCK_FILE = ".lock"
 
 
 def _raise_named(exc: Exception, path: Path):
@@ -79,3 +84,36 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, use: str, fix: str) -> Iterator[Path]:
+    """Hold `folder` for this process until the block ends. Another process (or another holder in this one)
+    is refused at once with one line naming the folder, what holds it (its `use`, e.g. "a run") and `fix`.
+
+    An advisory lock on FOLDER/.lock (flock): the kernel releases it when the process dies, so a run killed
+    with kill -9 never blocks its own resume, and there is no stale lock to clean up.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; one process per folder is then the user's to keep
+        yield folder
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise OSError(exc.errno, exc.strerror, str(path)) from exc
+            pid, _, holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip().partition(" ")
+            raise TIError(f"{folder} is in use by {holder or 'another process'}"
+                          + (f" (process {pid})" if pid.isdigit() else ""), fix) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {use}\n".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)  # releases the lock

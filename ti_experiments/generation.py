@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import shlex
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +27,9 @@ from . import run_dir as run_files
 from .embeddings import FAMILY_BY_WIDTHS, EmbeddingFile, load_into_pipeline
 from .run_dir import read_embedding
 from .errors import TIError, report_or_raise
+from .files import folder_lock
+from .records.memory import refuse_beyond_memory
+from .settings import SEED_MAX
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +185,27 @@ class Settings:
     def check(self) -> None:
         if self.steps < 1:
             raise TIError(f"steps={self.steps} must be >= 1", "use e.g. --steps 30")
+        if not math.isfinite(self.guidance):
+            raise TIError(f"guidance={self.guidance} is not a finite number", "use e.g. --guidance 7.5")
         for name in ("width", "height"):
             value = getattr(self, name)
             if value is not None and (value < 8 or value % 8):
                 raise TIError(f"{name}={value} is not a positive multiple of 8", f"use e.g. --{name} 512")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise TIError(f"scheduler {self.scheduler!r} is unknown", f"use one of {', '.join(SCHEDULERS)}")
+        # the decoded image as floats alone (the VAE needs more)
+        refuse_beyond_memory(self.width * self.height * 3 * 4, f"a {self.width}x{self.height} image",
+                             "use the model's resolution, e.g. --width 512 --height 512")
+
+
+def check_seed(seed, num_images: int) -> None:
+    """Image i uses seed + i: every one of them must be a seed (0 to SEED_MAX), as in training."""
+    if seed is None:
+        return
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX - (num_images - 1):
+        last = f" (image i uses seed + i, up to seed + {num_images - 1})" if num_images > 1 else ""
+        raise TIError(f"seed={seed!r} is not an integer between 0 and {SEED_MAX - (num_images - 1)}{last}",
+                      "use e.g. --seed 0")
 
 
 def set_scheduler(pipe, name: str | None) -> None:
@@ -216,19 +236,15 @@ def generate(prompt: str, embeddings=(), *, negative_prompt: str | None = None, 
     directory). seed: image i uses seed + i (default: a random seed, recorded). out: also write
     NNNN.png + NNNN.json there. Each image's record is also in `image.info["ti_experiments"]`.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from .models.loading import load_pipeline
-
     if not isinstance(prompt, str) or not prompt.strip():
         raise TIError("the prompt is empty", 'pass a prompt such as "a photo of a <cat-toy>"')
     if isinstance(embeddings, (str, os.PathLike)):
         embeddings = [embeddings]
     if isinstance(negative_embeddings, (str, os.PathLike)):
         negative_embeddings = [negative_embeddings]
-    if num_images < 1:
-        raise TIError(f"num_images={num_images} must be >= 1", "use e.g. --num-images 4")
+    if not isinstance(num_images, int) or num_images < 1:
+        raise TIError(f"num_images={num_images!r} must be an integer >= 1", "use e.g. --num-images 4")
+    check_seed(seed, num_images)
     concepts = read_concepts(embeddings, negative=False) + read_concepts(negative_embeddings, negative=True)
     base = base_model(model, concepts)
     device = pick_device(device)
@@ -246,17 +262,34 @@ def generate(prompt: str, embeddings=(), *, negative_prompt: str | None = None, 
             log.warning("the prompt does not use %s (from %s): that concept will not show", concept.token,
                         concept.source)
 
+    out_dir = Path(out).expanduser() if out is not None else None
+    # the folder is this command's while it writes; numbering goes on after what is there
+    with folder_lock(out_dir, "a generate command", "wait for it to end, or pass another --out (out= in Python)") \
+            if out_dir is not None else nullcontext():
+        return _generate(prompt, (negative_prompt, negative), concepts, base, settings, torch_dtype,
+                         seed, num_images, out_dir, progress)
+
+
+def _generate(prompt, negatives: tuple, concepts, base, settings: Settings, torch_dtype, seed, num_images, out_dir,
+              progress) -> list:
+    """The pipeline with the concepts loaded, then one image per seed. negatives: (the user's negative
+    prompt, the negative prompt used)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .models.loading import load_pipeline
+
     pipe = load_pipeline(base.source, base.revision, base.variant, torch_dtype)
     for concept in concepts:
         load_into_pipeline(pipe, concept.embedding, concept.token)
     set_scheduler(pipe, settings.scheduler)
-    pipe.to(device)
+    pipe.to(settings.device)
     pipe.set_progress_bar_config(disable=True)
     settings.extra = {"pipeline": type(pipe).__name__, "scheduler_class": type(pipe.scheduler).__name__,
                       "versions": _versions()}
     first_seed = secrets.randbelow(2**31) if seed is None else int(seed)
-    out_dir = Path(out).expanduser() if out is not None else None
     index = next_index(out_dir) if out_dir is not None else 0
+    negative_prompt, negative = negatives
     images = []
     bar = tqdm(total=num_images, desc="images", disable=not progress if progress is not None else None)
     try:
@@ -317,8 +350,9 @@ def _versions() -> dict:
 
 
 def next_index(out_dir: Path) -> int:
-    """Images already in the folder are kept: numbering goes on after the last one."""
-    taken = [int(p.stem) for p in out_dir.glob("*.png") if p.stem.isdigit()] if out_dir.is_dir() else []
+    """Images already in the folder are kept: numbering goes on after the last image or record."""
+    taken = [int(p.stem) for p in out_dir.iterdir()
+             if p.stem.isdigit() and p.suffix in (".png", ".json")] if out_dir.is_dir() else []
     return max(taken, default=-1) + 1
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from . import run_dir as run_files
 from .errors import TIError, report_or_raise
 from .files import write_text_atomic
+from .network import with_deadline
 from .run_dir import (
     CARD as CARD_FILE,  # the card as uploaded (README.md in the repository)
 )
@@ -78,7 +79,7 @@ def check_can_push(settings: HubSettings, placeholder: str) -> str:
     token = _token()
     api = _api()
     try:
-        me = api.whoami(token=token)
+        me = with_deadline(lambda: api.whoami(token=token))
     except HfHubHTTPError as exc:
         if getattr(exc.response, "status_code", None) in (401, 403):
             raise TIError("the Hugging Face Hub refused the token (invalid or expired)",
@@ -86,7 +87,7 @@ def check_can_push(settings: HubSettings, placeholder: str) -> str:
         raise TIError(f"cannot reach the Hugging Face Hub ({_first_line(exc)})",
                       "try again later, or set hub.push=false and publish later with "
                       "python -m ti_experiments.publish RUN_DIR") from None
-    except Exception as exc:  # noqa: BLE001 - offline mode, DNS, proxy, timeout: the same remedy
+    except Exception as exc:  # noqa: BLE001 - offline mode, DNS, proxy, no answer: the same remedy
         raise TIError(f"cannot reach the Hugging Face Hub ({_first_line(exc)})",
                       "connect to the network (and unset HF_HUB_OFFLINE), or set hub.push=false and publish later "
                       "with python -m ti_experiments.publish RUN_DIR") from None
@@ -95,7 +96,7 @@ def check_can_push(settings: HubSettings, placeholder: str) -> str:
     name = settings.repo_id or a1111_name(placeholder)
     repo_id = name if "/" in name else f"{me['name']}/{name}"
     try:
-        api.create_repo(repo_id, token=token, private=settings.private, exist_ok=True)
+        with_deadline(lambda: api.create_repo(repo_id, token=token, private=settings.private, exist_ok=True))
     except Exception as exc:  # noqa: BLE001
         raise TIError(f"cannot create the Hub repository {repo_id} ({_first_line(exc)})",
                       "choose a hub.repo_id in a namespace the token may write to") from None
@@ -231,7 +232,7 @@ def publish(run_dir: Path, repo_id: str, settings: HubSettings) -> dict:
     token = _token()
     api = _api()
     try:
-        api.create_repo(repo_id, token=token, private=settings.private, exist_ok=True)
+        with_deadline(lambda: api.create_repo(repo_id, token=token, private=settings.private, exist_ok=True))
         info = api.create_commit(
             repo_id, [CommitOperationAdd(path_in_repo=dest, path_or_fileobj=str(local)) for local, dest in files],
             commit_message=f"Textual inversion {summary.get('steps', '')} steps: "

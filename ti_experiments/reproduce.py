@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     hydra = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{CONFIG_NAME}.yaml"), resolve=False)["hydra"]
     sys.argv = [sys.argv[0], "--config-path", str(job_config.parent), "--config-name", "config",
                 f"hydra.run.dir={hydra['run']['dir']}", f"hydra.job.name={hydra['job']['name']}",
+                f"hydra.output_subdir={hydra['output_subdir'] if hydra['output_subdir'] is not None else 'null'}",
                 f"++reproduced_from='{run_dir}'", *args[1:]]
     return cli_main()
 

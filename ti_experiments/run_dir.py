@@ -21,10 +21,12 @@ A run directory is the record of a run, and other tools read it as a concept fol
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +34,7 @@ import torch
 
 from .embeddings import EmbeddingFile, read_embedding_file, save_a1111, save_learned_embeds, save_sdxl
 from .errors import TIError
-from .files import write_text_atomic
+from .files import folder_lock, write_text_atomic
 
 HYDRA_DIR = ".hydra"
 COMPOSED_CONFIG = f"{HYDRA_DIR}/config.yaml"
@@ -98,6 +100,43 @@ def is_run(path: Path) -> bool:
     return path.is_dir() and ((path / RESOLVED_CONFIG).is_file() or (path / RECORD).is_file())
 
 
+def holds_run(path: Path) -> bool:
+    """Anything a run leaves (even one killed early): a new run here would overwrite or mix with it."""
+    path = Path(path)
+    marks = (RECORD, RESOLVED_CONFIG, COMPOSED_CONFIG, METRICS, SUMMARY, EMBEDDING)
+    return path.is_dir() and (any((path / m).exists() for m in marks) or bool(saved_steps(path))
+                              or any(checkpoint_step(p) >= 0 for p in path.glob("checkpoint-*")))
+
+
+def resumes(run_dir: Path, resume_from: str | None) -> bool:
+    """Whether `train.resume_from_checkpoint` continues a run of this folder (a checkpoint in it)."""
+    if not resume_from:
+        return False
+    if str(resume_from) == "latest":
+        return bool(list_checkpoints(run_dir))
+    target = Path(str(resume_from)).expanduser().resolve()
+    return target == Path(run_dir).resolve() or target.parent == Path(run_dir).resolve()
+
+
+@contextlib.contextmanager
+def claim(run_dir: Path, resume_from: str | None = None) -> Iterator[Path]:
+    """The folder for one run, held for the run's lifetime: refused while another process runs in it, and
+    when it holds another run that this one does not resume. The lock comes first, so two runs started at
+    once cannot both find the folder empty."""
+    run_dir = Path(run_dir)
+    with folder_lock(run_dir, "a run", "wait for it to end, or start this run in a new folder "
+                     "(another hydra.run.dir, or none for a fresh timestamped one)"):
+        if holds_run(run_dir) and not resumes(run_dir, resume_from):
+            status = read_record(run_dir).get("status") or "unknown status"
+            fix = ("start in a new folder (another hydra.run.dir, or none for a fresh timestamped one), "
+                   "or continue that run with train.resume_from_checkpoint=latest" if list_checkpoints(run_dir)
+                   else "start in a new folder (another hydra.run.dir, or none for a fresh timestamped one); "
+                   "that run has no checkpoint to resume")
+            raise TIError(f"{run_dir} already holds a run ({RECORD}: {status}); a new run there would overwrite it",
+                          fix)
+        yield run_dir
+
+
 # --- metrics.jsonl ----------------------------------------------------------------------------------------
 
 
@@ -136,14 +175,18 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def write_configs(run_dir: Path, cfg, overrides: list[str] | None = None, composed: bool = False) -> None:
-    """resolved_config.yaml; with `composed`, also what Hydra writes for a command-line run (the config with
-    its interpolations, and the overrides), for a run started from Python."""
+    """resolved_config.yaml; with `composed`, what Hydra writes in `.hydra/` instead (the config with its
+    interpolations, the overrides, and Hydra's own settings when Hydra composed the run). A run writes these
+    itself, once the folder is its own (`hydra.output_subdir` is null)."""
+    from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
     run_dir = Path(run_dir)
     if composed:
         write_text_atomic(run_dir / COMPOSED_CONFIG, OmegaConf.to_yaml(cfg))
         write_text_atomic(run_dir / OVERRIDES, OmegaConf.to_yaml(OmegaConf.create(list(overrides or []))))
+        if HydraConfig.initialized():
+            write_text_atomic(run_dir / HYDRA_SETTINGS, OmegaConf.to_yaml({"hydra": HydraConfig.get()}))
     else:
         write_text_atomic(run_dir / RESOLVED_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
 

@@ -20,11 +20,24 @@ __all__ = ["FactorySettings", "Literal", "Settings", "bound", "node_values"]
 
 
 def bound(default: Any = MISSING, *, factory: Any = MISSING, minimum: float | None = None, positive: bool = False,
-          example: str = "") -> Any:
-    """A field with a range: `minimum` (inclusive) or `positive` (> 0), and the example the fix names
-    (`factory` for a mutable default, as dataclasses' default_factory)."""
+          maximum: float | None = None, example: str = "") -> Any:
+    """A field with a range: `minimum` (inclusive) or `positive` (> 0), `maximum` (inclusive), and the example
+    the fix names (`factory` for a mutable default, as dataclasses' default_factory)."""
     return field(default=default, default_factory=factory,
-                 metadata={"minimum": minimum, "positive": positive, "example": example})
+                 metadata={"minimum": minimum, "positive": positive, "maximum": maximum, "example": example})
+
+
+# Seeds seed numpy too (Accelerate's set_seed), whose seeds are 32-bit: one range for every seed
+SEED_MAX = 2**32 - 1
+
+
+def seed_bound(default: int = 0) -> Any:
+    return bound(default, minimum=0, maximum=SEED_MAX, example="0")
+
+
+def check_value(key: str, value, kind, **meta) -> None:
+    """One value outside a settings class (a command's argument), checked as a field of that type would be."""
+    _check(key, value, kind, meta)
 
 
 # Hydra's keys of a node that are not settings: what to build, and how
@@ -145,6 +158,7 @@ def _check(key: str, value, hint, meta) -> None:
 
 def _check_kind(key: str, value, kind, meta, null: str) -> None:
     minimum, positive, example = meta.get("minimum"), meta.get("positive"), meta.get("example")
+    maximum = meta.get("maximum")
     if kind is typing.Any or kind is object:
         return
     if get_origin(kind) is Literal:
@@ -156,8 +170,10 @@ def _check_kind(key: str, value, kind, meta, null: str) -> None:
             raise TIError(f"{key}={value!r} is not true or false", f"use e.g. {key}={example or 'true'}")
     elif kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
+        ok = ok and (maximum is None or value <= maximum)
         if not ok:
-            what = "an integer" + (f" >= {minimum}" if minimum is not None else "") + null
+            what = "an integer" + (f" between {minimum} and {maximum}" if minimum is not None and maximum is not None
+                                   else f" >= {minimum}" if minimum is not None else "") + null
             raise TIError(f"{key}={value!r} is not {what}", f"use e.g. {key}={example}")
     elif kind is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

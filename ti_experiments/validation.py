@@ -15,7 +15,7 @@ import torch
 from .errors import TIError
 from .files import atomic_path
 from .run_dir import validation_dir
-from .settings import Settings, bound, node_values
+from .settings import Settings, bound, node_values, seed_bound
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class ValidationSettings(Settings):
     num_images: int = bound(4, minimum=1, example="4")
     num_inference_steps: int = bound(25, minimum=1, example="25")
     guidance_scale: float = bound(7.5, minimum=0, example="7.5")
-    seed: int = bound(0, minimum=0, example="0")
+    seed: int = seed_bound()
     resolution: int = bound(512, minimum=1, example="512")
 
     def __post_init__(self):

@@ -58,10 +58,33 @@ def test_wandb_offline_run_gets_loss_and_lr(monkeypatch, tmp_path):
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
-def test_wandb_online_but_unreachable_falls_back_to_offline(monkeypatch, tmp_path):
+def test_wandb_online_with_a_server_that_never_answers_goes_offline_within_15_s(monkeypatch, tmp_path,
+                                                                                 silent_server):
+    import time
+
+    import wandb
+    from accelerate import Accelerator
+
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # credentials, and a network that hangs
+    monkeypatch.setenv("WANDB_BASE_URL", silent_server)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    settings = TrackerSettings(mode="online")
+    accelerator = Accelerator(cpu=True, log_with="wandb")
+    started = time.perf_counter()
+    settings.start(accelerator, tmp_path, {"seed": 0})
+    seconds = time.perf_counter() - started
+    try:
+        assert wandb.run is not None and wandb.run.settings.mode == "offline"
+    finally:
+        settings.finish(accelerator)
+    assert seconds < 15, seconds
+
+
+def test_wandb_online_that_fails_to_start_falls_back_to_offline(monkeypatch, tmp_path, answering_server):
     import wandb
 
-    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # credentials, but no network here
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # credentials; the server answers, but init fails
+    monkeypatch.setenv("WANDB_BASE_URL", answering_server)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     modes = []
     original_init = wandb.init

@@ -13,6 +13,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import TIError
+from ..records.memory import refuse_beyond_memory
 from ..settings import Settings, bound
 from .templates import CAPTION_MODES, FILEWORDS, has_placeholder
 
@@ -154,6 +155,10 @@ class ConceptImages:
         files = list_image_files(folder, settings.caption_extension if with_captions else None)
         if not files:
             raise TIError(f"concept.train_data_dir {str(folder)!r} is empty", hint)
+        # the images as float tensors alone (the model needs more): a size beyond memory stops here
+        refuse_beyond_memory(len(files) * settings.resolution**2 * 3 * 4,
+                             f"data.resolution={settings.resolution} with {len(files)} images",
+                             "use the model's resolution, e.g. data.resolution=512 (SD 1.x) or 1024 (SDXL)")
         self.paths: list[Path] = []
         tensors: list[torch.Tensor] = []
         sizes: list[torch.Tensor] = []

@@ -9,7 +9,7 @@ from typing import Literal
 from omegaconf import OmegaConf
 
 from ..errors import TIError
-from ..settings import Settings, bound
+from ..settings import Settings, bound, seed_bound
 
 # The public names, as in metrics.jsonl and summary.json. Losses: lower is better; similarities: higher.
 METRICS = ("heldout_loss", "heldout_loss_init", "heldout_loss_words", "clip_i", "clip_t", "dino")
@@ -42,7 +42,7 @@ class EvaluationSettings(Settings):
     # held-out loss every N optimizer steps and at the end (null: only at the end)
     steps: int | None = bound(100, minimum=1, example="100")
     heldout_samples: int = bound(16, minimum=1, example="16")
-    heldout_seed: int = bound(0, minimum=0, example="0")
+    heldout_seed: int = seed_bound()
     # the concept in plain words ("large orange circle with ears"): heldout_loss_words scores that prompt too
     description: str | None = bound(None, example="'large orange circle with ears'")
     heldout_batch_size: int = bound(8, minimum=1, example="8")

@@ -11,6 +11,7 @@ from typing import Literal
 
 from ..errors import TIError
 from ..files import write_text_atomic
+from ..network import answers
 from ..run_dir import WANDB_ID
 from ..settings import Settings, bound
 
@@ -26,6 +27,10 @@ def wandb_has_credentials() -> bool:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
+
+
+def wandb_url() -> str:
+    return os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
 
 
 @dataclass
@@ -83,8 +88,12 @@ class TrackerSettings(Settings):
             init_kwargs["wandb"] = {
                 "dir": str(run_dir), "mode": self.wandb_mode(), "entity": self.entity,
                 "name": self.run_name, "group": self.group, "tags": list(self.tags),
-                "settings": wandb.Settings(init_timeout=60),
+                "settings": wandb.Settings(init_timeout=30),
             }
+            if init_kwargs["wandb"]["mode"] == "online" and not answers(wandb_url()):
+                # wandb.init would wait for its own timeout, and more, before failing
+                log.warning("W&B: %s does not answer (no network?); logging offline instead", wandb_url())
+                init_kwargs["wandb"]["mode"] = "offline"
             if resuming and id_file.is_file():
                 init_kwargs["wandb"].update(id=id_file.read_text().strip(), resume="allow")
             tracker_config = config
