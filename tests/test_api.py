@@ -100,3 +100,13 @@ def test_train_errors_are_tierrors(tmp_path, monkeypatch, overrides, message):
         train(*overrides, "logger=none")
     assert "\n" not in str(info.value) and "; fix: " in str(info.value)
     assert not GlobalHydra.instance().is_initialized()
+
+
+def test_train_into_the_folder_of_another_run_is_refused_and_changes_nothing(tmp_path, tiny_model_path):
+    from ti_experiments import train
+
+    first = train(*QUICK, output_dir=tmp_path / "run").run_dir
+    before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file() and p.name != ".lock"}
+    with pytest.raises(TIError, match=rf"^{first} already holds a run \(run.json: completed\)"):
+        train(*QUICK, "seed=5", output_dir=first)
+    assert {p: p.read_bytes() for p in first.rglob("*") if p.is_file() and p.name != ".lock"} == before

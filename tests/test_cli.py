@@ -3,8 +3,10 @@ no traceback, and no embedding written. Every case is a subprocess (~5 s of impo
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -177,3 +179,69 @@ def test_an_output_directory_that_cannot_be_written(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "cannot write" in line and str(blocker) in line and "fix:" in line
+
+
+# ---------------------------------------------------------------- one run per folder
+
+def _files(folder: Path) -> dict:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+def test_a_new_run_in_the_folder_of_a_finished_run_is_refused_and_changes_nothing(tmp_path):
+    run_dir = _run_dir(tmp_path)
+    assert _cli(tmp_path, *BASE, "train.checkpointing_steps=1").returncode == 0
+    before = _files(run_dir)
+    result = _cli(tmp_path, *BASE, "seed=7")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, _show(result)
+    [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert line.startswith(f"error: {run_dir} already holds a run (run.json: completed)"), line
+    assert "start in a new folder" in line and "train.resume_from_checkpoint=latest" in line, line
+    assert _files(run_dir) == before  # .hydra/ and ti.log included
+    resumed = _cli(tmp_path, *BASE, "train.max_steps=3", "train.resume_from_checkpoint=latest")
+    assert resumed.returncode == 0, _show(resumed)
+
+
+def test_two_runs_started_at_once_in_one_folder_one_is_refused_at_once(tmp_path):
+    run_dir = _run_dir(tmp_path)
+    cmd = [sys.executable, "-m", "ti_experiments", *BASE, "train.max_steps=40", f"hydra.run.dir={run_dir}"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert re.search(rf"error: {re.escape(str(run_dir))} (is in use by a run \(process \d+\)|already holds a run)",
+                     refused), refused
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 41))  # one run's rows, nothing interleaved
+
+
+def test_a_sweep_folder_that_holds_a_sweep_is_refused(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", *BASE, "train.max_steps=1", "validation.enabled=false", "evaluation=none", "seed=0,1",
+            f"hydra.sweep.dir={sweep_dir}"]
+    assert run_cli(*args).returncode == 0
+    before = _files(sweep_dir)
+    again = run_cli(*args)
+    assert again.returncode == 2 and "Traceback" not in again.stderr, _show(again)
+    assert f"error: {sweep_dir} already holds a sweep" in again.stderr
+    assert _files(sweep_dir) == before
+
+
+def test_a_resolution_beyond_memory_is_refused_before_any_image_is_decoded(tmp_path):
+    assert_clean_error(_cli(tmp_path, *BASE, "data.resolution=400000"), _run_dir(tmp_path),
+                       "data.resolution=400000", "GiB of memory", "GiB is free")
+
+
+# ---------------------------------------------------------------- argument errors of every command
+
+@pytest.mark.parametrize("command", ["ti_experiments", "ti_experiments.pretrain", "ti_experiments.generate",
+                                     "ti_experiments.report", "ti_experiments.export", "ti_experiments.publish",
+                                     "ti_experiments.evaluate", "ti_experiments.reproduce", "ti_experiments.bench",
+                                     "ti_experiments.toyworld.quality", "ti_experiments.toyworld.picture"])
+def test_an_unknown_option_is_one_error_line_of_every_command(tmp_path, command):
+    result = subprocess.run([sys.executable, "-m", command, "--no-such-option"], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, _show(result)
+    assert re.fullmatch(r"error: \S.*; fix: \S.*", lines[0]) and "README" not in lines[0], lines[0]
+    assert "--no-such-option" in lines[0] or "required" in lines[0], lines[0]

@@ -257,3 +257,45 @@ def test_cli_end_to_end(run_dir, tmp_path):
                             timeout=300)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_folder_being_written_by_another_generate_is_refused_and_numbering_goes_on(run_dir, tmp_path):
+    from ti_experiments.files import folder_lock
+
+    out = tmp_path / "shared"
+    (out).mkdir()
+    (out / "0004.json").write_text("{}")  # a record whose image is gone still keeps its number
+    with folder_lock(out, "a generate command", "wait"):
+        with pytest.raises(TIError, match=rf"^{out} is in use by a generate command \(process \d+\); fix: wait for it"):
+            generate("a photo of a <demo-toy>", run_dir, seed=1, out=out, **FAST)
+    generate("a photo of a <demo-toy>", run_dir, seed=1, out=out, **FAST)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["0004.json", "0005.json", "0005.png"]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(seed=99999999999999999999999), "seed=99999999999999999999999 is not an integer between 0 and 4294967295"),
+    (dict(seed=-1), "seed=-1 is not an integer between 0 and"),
+    (dict(seed=2**32 - 1, num_images=2), r"between 0 and 4294967294 \(image i uses seed \+ i"),
+    (dict(seed="3"), "seed='3' is not an integer"),
+    (dict(guidance=float("nan")), "guidance=nan is not a finite number"),
+    (dict(width=1 << 20, height=1 << 20), r"a 1048576x1048576 image needs at least \d+\.\d GiB of memory"),
+])
+def test_values_out_of_range_are_refused_before_the_model_loads(run_dir, tmp_path, monkeypatch, kwargs, message):
+    import ti_experiments.models.loading as loading
+
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(TIError, match=message):
+        generate("a photo of a <demo-toy>", run_dir, out=tmp_path / "out", **{**FAST, **kwargs})
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_huge_seed_and_nan_guidance_are_one_line(run_dir, tmp_path, capsys):
+    for extra in (["--seed", "99999999999999999999999"], ["--guidance", "nan"], ["--steps", "abc"]):
+        try:
+            code = main([str(run_dir), "a photo of a <demo-toy>", "--out", str(tmp_path / "o"), *extra])
+        except SystemExit as exit_:  # argparse's way out
+            code = exit_.code
+        err = capsys.readouterr().err.strip()
+        assert code == 2
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and "; fix: " in err, err
+    assert not (tmp_path / "o").exists()

@@ -100,3 +100,21 @@ def test_an_init_file_that_does_not_fit_is_refused_before_training(tmp_path):
         experiment.run(compose(*TINY_RUN, f"concept.init_from={three}", output_dir=tmp_path / "run2"))
     assert json.loads((tmp_path / "run2" / "run.json").read_text())["status"] == "failed"
     assert not (tmp_path / "run2" / "learned_embeds.safetensors").exists()
+
+
+def test_a_non_finite_start_file_is_named(tmp_path):
+    rows = _rows(1)
+    rows[0, 3] = float("nan")
+    path = save_learned_embeds_unchecked(tmp_path / "broken.safetensors", rows)
+    with pytest.raises(TIError, match=rf"^{path}: '<old>' holds values that are not finite \(NaN or inf\); fix: use "
+                                      "another embedding file"):
+        experiment.run(compose(*TINY_RUN, f"concept.init_from={path}", output_dir=tmp_path / "run"))
+    assert not (tmp_path / "run" / "learned_embeds.safetensors").exists()
+
+
+def save_learned_embeds_unchecked(path, rows):
+    """A file as a diverged run elsewhere might leave it (our own writer refuses non-finite rows)."""
+    from safetensors.torch import save_file
+
+    save_file({"<old>": rows}, str(path))
+    return path

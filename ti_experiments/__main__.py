@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from . import errors
 from .config import CONF_DIR, CONFIG_NAME, SWEEPS_DIR
-from .errors import TIError, report_or_raise, user_message
+from .errors import TIError, hydra_arguments, report_or_raise, user_message
 from .evaluation import settings as _evaluation_settings  # noqa: F401 - registers ${ti.direction:...}
 from .records.callbacks import SweepReport
 
@@ -84,6 +84,7 @@ def main() -> int:
 
 
 def _main() -> int:
+    hydra_arguments("python -m ti_experiments")
     try:
         sys.argv = [sys.argv[0], *_sweep_args(_distributed_args(sys.argv[1:]))]
         _task()

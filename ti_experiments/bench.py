@@ -9,7 +9,6 @@ data.resolution=256 hardware=cpu`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import compose
-from .errors import TIError, report_or_raise
+from .errors import ArgumentParser, TIError, report_or_raise
 from .training.conditioning import text_conditioning
 from .training.loop import prediction_target
 from .training.placement import Placement
@@ -293,7 +292,7 @@ def table(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ti_experiments.bench", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ti_experiments.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--warmup", type=int, default=2, help="optimizer steps not timed (default 2)")
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps timed (default 5)")
     parser.add_argument("--phase-steps", type=int, default=3, help="steps timed phase by phase (default 3)")

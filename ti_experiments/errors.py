@@ -3,6 +3,7 @@ turns any error into that line (every command's `main` ends in `report_or_raise`
 
 from __future__ import annotations
 
+import argparse
 import errno
 import sys
 
@@ -31,7 +32,7 @@ def user_message(exc: BaseException) -> str | None:
                 "is intact); fix: free disk space, then resume with train.resume_from_checkpoint=latest")
     if isinstance(exc, OSError) and exc.filename:  # a path the user gave: unwritable, not a folder, disk full
         return (f"error: cannot write {exc.filename} ({exc.strerror or exc.__class__.__name__}); fix: choose a "
-                "writable hydra.run.dir (or TI_OUTPUT_ROOT) with free space")
+                "writable place with free space (a run: hydra.run.dir or TI_OUTPUT_ROOT; a command: its --out)")
     if _out_of_memory(exc):
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         return (f"error: out of memory ({first}); fix: use a smaller data.resolution or train.batch_size "
@@ -79,7 +80,9 @@ def _hydra_hint(text: str) -> str:
         return "check the key's spelling; list every key with: python -m ti_experiments --cfg job"
     if "Could not find" in text or "Available options" in text:
         return "pick one of the available options"
-    return "see the README's configuration section"
+    if "LexerNoViableAlt" in text or "mismatched input" in text or "extraneous input" in text:
+        return "write each override as key=value, e.g. train.max_steps=100 (every key: python -m ti_experiments --cfg job)"
+    return "list every key and its value with: python -m ti_experiments --cfg job"
 
 
 def report_or_raise(exc: Exception) -> int:
@@ -89,3 +92,41 @@ def report_or_raise(exc: Exception) -> int:
         raise exc
     print(line, file=sys.stderr)
     return 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for every command, whose errors read like every other: `error: <problem>; fix: <the usage>`,
+    one line, exit code 2."""
+
+    def error(self, message: str):
+        usage = " ".join(self.format_usage().split())
+        print(f"error: {message}; fix: {usage} (more: {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def command_arguments(args: list[str], usage: str) -> None:
+    """The first check of a command that takes a run directory and overrides (evaluate, reproduce): a
+    missing directory or an unknown option is an error line like argparse's."""
+    if not args:
+        raise TIError("no run directory given", usage)
+    if args[0].startswith("-"):
+        raise TIError(f"unknown option {args[0]}", usage)
+
+
+def hydra_arguments(prog: str) -> None:
+    """Hydra's own argument parser (the training and pretraining commands), named after the command and
+    with the same error line as every other command's."""
+    import importlib
+    import types
+
+    from hydra._internal.utils import get_args_parser
+
+    hydra_main = importlib.import_module("hydra.main")  # the module; `hydra.main` the attribute is the decorator
+
+    def parser():
+        built = get_args_parser()
+        built.prog = prog
+        built.error = types.MethodType(ArgumentParser.error, built)
+        return built
+
+    hydra_main.get_args_parser = parser

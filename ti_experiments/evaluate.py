@@ -19,7 +19,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from . import run_dir as run_files
-from .errors import TIError, report_or_raise
+from .errors import TIError, command_arguments, report_or_raise
 
 log = logging.getLogger("ti_experiments.evaluate")
 
@@ -147,10 +147,14 @@ def score_files(evaluator, embedding, files: list, final_step: int) -> list[dict
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
+    if args and args[0] in ("-h", "--help"):
         print(USAGE)
         print(__doc__.split("\n\n", 1)[1].strip())
-        return 0 if args else 2
+        return 0
+    try:
+        command_arguments(args, USAGE)
+    except TIError as exc:
+        return report_or_raise(exc)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     try:

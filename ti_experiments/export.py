@@ -8,13 +8,12 @@ and take the prompt word from the FILE NAME. SOURCE is anything `read_embedding`
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from . import run_dir as run_files
 from .embeddings import save_learned_embeds
-from .errors import TIError, report_or_raise
+from .errors import ArgumentParser, TIError, report_or_raise
 
 FORMATS = ("a1111", "diffusers")
 
@@ -55,7 +54,7 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, step: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ti_experiments.export", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ti_experiments.export", description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="a run directory, a concept folder or an embedding file")
     parser.add_argument("--format", required=True, choices=FORMATS,
                         help="a1111: one .safetensors for AUTOMATIC1111/ComfyUI (the file name is the prompt word); "

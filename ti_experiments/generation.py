@@ -26,7 +26,7 @@ from pathlib import Path
 from . import run_dir as run_files
 from .embeddings import FAMILY_BY_WIDTHS, EmbeddingFile, load_into_pipeline
 from .run_dir import read_embedding
-from .errors import TIError, report_or_raise
+from .errors import ArgumentParser, TIError, report_or_raise
 from .files import folder_lock
 from .records.memory import refuse_beyond_memory
 from .settings import SEED_MAX
@@ -388,7 +388,9 @@ EXAMPLES = """examples:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(
+    import argparse
+
+    parser = ArgumentParser(
         prog="python -m ti_experiments.generate", description=__doc__.splitlines()[0],
         usage="%(prog)s [EMBEDDING ...] PROMPT [options]",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)

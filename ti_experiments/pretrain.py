@@ -17,7 +17,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import TIError
+from .errors import TIError, hydra_arguments
 from .config import CONF_DIR
 
 log = logging.getLogger("ti_experiments.pretrain")
@@ -65,4 +65,5 @@ def _main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    hydra_arguments("python -m ti_experiments.pretrain")
     _main()

@@ -10,7 +10,6 @@ value, so it cannot reach a config dump, run.json, a log or a tracker.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import sys
@@ -18,7 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from . import run_dir as run_files
-from .errors import TIError, report_or_raise
+from .errors import ArgumentParser, TIError, report_or_raise
 from .files import write_text_atomic
 from .network import with_deadline
 from .run_dir import (
@@ -248,7 +247,7 @@ def publish(run_dir: Path, repo_id: str, settings: HubSettings) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ti_experiments.publish", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ti_experiments.publish", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a completed run directory")
     parser.add_argument("--repo-id", default=None, help="NAME or USER/NAME (default: the run's hub.repo_id, else "
                                                         "USER/<placeholder>)")

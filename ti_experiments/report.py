@@ -10,7 +10,6 @@ setting's mean over its seeds and their spread, and says whether the settings di
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -19,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from . import run_dir as run_files
+from .errors import ArgumentParser, report_or_raise
 from .files import atomic_path, write_text_atomic
 
 STANDARD = {"final_loss", "avg_loss", "steps", "wall_seconds", "train_seconds", "steps_per_sec", "peak_memory_bytes",
@@ -298,6 +298,9 @@ def report(paths: list[Path], out: Path | None = None) -> dict:
     names = _names(runs)
     if out is None:
         out = paths[0] if len(paths) == 1 else Path("outputs/reports") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file; fix: pass a folder (the report writes report.md, report.csv and "
+                          "its plots into it)")
     out.mkdir(parents=True, exist_ok=True)
     header, rows = table(runs)
     text = markdown(header, rows)
@@ -315,7 +318,7 @@ def report(paths: list[Path], out: Path | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ti_experiments.report", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ti_experiments.report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="run directories or sweep directories")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the report (default: the one PATH given, else outputs/reports/<time>)")
@@ -325,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - an unwritable folder is one line; a bug keeps its traceback
+        return report_or_raise(exc)
     print(result["markdown"], end="")
     names = [n for n in ("report.md", "report.csv", "loss_curves.png", "sweep.png", "validation.png", "evaluation.png")
              if (result["out"] / n).exists()]

@@ -17,9 +17,15 @@ USAGE = "usage: python -m ti_experiments.reproduce RUN_DIR [overrides...]"
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
+    if args and args[0] in ("-h", "--help"):
         print(USAGE)
-        return 0 if args else 2
+        return 0
+    from .errors import TIError, command_arguments, report_or_raise
+
+    try:
+        command_arguments(args, USAGE)
+    except TIError as exc:
+        return report_or_raise(exc)
     run_dir = Path(args[0]).expanduser().resolve()
     from .run_dir import COMPOSED_CONFIG
 

@@ -4,6 +4,7 @@ failed."""
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -28,9 +29,12 @@ class SweepReport(Callback):
             return
         taken = (sweep_dir / "multirun.yaml").is_file() or any(run_files.holds_run(p) for p in sweep_dir.iterdir())
         if taken:
-            raise TIError(f"{sweep_dir} already holds a sweep; a new one there would overwrite its jobs",
-                          "start the sweep in a new folder (another hydra.sweep.dir, or none for a fresh "
-                          "timestamped one), or continue it with train.resume_from_checkpoint=latest")
+            refused = TIError(f"{sweep_dir} already holds a sweep; a new one there would overwrite its jobs",
+                              "start the sweep in a new folder (another hydra.sweep.dir, or none for a fresh "
+                              "timestamped one), or continue it with train.resume_from_checkpoint=latest")
+            # Hydra turns a callback's exception into a warning and goes on: only an exit stops the sweep
+            print(f"error: {refused}", file=sys.stderr)
+            raise SystemExit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from ..report import ReportError, report

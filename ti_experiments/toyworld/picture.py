@@ -6,11 +6,12 @@ run's model (same seeds), drawn 4x larger, as the README shows for the demo.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from PIL import Image
+
+from ..errors import ArgumentParser
 
 
 def concept_picture(run_dir: Path, count: int = 6, seed: int = 0, steps: int = 25, guidance: float = 4.0,
@@ -37,7 +38,7 @@ def concept_picture(run_dir: Path, count: int = 6, seed: int = 0, steps: int = 2
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ti_experiments.toyworld.picture", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m ti_experiments.toyworld.picture", description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/learned.png")
     parser.add_argument("--seed", type=int, default=0)

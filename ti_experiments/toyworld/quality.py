@@ -15,7 +15,6 @@ Everything is loaded from folders as a user would (the shipped weights, the run 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import random
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import ArgumentParser
 from . import shipped, world
 from .judge import Judge
 
@@ -143,8 +143,8 @@ def _table(rows: list[dict], keys: list[str]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ti_experiments.toyworld.quality", description=__doc__.split("\n")[0])
-    parser.add_argument("parts", nargs="*", default=["judge", "model", "ti"], choices=["judge", "model", "ti"])
+    parser = ArgumentParser(prog="python -m ti_experiments.toyworld.quality", description=__doc__.split("\n")[0])
+    parser.add_argument("parts", nargs="*", help="judge, model and/or ti (default: all three)")
     parser.add_argument("--out", default="outputs/toyworld-quality", help="where runs, images and quality.json go")
     parser.add_argument("--concepts", default=",".join(world.CONCEPTS))
     parser.add_argument("--num-vectors", default="1,4")
@@ -153,6 +153,9 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", type=Path, default=shipped.WEIGHTS_DIR,
                         help="a folder with model/ and judge/ (default: the shipped weights)")
     args = parser.parse_args(argv)
+    args.parts = args.parts or ["judge", "model", "ti"]
+    if set(args.parts) - {"judge", "model", "ti"}:
+        parser.error(f"unknown part(s) {', '.join(sorted(set(args.parts) - {'judge', 'model', 'ti'}))}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
