@@ -109,3 +109,18 @@ def test_bad_requests_are_one_line_errors(finished_run, tmp_path, capsys):
     assert err.startswith("error: ") and "does not exist; fix:" in err and err.count("\n") == 1
     assert main([str(finished_run), "--format", "a1111", "--out", str(tmp_path / "cli.safetensors")]) == 0
     assert "written: " in capsys.readouterr().out and (tmp_path / "cli.safetensors").is_file()
+
+
+def test_an_export_never_replaces_another_embedding(tmp_path):
+    rows = torch.randn(2, 32, generator=torch.Generator().manual_seed(0))
+    source = save_learned_embeds(tmp_path / "src.safetensors", "<a>", rows)
+    other = save_a1111(tmp_path / "mine.safetensors", rows + 1)
+    before = other.read_bytes()
+    with pytest.raises(TIError, match=rf"^--out {other} already holds another embedding; fix: choose another --out"):
+        export(source, "a1111", out=other)
+    assert other.read_bytes() == before
+    folder = export(source, "diffusers", out=tmp_path / "concept")
+    assert export(source, "diffusers", out=folder) == folder  # the same concept again: done, nothing rewritten
+    with pytest.raises(TIError, match="already holds another embedding"):
+        export(source, "diffusers", out=folder, token="<b>")
+    assert read_embedding(folder).token == "<a>"

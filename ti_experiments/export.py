@@ -38,6 +38,8 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, step: in
             raise TIError(f"--out {target} does not end in .safetensors", "name the A1111 file NAME.safetensors")
         if target.resolve() == read_from.resolve():
             raise TIError(f"{target} is the file being read", "choose another --out")
+        if _already_there(target, None, embedding.vectors):
+            return target
         return run_files.save_for_other_tools(target, embedding.vectors)
     target = Path(out).expanduser() if out else home / f"{stem}-diffusers"
     if target.suffix == ".safetensors":  # one file, not the folder layout
@@ -45,12 +47,34 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, step: in
             raise TIError("an SDXL embedding is two diffusers files", "give --out a folder, not a .safetensors file")
         if target.resolve() == read_from.resolve():
             raise TIError(f"{target} is the file being read", "choose another --out")
+        if _already_there(target, token, embedding.vectors):
+            return target
         return save_learned_embeds(target, token, embedding.vectors[0])
     if target.exists() and not target.is_dir():
         raise TIError(f"--out {target} is a file", "give a folder (or a NAME.safetensors file) for --format diffusers")
     if target.resolve() == home.resolve() and source.is_dir():
         raise TIError(f"{target} is the folder being read", "choose another --out")
+    if _already_there(target, token, embedding.vectors):
+        return target
     return run_files.write_concept(target, token, embedding.vectors, prop)
+
+
+def _already_there(target: Path, token: str | None, vectors: list) -> bool:
+    """True when `target` already holds this concept (the export is done); an export never replaces a file
+    or concept folder that holds something else."""
+    import torch
+
+    if not target.exists() or (target.is_dir() and not run_files.holds_concept(target)):
+        return False
+    try:
+        there = run_files.read_embedding(target)
+    except TIError:
+        there = None
+    same = there is not None and (token is None or there.token == token) and len(there.vectors) == len(vectors) \
+        and all(torch.equal(a, b) for a, b in zip(there.vectors, vectors))
+    if not same:
+        raise TIError(f"--out {target} already holds another embedding", f"choose another --out, or remove {target} first")
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -295,6 +295,11 @@ def write_concept(folder: str | Path, token: str, vectors: list[torch.Tensor], l
     return folder
 
 
+def holds_concept(folder: Path) -> bool:
+    """A folder with a concept's files in it (what an export into it would replace)."""
+    return any((Path(folder) / name).exists() for name in (*EMBEDDINGS, LEGACY_EMBEDDING, TOKEN))
+
+
 def read_token(folder: Path) -> str | None:
     path = Path(folder) / TOKEN
     text = path.read_text().strip() if path.is_file() else ""
