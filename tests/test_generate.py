@@ -43,7 +43,7 @@ def test_from_a_run_directory_with_files_that_remake_each_image(run_dir, tmp_pat
     out = tmp_path / "out"
     images = generate("a photo of a <demo-toy>", run_dir, num_images=2, seed=5, out=out, **FAST)
     assert [im.size for im in images] == [(64, 64), (64, 64)]
-    assert sorted(p.name for p in out.iterdir()) == ["0000.json", "0000.png", "0001.json", "0001.png"]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["0000.json", "0000.png", "0001.json", "0001.png"]
     record = json.loads((out / "0001.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert record["prompt"] == "a photo of a <demo-toy>" and record["seed"] == 6
@@ -242,7 +242,7 @@ def test_cli_end_to_end(run_dir, tmp_path):
                "--num-images", "2", "--seed", "0", "--out", str(out)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["0000.json", "0000.png", "0001.json", "0001.png"]
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["0000.json", "0000.png", "0001.json", "0001.png"]
     # the recorded command makes the second picture again, alone
     remake = shlex.split(json.loads((out / "0001.json").read_text())["command"])
     assert remake[:3] == ["python", "-m", "ti_experiments.generate"]

@@ -121,3 +121,14 @@ def test_optuna_search_minimises_the_recorded_objective(tmp_path):
     assert result["best_value"] == pytest.approx(min(s["avg_loss"] for s in summaries))
     assert set(result["best_params"]) == {"optimizer.lr", "concept.num_vectors"}
     assert (sweep / "report.md").exists()
+
+
+def test_the_processes_of_one_torchrun_share_their_run_folder(tmp_path):
+    """Rank 0 holds the folder's lock and writes the record; rank 1 trains beside it, and is not refused."""
+    run_dir = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "ti_experiments",
+                          *TINY, "train.max_steps=2", f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    assert out.stdout.count("learned embedding sha256") + out.stderr.count("learned embedding sha256") >= 2

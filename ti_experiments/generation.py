@@ -193,9 +193,9 @@ class Settings:
                 raise TIError(f"{name}={value} is not a positive multiple of 8", f"use e.g. --{name} 512")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise TIError(f"scheduler {self.scheduler!r} is unknown", f"use one of {', '.join(SCHEDULERS)}")
-        # the decoded image as floats alone (the VAE needs more)
-        refuse_beyond_memory(self.width * self.height * 3 * 4, f"a {self.width}x{self.height} image",
-                             "use the model's resolution, e.g. --width 512 --height 512")
+        if self.width and self.height:  # the decoded image as floats alone (the VAE needs more)
+            refuse_beyond_memory(self.width * self.height * 3 * 4, f"a {self.width}x{self.height} image",
+                                 "use the model's resolution, e.g. --width 512 --height 512")
 
 
 def check_seed(seed, num_images: int) -> None:
