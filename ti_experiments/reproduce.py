@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [sys.argv[0], "--config-path", str(job_config.parent), "--config-name", "config",
                 f"hydra.run.dir={hydra['run']['dir']}", f"hydra.job.name={hydra['job']['name']}",
                 f"hydra.output_subdir={hydra['output_subdir'] if hydra['output_subdir'] is not None else 'null'}",
-                f"++reproduced_from='{run_dir}'", *args[1:]]
+                # a reproduction starts from step 0, even of a run that was itself resumed
+                "train.resume_from_checkpoint=null", f"++reproduced_from='{run_dir}'", *args[1:]]
     return cli_main()
 
 
