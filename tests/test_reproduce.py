@@ -53,3 +53,17 @@ def test_reproduce_into_its_source_folder_is_refused_and_changes_nothing(tmp_pat
     assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-2000:]
     assert again.stderr.strip().splitlines()[-1].startswith(f"error: {first} already holds a run")
     assert {p: p.read_bytes() for p in first.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
+def test_reproducing_a_resumed_run_trains_from_step_0(tmp_path):
+    first = tmp_path / "first"
+    base = [*TINY_RUN, "train.checkpointing_steps=1", f"hydra.run.dir={first}"]
+    assert run_cli(*base, "train.max_steps=2").returncode == 0
+    assert run_cli(*base, "train.max_steps=3", "train.resume_from_checkpoint=latest").returncode == 0
+    again = _module("ti_experiments.reproduce", str(first), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    [second] = list((tmp_path / "outputs" / "runs").glob("*/*"))
+    steps = [json.loads(line)["step"] for line in (second / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (first, second))
+    assert a["learned_embeds_sha256"] == b["learned_embeds_sha256"]  # resumed == straight, on a CPU
