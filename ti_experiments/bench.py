@@ -101,15 +101,9 @@ def time_phases(p, state, accelerator, n: int) -> list[dict]:
 
 def _fresh_vae(p, placement: Placement):
     """The reference step needs a whole VAE (training drops its encoder once the latents are cached)."""
-    source = p.parts.source
-    if source.startswith("random:"):
-        from .models.random_init import random_vae
+    from diffusers import AutoencoderKL
 
-        vae = random_vae(source.split(":", 1)[1])
-    else:
-        from diffusers import AutoencoderKL
-
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(p.parts.source, subfolder="vae", local_files_only=True)
     return placement.put(vae).requires_grad_(False).eval()
 
 

@@ -59,7 +59,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _from_pretrained(source: str, revision: str | None, variant: str | None, local_only: bool):
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     common = {"local_files_only": local_only}
@@ -69,14 +69,36 @@ def _from_pretrained(source: str, revision: str | None, variant: str | None, loc
         noise_scheduler=DDPMScheduler.from_pretrained(source, subfolder="scheduler", **common),
         text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights),
         vae=AutoencoderKL.from_pretrained(source, subfolder="vae", variant=variant, **weights),
-        unet=_deferred(lambda: UNet2DConditionModel.from_pretrained(source, subfolder="unet", variant=variant,
-                                                                   **weights), source),
+        unet=_deferred(lambda: _load_unet(source, revision, variant, weights), source),
     )
     if _is_sdxl(source, revision, local_only):  # SDXL: the second encoder (with the pooled projection)
         parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **common)
         parts["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2",
                                                                               **weights)
     return parts
+
+
+def _load_unet(source: str, revision: str | None, variant: str | None, weights: dict):
+    """A folder's UNet with its weights read into memory (models/weights.py says why), else diffusers'
+    loading (a Hub id, .bin weights, keys that need converting)."""
+    from diffusers import UNet2DConditionModel
+
+    from .weights import load_unet
+
+    unet = load_unet(source, variant) if Path(source).is_dir() else None
+    return unet if unet is not None else UNet2DConditionModel.from_pretrained(
+        source, subfolder="unet", variant=variant, **weights)
+
+
+def _cached_snapshot(source: str, revision: str | None, variant: str | None) -> str | None:
+    """The folder of a Hub model already in the local Hugging Face cache (no network), or None."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(source, revision=revision, allow_patterns=_weight_patterns(variant),
+                                 local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (or not complete): the caller downloads
+        return None
 
 
 def _is_sdxl(source: str, revision: str | None, local_only: bool) -> bool:
@@ -148,14 +170,14 @@ def load_components(pretrained_model_name_or_path: str, revision: str | None = N
                     random_init: bool = False, cache_dir: str | None = None,
                     mixed_precision: str | None = None) -> SDComponents:
     """Local diffusers folder, or Hub id (the local HF cache first, then the network); or, with
-    random_init, the named architecture with random weights (offline, for speed and memory).
+    random_init, the named architecture with random weights (offline, for speed and memory), written to
+    a folder in the cache once and loaded from there like any other model.
     SDXL (a text_encoder_2) is recognised from the model itself. `mixed_precision` is the model's
     preferred precision, which the hardware presets read from the config; loading ignores it."""
     if random_init:
-        from .random_init import random_components
+        from .random_init import ensure_random_model
 
-        parts = random_components(str(architecture), cache_dir or "~/.cache/ti_experiments")
-        return SDComponents(source=f"random:{architecture}", resolution=resolution, **parts)
+        pretrained_model_name_or_path = ensure_random_model(str(architecture), cache_dir or "~/.cache/ti_experiments")
     source = str(pretrained_model_name_or_path)
     fix = "set model.pretrained_model_name_or_path to a local diffusers folder or a reachable Hub id"
     path = _local_folder(source, fix)
@@ -170,7 +192,9 @@ def load_components(pretrained_model_name_or_path: str, revision: str | None = N
             raise TIError(f"could not load the model folder {source!r}: {_first_line(exc)}", fix) from None
     else:
         try:  # already in the local Hugging Face cache: no network needed
-            parts = _from_pretrained(source, revision, variant, local_only=True)
+            cached = _cached_snapshot(source, revision, variant)
+            parts = _from_pretrained(cached, None, variant, local_only=True) if cached else \
+                _from_pretrained(source, revision, variant, local_only=True)
         except Exception:  # noqa: BLE001
             folder = _download(source, revision, variant, fix)
             try:

@@ -111,8 +111,27 @@ def random_components(name: str, cache_dir: str | Path, seed: int = 0) -> dict:
     return parts
 
 
-def random_vae(name: str, seed: int = 0):
-    """Only the VAE of `name` (the benchmark's reference step encodes every step)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 1)
-        return build_module(name, "vae").eval()
+def ensure_random_model(name: str, cache_dir: str | Path, seed: int = 0) -> Path:
+    """`name`'s architecture with random weights as a diffusers folder in the cache, written once: a run
+    then loads it like any downloaded model (the same loading code, weights mapped from safetensors
+    files), so its speed and memory are what a user's run has."""
+    from .tiny import ensure_built
+
+    if name not in ARCHITECTURES:
+        random_components(name, cache_dir)  # the one error for an unknown architecture
+    target = Path(cache_dir).expanduser() / "models" / f"random-{name}-seed{seed}"
+    return ensure_built(target, lambda folder: _write_random_model(name, cache_dir, seed, folder))
+
+
+def _write_random_model(name: str, cache_dir: str | Path, seed: int, folder: Path) -> None:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    parts = random_components(name, cache_dir, seed)
+    parts["unet"] = parts["unet"]()
+    parts["scheduler"] = parts.pop("noise_scheduler")
+    if "text_encoder_2" in parts:
+        pipe = StableDiffusionXLPipeline(**parts)
+    else:
+        pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)

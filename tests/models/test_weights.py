@@ -1,0 +1,40 @@
+"""Weights read, not mapped: the same tensors as safetensors and diffusers give, each in its own memory."""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ti_experiments.models.weights import load_unet, read_safetensors
+
+
+def test_every_dtype_and_shape_reads_back_exactly(tmp_path):
+    tensors = {"a": torch.randn(3, 4, 5, 6), "b": torch.randn(7).to(torch.bfloat16), "c": torch.arange(5),
+               "d": torch.randn(2, 2).half(), "e": torch.zeros(0, 3), "f": torch.tensor([True, False])}
+    save_file(tensors, str(tmp_path / "t.safetensors"))
+    read = read_safetensors(tmp_path / "t.safetensors")
+    reference = load_file(str(tmp_path / "t.safetensors"))
+    assert set(read) == set(reference)
+    for name, tensor in reference.items():
+        assert read[name].dtype == tensor.dtype and read[name].shape == tensor.shape
+        assert torch.equal(read[name], tensor)
+    assert len({t.untyped_storage().data_ptr() for t in read.values() if t.numel()}) == 5  # one storage each
+
+
+def test_the_unet_of_a_folder_is_the_one_diffusers_loads(tiny_model_path):
+    from diffusers import UNet2DConditionModel
+
+    ours = load_unet(tiny_model_path)
+    theirs = UNet2DConditionModel.from_pretrained(tiny_model_path, subfolder="unet")
+    assert ours is not None and not ours.training
+    mine, other = ours.state_dict(), theirs.state_dict()
+    assert set(mine) == set(other) and all(torch.equal(mine[k], other[k]) for k in mine)
+    sample = torch.randn(1, 4, 8, 8)
+    text = torch.randn(1, 77, theirs.config.cross_attention_dim)
+    with torch.no_grad():
+        assert torch.equal(ours(sample, 10, text).sample, theirs(sample, 10, text).sample)
+
+
+def test_a_folder_without_safetensors_weights_falls_back(tmp_path):
+    (tmp_path / "unet").mkdir()
+    assert load_unet(tmp_path) is None
