@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import datetime
 import random
 import sys
 from pathlib import Path
@@ -90,6 +91,7 @@ def ti_figures(pipe, weights: Path, concepts: list[str], num_vectors: list[int],
     where = [f"model.pretrained_model_name_or_path={weights / 'model'}",
              f"evaluation.clip_model={weights / 'judge' / 'clip'}", f"evaluation.dino_model={weights / 'judge'}"]
     settings = _demo_train_settings()
+    runs = out / f"runs-{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}"  # a run folder holds one run: new ones each time
     rows = []
     for name in concepts:
         concept = world.CONCEPTS[name]
@@ -107,7 +109,7 @@ def ti_figures(pipe, weights: Path, concepts: list[str], num_vectors: list[int],
                       for c in contexts for s in concept.scenes(4, seed + 1)]
         real_clip_t = scorer.score(in_context, [t for t in texts for _ in range(4)])["clip_t"]
         for k in num_vectors:
-            run_dir = out / f"{name}-nv{k}"
+            run_dir = runs / f"{name}-nv{k}"
             result = train(f"+concept={name}", "model=toyworld", "logger=none", "validation.enabled=false",
                            f"concept.num_vectors={k}", f"evaluation.description='{concept.description()}'",
                            f"evaluation.text_subject='{concept.description()}'",
