@@ -35,6 +35,17 @@ def test_the_unet_of_a_folder_is_the_one_diffusers_loads(tiny_model_path):
         assert torch.equal(ours(sample, 10, text).sample, theirs(sample, 10, text).sample)
 
 
+def test_half_precision_weights_load_in_fp32_as_diffusers_loads_them(tiny_model_path, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    UNet2DConditionModel.from_pretrained(tiny_model_path, subfolder="unet").half().save_pretrained(tmp_path / "unet")
+    ours = load_unet(tmp_path)
+    theirs = UNet2DConditionModel.from_pretrained(tmp_path, subfolder="unet")
+    assert {p.dtype for p in ours.parameters()} == {p.dtype for p in theirs.parameters()} == {torch.float32}
+    mine, other = ours.state_dict(), theirs.state_dict()
+    assert all(torch.equal(mine[k], other[k]) for k in mine)
+
+
 def test_a_folder_without_safetensors_weights_falls_back(tmp_path):
     (tmp_path / "unet").mkdir()
     assert load_unet(tmp_path) is None

@@ -59,10 +59,11 @@ def weight_files(folder: Path, stem: str, variant: str | None) -> list[Path] | N
     return None
 
 
-def load_unet(folder: str | Path, variant: str | None = None):
-    """The UNet of a local diffusers folder, its weights read (not mapped) into memory; None when the folder
-    has no safetensors weights or they do not fit the config exactly (the caller then uses diffusers'
-    own loading)."""
+def load_unet(folder: str | Path, variant: str | None = None, dtype: torch.dtype = torch.float32):
+    """The UNet of a local diffusers folder, its weights read (not mapped) into memory, floating-point
+    weights in `dtype` (fp32, as diffusers loads them without a torch_dtype, whatever the file holds);
+    None when the folder has no safetensors weights or they do not fit the config exactly (the caller
+    then uses diffusers' own loading)."""
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
@@ -75,7 +76,8 @@ def load_unet(folder: str | Path, variant: str | None = None):
         unet = UNet2DConditionModel.from_config(config)
     state: dict[str, torch.Tensor] = {}
     for path in files:
-        state.update(read_safetensors(path))
+        for name, tensor in read_safetensors(path).items():  # one tensor at a time: a cast's copy is brief
+            state[name] = tensor.to(dtype) if tensor.is_floating_point() and tensor.dtype != dtype else tensor
     expected = set(unet.state_dict())
     if set(state) != expected:
         return None
