@@ -35,10 +35,6 @@ def seed_bound(default: int = 0) -> Any:
     return bound(default, minimum=0, maximum=SEED_MAX, example="0")
 
 
-def check_value(key: str, value, kind, **meta) -> None:
-    """One value outside a settings class (a command's argument), checked as a field of that type would be."""
-    _check(key, value, kind, meta)
-
 
 # Hydra's keys of a node that are not settings: what to build, and how
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
