@@ -388,8 +388,6 @@ EXAMPLES = """examples:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    import argparse
-
     parser = ArgumentParser(
         prog="python -m ti_experiments.generate", description=__doc__.splitlines()[0],
         usage="%(prog)s [EMBEDDING ...] PROMPT [options]",
