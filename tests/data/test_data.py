@@ -113,6 +113,33 @@ def test_latent_cache_draws_from_the_vae_distribution(tiny_model_path):
     assert not torch.equal(sample, cache.sample(torch.tensor([1, 0]), torch.tensor([True, False])))
 
 
+def test_latent_cache_encodes_an_image_when_first_drawn_the_same_as_all_at_once(tiny_model_path):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(tiny_model_path, subfolder="vae")
+    pixels = torch.rand(3, 3, 16, 16) * 2 - 1
+    eager = LatentCache.build(vae, pixels, with_flips=True, device="cpu", dtype=torch.float32)
+    released = []
+    lazy = LatentCache(vae, pixels, with_flips=True, device="cpu", dtype=torch.float32,
+                       when_full=lambda: released.append(True))
+    eps = torch.randn(2, *lazy.latent_shape)
+    first = lazy.sample(torch.tensor([2, 0]), torch.tensor([True, False]), eps=eps)
+    assert lazy.cached.sum() == 2 and lazy.cached[1, 2] and lazy.cached[0, 0] and not released
+    assert torch.equal(first, eager.sample(torch.tensor([2, 0]), torch.tensor([True, False]), eps=eps))
+    lazy.sample(torch.arange(3), torch.zeros(3, dtype=torch.bool))
+    lazy.sample(torch.arange(3), torch.ones(3, dtype=torch.bool))
+    assert released == [True] and lazy.vae is None  # the encoder may go once everything is cached
+    assert torch.equal(lazy.mean, eager.mean) and torch.equal(lazy.std, eager.std)
+    lazy.sample(torch.tensor([1]), torch.tensor([True]))
+    assert released == [True]
+    # without flips a mirrored draw is the image itself, and one pass over the images fills the cache
+    plain = LatentCache(vae, pixels, with_flips=False, device="cpu", dtype=torch.float32)
+    assert torch.equal(plain.sample(torch.tensor([1]), torch.tensor([True]), eps=eps[:1]),
+                       eager.sample(torch.tensor([1]), torch.tensor([False]), eps=eps[:1]))
+    plain.sample(torch.tensor([0, 2]), torch.tensor([False, True]))
+    assert plain.full and plain.vae is None
+
+
 def test_16_bit_cmyk_and_exif_rotated_images_are_converted(tmp_path):
     import numpy as np
 

@@ -138,36 +138,40 @@ def test_bf16_and_gradient_checkpointing_keep_the_learned_rows_fp32(tmp_path):
     assert learned.dtype == torch.float32 and torch.isfinite(learned).all()
 
 
-def test_the_unet_arrives_after_the_vae_has_cached_the_latents_and_left(tmp_path):
+def test_the_first_step_encodes_only_its_own_images_and_the_encoder_leaves_once_all_are_cached(tmp_path):
     from functools import partial
 
     from ti_experiments.experiment import fit, make_accelerator, prepare, reset_accelerate
     from ti_experiments.records.run_record import MetricsLog
 
-    for validation in ("false", "true"):
-        (tmp_path / validation).mkdir()
-        cfg = compose(*TINY_RUN, "train.max_steps=1", f"validation.enabled={validation}",
-                      "validation.num_inference_steps=1", "validation.num_images=1",
-                      output_dir=tmp_path / validation)
-        p = prepare(cfg, tmp_path / validation)
+    # 6 images and their mirror images: one step draws one; 60 steps (10 epochs of 6) draw all 12
+    for validation, steps in (("false", 1), ("false", 60), ("true", 60)):
+        out = tmp_path / f"{validation}-{steps}"
+        out.mkdir()
+        cfg = compose(*TINY_RUN, f"train.max_steps={steps}", "data.repeats=1", "train.save_steps=null",
+                      "train.checkpointing_steps=null", f"validation.enabled={validation}", "validation.steps=null",
+                      "validation.num_inference_steps=1", "validation.num_images=1", "evaluation.enabled=false",
+                      output_dir=out)
+        p = prepare(cfg, out)
         assert not isinstance(p.parts._unet, torch.nn.Module)  # not loaded yet
-        accelerator = make_accelerator(cfg.hardware, p.tracker, tmp_path / validation)
+        accelerator = make_accelerator(p.hardware, p.tracker, out)
         try:
             validator = None
             if validation == "true":
                 from ti_experiments.validation import Validator
-                validator = Validator(p.validation, p.parts, p.parts.text_encoder, accelerator, p.tracker,
-                                      tmp_path / validation)
-            fit(p, accelerator, partial(MetricsLog, tmp_path / validation, accelerator, accelerator.device),
-                validator)
+                validator = Validator(p.validation, p.parts, p.parts.text_encoder, accelerator, p.tracker, out)
+            result = fit(p, accelerator, partial(MetricsLog, out, accelerator, accelerator.device), validator)
         finally:
             reset_accelerate()
+        cache = result.state["cache"]
         assert isinstance(p.parts.unet, torch.nn.Module)
-        if validation == "false":
-            assert p.parts.vae is None  # nothing needs it any more
+        if steps == 1:
+            assert int(cache.cached.sum()) == 1 and p.parts.vae.encoder is not None
+        elif validation == "false":
+            assert cache.full and p.parts.vae is None  # nothing needs it any more
         else:
-            assert p.parts.vae.encoder is None and p.parts.vae.decoder is not None
-            assert (tmp_path / validation / "validation" / "step-1" / "00-00.png").exists()
+            assert cache.full and p.parts.vae.encoder is None and p.parts.vae.decoder is not None
+            assert (out / "validation" / f"step-{steps}" / "00-00.png").exists()
 
 
 def test_a_nan_loss_stops_before_the_update_and_keeps_the_last_good_embedding(tmp_path, monkeypatch):

@@ -51,6 +51,7 @@ class Evaluator:
 
             models = EvalModels(settings.clip_model, settings.dino_model, accelerator.device)
             self.scorer = ImageScorer(models, [_open_rgb(p, 512)[0] for p in image_paths])
+        self.cache = None
         self.held = None
         self.weight_dtype = torch.float32
         self.max_steps = None
@@ -63,19 +64,25 @@ class Evaluator:
         return self.images_on
 
     def attach(self, cache, weight_dtype, start_step: int = 0, max_steps: int | None = None) -> None:
-        """Draw the held-out set from the latent cache; a resumed run takes its best step so far from
-        metrics.jsonl."""
+        """The latent cache to draw the held-out set from (at the first evaluation: nothing here delays
+        step 1); a resumed run takes its best step so far from metrics.jsonl."""
+        self.cache = cache
         self.weight_dtype = weight_dtype
         self.max_steps = max_steps
-        s = self.settings
-        timesteps = self.parts.noise_scheduler.config.num_train_timesteps
-        self.held = build_heldout_set(cache, self.parts.tokenizer, timesteps, self.placeholder_string,
-                                      self.initializer, self.learnable_property, s.heldout_samples, s.heldout_seed,
-                                      s.description)
         if start_step > 0:
             for row in read_metrics(self.run_dir):
                 if row.get("step", 0) <= start_step and row.get(self.best_metric) is not None:
                     self._keep_if_best(row["step"], row[self.best_metric], None)
+
+    def heldout_set(self):
+        """Drawn from its own seed, so drawing it later draws the same set."""
+        if self.held is None:
+            s = self.settings
+            timesteps = self.parts.noise_scheduler.config.num_train_timesteps
+            self.held = build_heldout_set(self.cache, self.parts.tokenizer, timesteps, self.placeholder_string,
+                                          self.initializer, self.learnable_property, s.heldout_samples,
+                                          s.heldout_seed, s.description)
+        return self.held
 
     def due(self, step: int, max_steps: int) -> bool:
         s = self.settings
@@ -95,13 +102,13 @@ class Evaluator:
         self.text_encoder.eval()
         try:
             with self.accelerator.autocast():
-                args = (self.parts, self.text_encoder, self.held)
+                args = (self.parts, self.text_encoder, self.heldout_set())
                 values = {"heldout_loss": heldout_loss(*args, "learned", self.weight_dtype, device,
                                                        self.settings.heldout_batch_size)}
                 if self.init_loss is None:  # these prompts do not change while training
                     self.init_loss = {f"heldout_loss_{which}": heldout_loss(*args, which, self.weight_dtype, device,
                                                                             self.settings.heldout_batch_size)
-                                      for which in ("init", "words") if which == "init" or self.held.words_ids is not None}
+                                      for which in ("init", "words") if which == "init" or args[2].words_ids is not None}
                 values.update(self.init_loss)
         finally:
             unet.train(modes[0])

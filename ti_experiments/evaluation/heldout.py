@@ -38,11 +38,10 @@ def build_heldout_set(cache: LatentCache, tokenizer, num_train_timesteps: int, p
     """K triples from `seed` alone: images in turn (not mirrored), one timestep per K-th of the schedule
     (stratified: less variance than K free draws), a training template per triple."""
     gen = torch.Generator().manual_seed(int(seed))
-    num_images = cache.mean.shape[1]
-    index = torch.arange(num_samples) % num_images
+    index = torch.arange(num_samples) % cache.num_images
     flipped = torch.zeros(num_samples, dtype=torch.bool)
-    eps = torch.randn((num_samples, *cache.mean.shape[2:]), generator=gen)
-    noise = torch.randn((num_samples, *cache.mean.shape[2:]), generator=gen)
+    eps = torch.randn((num_samples, *cache.latent_shape), generator=gen)
+    noise = torch.randn((num_samples, *cache.latent_shape), generator=gen)
     offsets = torch.rand(num_samples, generator=gen)
     timesteps = ((torch.arange(num_samples) + offsets) * num_train_timesteps / num_samples).long()
     timesteps = timesteps.clamp(max=num_train_timesteps - 1)

@@ -1,7 +1,7 @@
 """How the placeholder embedding is trained: the denoising loss, accumulation, saves, checkpoints.
 
-`run_training(job)` reads top to bottom: encode the images once (`encode_images`), place the frozen
-models (`placement.Placement`), build the optimizer and the data (`optimization`, `batches`), resume,
+`run_training(job)` reads top to bottom: a latent cache that encodes each image once, when a step
+first draws it (`latent_cache`), place the frozen models (`placement.Placement`), build the optimizer and the data (`optimization`, `batches`), resume,
 then the steps; what happens after each optimizer step (log, save, checkpoint, evaluate, validate,
 stop) is `EndOfStep`'s. `LoopState` is the little that changes from step to step.
 """
@@ -135,7 +135,7 @@ def run_training(job: TrainingJob) -> TrainResult:
     placement = Placement.of(accelerator, job.hardware)
     with process_settings(job.hardware, placement.device):
         freeze(job, placement.device)
-        cache = encode_images(job, placement)
+        cache = latent_cache(job, placement)  # filled by the steps that draw its images
         unet = job.parts.unet  # loaded (or built) now, if it was deferred
         unet.requires_grad_(False)
         lean_backward(unet)  # no activations kept for weight gradients nobody computes
@@ -180,19 +180,23 @@ def freeze(job: TrainingJob, device) -> None:
             map_frozen_rows(e, job.run_dir)
 
 
-def encode_images(job: TrainingJob, placement: Placement) -> LatentCache:
-    """First the VAE: encode every training image once, then let it go before the UNet arrives (the
-    decoder stays only for validation and image metrics)."""
+def latent_cache(job: TrainingJob, placement: Placement) -> LatentCache:
+    """The VAE on the device, and a cache that encodes each training image the first time a step draws
+    it; once every image (and mirror image) is cached the encoder is let go (the decoder stays only for
+    validation and image metrics)."""
     parts = job.parts
-    t0 = time.perf_counter()
     dtype = placement.place_vae(parts)
-    cache = LatentCache.build(parts.vae, job.pixels, with_flips=job.data.flip_p > 0, device=placement.device,
-                              dtype=dtype)
-    log.info("encoded %d images into the latent cache in %.2fs", job.pixels.shape[0], time.perf_counter() - t0)
     needs_decoder = job.validate is not None or (job.evaluate is not None and job.evaluate.needs_vae)
-    placement.release_vae(parts, keep_decoder=needs_decoder)
-    gc.collect()
-    return_free_heap()
+
+    def release() -> None:
+        log.info("encoded %d images%s into the latent cache in %.2fs; the VAE encoder is released",
+                 job.pixels.shape[0], " and their mirror images" if cache.with_flips else "", cache.encode_seconds)
+        placement.release_vae(parts, keep_decoder=needs_decoder)
+        gc.collect()
+        return_free_heap()
+
+    cache = LatentCache(parts.vae, job.pixels, with_flips=job.data.flip_p > 0, device=placement.device, dtype=dtype,
+                        when_full=release)
     return cache
 
 
