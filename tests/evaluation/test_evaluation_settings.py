@@ -34,7 +34,7 @@ def test_image_metrics_auto_follows_the_device_and_best_metric_follows_them():
 
 
 @pytest.mark.parametrize("bad", [{"best_metric": "fid"}, {"image_metrics": "yes"}, {"num_images": 0},
-                                 {"steps": 0}])
+                                 {"steps": -1}])
 def test_bad_values_are_one_line_errors(bad):
     with pytest.raises(TIError):
         EvaluationSettings(**bad)

@@ -50,6 +50,22 @@ def test_heldout_set_and_loss_are_exactly_reproducible_and_leave_the_global_rng_
     assert abs(first - loss("init")) < 1e-6
 
 
+def test_the_loss_is_the_same_scored_one_triple_at_a_time_or_in_batches(tmp_path):
+    cfg = compose(*TINY_RUN, output_dir=tmp_path)
+    parts, cache = _parts_and_cache(cfg)
+    held = build_heldout_set(cache, parts.tokenizer, 1000, "<demo-toy>", str(cfg.concept.initializer_token),
+                             "object", 16, 0)
+    parts.unet.eval()
+    parts.text_encoder.eval()
+    with torch.no_grad():
+        parts.text_encoder.get_input_embeddings().vectors += 0.1  # a learned row unlike the initializer's
+    losses = {b: [heldout_loss(parts, parts.text_encoder, held, which, torch.float32, torch.device("cpu"), b)
+                  for which in ("learned", "init")] for b in (1, 4, 5, 16)}
+    for b in (4, 5, 16):
+        assert losses[b] == pytest.approx(losses[1], rel=1e-6, abs=0)
+    assert losses[1][0] != losses[1][1]
+
+
 def test_trained_embedding_beats_the_initializer_and_the_best_is_kept(tmp_path):
     # 10x the default learning rate; batches of 4 so that 10 steps go somewhere (measured: the gap to
     # the initializer grows at every evaluation, -1.3e-4 at step 10 and -2.1e-4 at step 20)

@@ -42,3 +42,14 @@ def test_scores_are_means_of_cosines_in_range_and_deterministic(models):
 def test_a_missing_model_is_a_one_line_error(tmp_path):
     with pytest.raises(TIError, match="evaluation.clip_model"):
         EvalModels(str(tmp_path / "nope"), str(tmp_path / "nope"), "cpu")
+
+
+def test_models_of_the_wrong_kind_are_refused_before_any_weights_load(tmp_path):
+    from ti_experiments.evaluation.image_metrics import locate_models
+
+    folder = ensure_tiny_eval_models(tmp_path)
+    assert locate_models(str(folder / "clip"), str(folder / "dino")) == (str(folder / "clip"), str(folder / "dino"))
+    with pytest.raises(TIError, match="evaluation.clip_model .* is not a CLIP model"):
+        locate_models(str(folder / "dino"), str(folder / "dino"))
+    with pytest.raises(TIError, match="evaluation.dino_model .* has no config.json"):
+        locate_models(str(folder / "clip"), str(tmp_path))

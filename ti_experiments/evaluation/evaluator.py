@@ -45,12 +45,13 @@ class Evaluator:
         self.templates = (prompt_templates(settings.prompts, self.learnable_property, settings.num_prompts)
                           if self.images_on else [])
         self.scorer = None
-        if self.images_on and accelerator.is_main_process:  # load now: a wrong model name fails before training
-            from ..data.images import _open_rgb
-            from .image_metrics import EvalModels, ImageScorer
+        self.image_paths = list(image_paths)
+        self.model_paths = None
+        if self.images_on and accelerator.is_main_process:
+            from .image_metrics import locate_models
 
-            models = EvalModels(settings.clip_model, settings.dino_model, accelerator.device)
-            self.scorer = ImageScorer(models, [_open_rgb(p, 512)[0] for p in image_paths])
+            # found and checked now (a wrong name fails before training), loaded at the first image scores
+            self.model_paths = locate_models(settings.clip_model, settings.dino_model)
         self.cache = None
         self.held = None
         self.weight_dtype = torch.float32
@@ -122,6 +123,12 @@ class Evaluator:
         prompts = [t.format(self.placeholder_string) for t in self.templates]
         subject = s.text_subject or self.initializer
         texts = [t.format(subject) for t in self.templates]
+        if self.scorer is None:
+            from ..data.images import _open_rgb
+            from .image_metrics import EvalModels, ImageScorer
+
+            models = EvalModels(*self.model_paths, self.accelerator.device)
+            self.scorer = ImageScorer(models, [_open_rgb(p, 512)[0] for p in self.image_paths])
         generated = self.generator.generate(prompts, s.num_images, s.batch_size)
         flat = [img for imgs in generated for img in imgs]
         flat_texts = [text for text, imgs in zip(texts, generated) for _ in imgs]

@@ -95,6 +95,25 @@ def _local_or_download(source: str, what: str) -> str:
     return folder
 
 
+def locate_models(clip_model: str, dino_model: str) -> tuple[str, str]:
+    """The two models' folders (downloaded if need be) with configs of the right kind: what can be
+    checked before training without loading any weights."""
+    from transformers import AutoConfig
+
+    paths = _local_or_download(str(clip_model), "clip_model"), _local_or_download(str(dino_model), "dino_model")
+    try:
+        kind = AutoConfig.from_pretrained(paths[0]).model_type
+    except Exception as exc:  # noqa: BLE001
+        kind = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if kind != "clip":
+        raise TIError(f"evaluation.clip_model {clip_model!r} is not a CLIP model ({kind})",
+                      "set evaluation.clip_model to a CLIP model folder or Hub id, e.g. openai/clip-vit-base-patch32")
+    if not any((Path(paths[1]) / name).is_file() for name in ("config.json", "attributes.safetensors")):
+        raise TIError(f"evaluation.dino_model {dino_model!r} has no config.json",
+                      "set evaluation.dino_model to a ViT (DINO) model folder or Hub id, e.g. facebook/dino-vits16")
+    return paths
+
+
 class EvalModels:
     """CLIP (image and text towers) and DINO, in eval mode on one device, with their preprocessing."""
 
@@ -102,8 +121,7 @@ class EvalModels:
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
         self.device = torch.device(device)
-        clip_path = _local_or_download(str(clip_model), "clip_model")
-        dino_path = _local_or_download(str(dino_model), "dino_model")
+        clip_path, dino_path = locate_models(clip_model, dino_model)
         try:
             self.clip = CLIPModel.from_pretrained(clip_path).to(self.device).eval()
             self.clip_tokenizer = AutoTokenizer.from_pretrained(clip_path)

@@ -39,13 +39,13 @@ class EvaluationSettings(Settings):
     GROUP = "evaluation"
 
     enabled: bool = True
-    # held-out loss every N optimizer steps and at the end (null: only at the end)
-    steps: int | None = bound(100, minimum=1, example="100")
+    # held-out loss every N optimizer steps and at the end (0 or null: only at the end, as train.save_steps)
+    steps: int | None = bound(500, minimum=0, example="500")
     heldout_samples: int = bound(16, minimum=1, example="16")
     heldout_seed: int = seed_bound()
     # the concept in plain words ("large orange circle with ears"): heldout_loss_words scores that prompt too
     description: str | None = bound(None, example="'large orange circle with ears'")
-    heldout_batch_size: int = bound(8, minimum=1, example="8")
+    heldout_batch_size: int = bound(4, minimum=1, example="4")
     # true, false, or "auto": on where there is a GPU (or MPS), off on a CPU
     image_metrics: Literal[True, False, "auto"] = "auto"
     # image metrics every N optimizer steps and at the end (0 or null: only at the end, as train.save_steps)
