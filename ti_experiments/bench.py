@@ -10,6 +10,7 @@ data.resolution=256 hardware=cpu`.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -193,27 +194,45 @@ def _memory(device) -> dict:
     return out
 
 
+def _import_libraries() -> None:
+    """What every run imports before it can load a model (timed as one part of the start)."""
+    import accelerate  # noqa: F401
+    import diffusers  # noqa: F401
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: F401
+    from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401
+
+
 def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, reference: bool = False) -> dict:
+    from .checks import check_config
     from .experiment import fit, make_accelerator, prepare, reset_accelerate
+    from .records.memory import peak_memory_bytes
 
     started = _process_start()
+    marks = {"launch": started, "imports": time.time()}
+    _import_libraries()
+    marks["libraries"] = time.time()
     if not any(o.startswith("+concept=") for o in overrides):
         overrides = ["+concept=demo", *overrides]
-    forced = [f"train.max_steps={warmup + steps}", "train.save_steps=null", "train.checkpointing_steps=null",
+    forced = [f"train.max_steps={warmup + steps}", "train.checkpointing_steps=null",
               "train.resume_from_checkpoint=null", "validation.enabled=false", "logger=none"]
     run_dir = Path(tempfile.mkdtemp(prefix="ti-bench-"))
     cfg = compose([*overrides, *forced, f"paths.output_dir={run_dir}"])
-    from .records.memory import peak_memory_bytes
-
-    p = prepare(cfg, run_dir)
+    settings = check_config(cfg)
+    marks["config"] = time.time()
+    p = prepare(cfg, run_dir, settings)
     if reference and p.parts.is_sdxl:
         raise TIError("--reference (the diffusers example's step) is not implemented for SDXL",
                       "leave out --reference for SDXL models")
+    marks["text encoder, VAE, images"] = time.time()
+    p.parts.unet  # the run loads it here too (deferred until training starts)
+    marks["UNet"] = time.time()
     loaded_peak = peak_memory_bytes("cpu") / 2**30
     accelerator = make_accelerator(p.hardware, p.tracker, run_dir)
     try:
         times = StepTimes()
         result = fit(p, accelerator, lambda start_step: times)
+        first_end = times.ends[0]
+        encoding = sum(seconds for end, seconds in result.state["cache"].encoded_at if end <= first_end)
         step_seconds = [b - a for a, b in zip(times.ends[max(warmup - 1, 0):], times.ends[max(warmup, 1):])]
         if not step_seconds:
             step_seconds = [times.ends[-1] - times.ends[-2]] if len(times.ends) > 1 else [result.seconds]
@@ -226,6 +245,13 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
         reference_steps = time_reference(p, accelerator, cfg, steps, warmup) if reference else None
     finally:
         reset_accelerate()
+    names = list(marks)
+    startup = {b: marks[b] - marks[a] for a, b in zip(names, names[1:])}
+    startup = {"imports (python, torch, this package)": startup.pop("imports"),
+               "imports (diffusers, transformers, accelerate)": startup.pop("libraries"), **startup,
+               "latent cache (step 1's images)": encoding,
+               # the loop's set-up (placement, optimizer, data) and step 1's compute
+               "first step": times.first_end_wall - marks["UNet"] - encoding}
     median_step = statistics.median(step_seconds)
     phase_medians = {name: statistics.median(r[name] for r in phases) for name in PHASES}
     unavoidable = statistics.median(sum(r[n] for n in UNAVOIDABLE) for r in phases)
@@ -240,6 +266,7 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
         "median_step_s": median_step, "images_per_s": batch / median_step,
         "step_s": step_seconds,
         "time_to_first_step_s": times.first_end_wall - started,
+        "time_to_first_step_parts_s": startup,
         "phases_s": phase_medians,
         "unavoidable_s": unavoidable,
         "limit_ratio": median_step / unavoidable,
@@ -262,8 +289,11 @@ def table(r: dict) -> str:
              f"{'median s / optimizer step':<34}{r['median_step_s']:.3f}   ({r['timed_steps']} steps after "
              f"{r['warmup_steps']} warm-up)",
              f"{'images / s':<34}{r['images_per_s']:.3f}",
-             f"{'time to first step s':<34}{r['time_to_first_step_s']:.2f}",
-             f"{'peak RSS GiB':<34}{r['peak_rss_gib']:.2f}"]
+             f"{'time to first step s':<34}{r['time_to_first_step_s']:.2f}   (from the process's start)"]
+    for name, seconds in r["time_to_first_step_parts_s"].items():
+        lines.append(f"  {name:<46}{seconds:6.2f}")
+    lines += [f"{'peak RSS GiB after loading':<34}{r['peak_rss_after_load_gib']:.2f}",
+              f"{'peak RSS GiB (training)':<34}{r['peak_rss_gib']:.2f}"]
     if "peak_allocated_gib" in r:
         lines.append(f"{'peak GPU allocated / reserved GiB':<34}{r['peak_allocated_gib']:.2f} / "
                      f"{r['peak_reserved_gib']:.2f}")
@@ -285,20 +315,91 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
+# A progress line of a training command: this project's log line "step N/M" or the diffusers example's
+# progress bar "Steps: ... | N/M ["
+STEP_LINE = re.compile(rb"(?:\] - step |Steps: *\d+%\|[^|\n]*\| *)(\d+)/\d+\b")
+
+
+def _peak_rss_so_far(pid: int) -> float | None:
+    """The process's peak resident memory until now (Linux's VmHWM), GiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
+def time_launch(command: list[str]) -> dict:
+    """Run a training command as a user would and time it from the outside: launch to the end of its first
+    optimizer step (its first progress line with step 1), to its last step, and to its exit; its peak RSS
+    until the last step and over the whole run. The same measure for this project's CLI and the
+    diffusers example."""
+    import os
+    import subprocess
+
+    if not command:
+        raise TIError("--launch needs a command", "put the command after --launch, e.g. --launch python -m "
+                      "ti_experiments +concept=demo train.max_steps=4")
+    started = time.perf_counter()
+    try:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    except OSError as exc:
+        raise TIError(f"could not start {command[0]!r}: {exc.strerror}", "check the command after --launch") from None
+    out: dict = {"command": " ".join(command)}
+    buffer, last_step = b"", 0
+    while chunk := os.read(proc.stdout.fileno(), 65536):
+        sys.stderr.buffer.write(chunk)
+        buffer = (buffer + chunk)[-4096:]
+        steps = [int(m.group(1)) for m in STEP_LINE.finditer(buffer.replace(b"\r", b"\n"))]
+        if steps and max(steps) > last_step:
+            last_step = max(steps)
+            now = time.perf_counter() - started
+            out.setdefault("first_step_s", now)
+            out.update(last_step=last_step, last_step_s=now, peak_rss_until_last_step_gib=_peak_rss_so_far(proc.pid))
+            buffer = b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    out.update(exit_code=os.waitstatus_to_exitcode(status), wall_s=time.perf_counter() - started,
+               peak_rss_gib=usage.ru_maxrss / 2**20)
+    if "first_step_s" not in out:
+        raise TIError(f"{command[0]!r} printed no step line (exit code {out['exit_code']})",
+                      "run a training command that logs its steps (this project's CLI or the diffusers example)")
+    return out
+
+
+def launch_table(r: dict) -> str:
+    return "\n".join([f"command: {r['command']}",
+                      f"{'launch to the end of step 1 s':<40}{r['first_step_s']:.2f}",
+                      f"{'launch to the end of step ' + str(r['last_step']) + ' s':<40}{r['last_step_s']:.2f}",
+                      f"{'wall s (to exit)':<40}{r['wall_s']:.2f}   exit code {r['exit_code']}",
+                      f"{'peak RSS GiB until the last step':<40}{r['peak_rss_until_last_step_gib'] or 0:.2f}",
+                      f"{'peak RSS GiB (whole run)':<40}{r['peak_rss_gib']:.2f}"])
+
+
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     parser = ArgumentParser(prog="python -m ti_experiments.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--warmup", type=int, default=2, help="optimizer steps not timed (default 2)")
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps timed (default 5)")
     parser.add_argument("--phase-steps", type=int, default=3, help="steps timed phase by phase (default 3)")
     parser.add_argument("--reference", action="store_true",
                         help="also time the diffusers example's way of computing the same step, in this run")
+    parser.add_argument("--launch", nargs=argparse.REMAINDER, metavar="COMMAND",
+                        help="instead: run COMMAND (a training command: this project's CLI or the diffusers "
+                             "example) and time it from launch to its first step; its peak RSS")
     args, overrides = parser.parse_known_args(argv)
 
     try:
-        result = benchmark(overrides, args.warmup, args.steps, args.phase_steps, args.reference)
+        if args.launch is not None:
+            result = time_launch(args.launch)
+            print(launch_table(result))
+        else:
+            result = benchmark(overrides, args.warmup, args.steps, args.phase_steps, args.reference)
+            print(table(result))
     except Exception as exc:
         return report_or_raise(exc)
-    print(table(result))
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}))
     return 0
 

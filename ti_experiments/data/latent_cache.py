@@ -7,7 +7,8 @@ mean and std and drawing from them per step gives the same distribution without 
 
 An image is encoded the first time a step draws it, not all of them before step 1: the first step
 then waits for its own images only (encoding six images and their mirrors took 22 s of a 51 s start
-at 256 px). Once every entry is cached, `when_full` lets the encoder go.
+at 256 px); the training loop encodes the rest right after step 1. Once every entry is cached,
+`when_full` lets the encoder go.
 """
 
 from __future__ import annotations
@@ -35,16 +36,24 @@ class LatentCache:
         self.mean = torch.zeros((2, self.num_images, *self.latent_shape), device=self.device)
         self.std = torch.zeros_like(self.mean)
         self.cached = torch.zeros((2, self.num_images), dtype=torch.bool)
-        self.encode_seconds = 0.0  # time spent in the VAE so far (the benchmark splits the first step by it)
+        self.encoded_at: list[tuple[float, float]] = []  # (perf_counter at the end, seconds) of each encode
 
     @classmethod
     def build(cls, vae, pixels: torch.Tensor, with_flips: bool, device, dtype) -> LatentCache:
         """Every entry encoded now (evaluation scores all images at once)."""
         cache = cls(vae, pixels, with_flips, device, dtype)
-        cache.fill(torch.arange(cache.num_images), torch.zeros(cache.num_images, dtype=torch.bool))
-        if with_flips:
-            cache.fill(torch.arange(cache.num_images), torch.ones(cache.num_images, dtype=torch.bool))
+        cache.fill_all()
         return cache
+
+    def fill_all(self) -> None:
+        every = torch.arange(self.num_images)
+        self.fill(every, torch.zeros(self.num_images, dtype=torch.bool))
+        if self.with_flips:
+            self.fill(every, torch.ones(self.num_images, dtype=torch.bool))
+
+    @property
+    def encode_seconds(self) -> float:
+        return sum(seconds for _, seconds in self.encoded_at)
 
     @property
     def full(self) -> bool:
@@ -69,7 +78,7 @@ class LatentCache:
             self.mean[v, i] = dist.mean[0].float()
             self.std[v, i] = dist.std[0].float()
             self.cached[v, i] = True
-            self.encode_seconds += time.perf_counter() - started
+            self.encoded_at.append((time.perf_counter(), time.perf_counter() - started))
         if self.vae is not None and self.full:
             self.vae = None
             if self.when_full is not None:

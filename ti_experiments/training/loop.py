@@ -182,8 +182,8 @@ def freeze(job: TrainingJob, device) -> None:
 
 def latent_cache(job: TrainingJob, placement: Placement) -> LatentCache:
     """The VAE on the device, and a cache that encodes each training image the first time a step draws
-    it; once every image (and mirror image) is cached the encoder is let go (the decoder stays only for
-    validation and image metrics)."""
+    it (`train_steps` encodes the rest right after step 1); once every image (and mirror image) is cached
+    the encoder is let go. The decoder stays only for validation and image metrics."""
     parts = job.parts
     dtype = placement.place_vae(parts)
     needs_decoder = job.validate is not None or (job.evaluate is not None and job.evaluate.needs_vae)
@@ -195,6 +195,7 @@ def latent_cache(job: TrainingJob, placement: Placement) -> LatentCache:
         gc.collect()
         return_free_heap()
 
+    placement.release_vae(parts, keep_decoder=needs_decoder, keep_encoder=True)
     cache = LatentCache(parts.vae, job.pixels, with_flips=job.data.flip_p > 0, device=placement.device, dtype=dtype,
                         when_full=release)
     return cache
@@ -263,6 +264,8 @@ def train_steps(job: TrainingJob, state: LoopState, models, cache, placement: Pl
             state.global_step += 1
             state.step_loss = 0.0
             end_of_step(lr_scheduler.get_last_lr()[0])
+            if state.global_step == state.start_step + 1:
+                cache.fill_all()  # step 1 waited only for its own images; the encoder can go now
             if state.global_step >= max_steps:
                 break
         state.epoch += 1
@@ -317,7 +320,9 @@ class EndOfStep:
         self.progress.update(1)
         self.progress.set_postfix(loss=f"{loss:.4f}", lr=f"{row['lr']:.2e}",
                                   steps_per_s=f"{row['steps_per_sec'] or 0:.2f}", refresh=False)
-        if not self.show_bar and self.accelerator.is_main_process and (step % self.every == 0 or step == max_steps):
+        first = step == self.state.start_step + 1  # when training really began
+        if not self.show_bar and self.accelerator.is_main_process and (first or step % self.every == 0
+                                                                        or step == max_steps):
             log.info("step %d/%d  loss %.4f  lr %.3g  %.2f steps/s", step, max_steps, loss, row["lr"],
                      row["steps_per_sec"] or 0.0)
         return row

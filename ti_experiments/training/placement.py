@@ -114,9 +114,14 @@ class Placement:
             encoder.train(training)
             encoder.to(self.device)
 
-    def release_vae(self, parts, keep_decoder: bool) -> None:
-        """After encoding: no encoder is needed again, and the decoder only for generating images (kept on
-        the CPU between uses when `offload_idle`)."""
+    def release_vae(self, parts, keep_decoder: bool, keep_encoder: bool = False) -> None:
+        """What nothing needs any more: the encoder once every image is encoded, the decoder when no images
+        are generated (kept on the CPU between uses when `offload_idle`)."""
+        if not keep_decoder:
+            parts.vae.decoder = None
+            parts.vae.post_quant_conv = None
+        if keep_encoder:
+            return
         parts.vae.encoder = None
         parts.vae.quant_conv = None
         if not keep_decoder:
