@@ -224,11 +224,11 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
         raise TIError("--reference (the diffusers example's step) is not implemented for SDXL",
                       "leave out --reference for SDXL models")
     marks["text encoder, VAE, images"] = time.time()
-    p.parts.unet  # the run loads it here too (deferred until training starts)
-    marks["UNet"] = time.time()
-    loaded_peak = peak_memory_bytes("cpu") / 2**30
     accelerator = make_accelerator(p.hardware, p.tracker, run_dir)
     try:
+        Placement.of(accelerator, p.hardware).load_unet(p.parts)  # as the run does when training starts
+        marks["UNet"] = time.time()
+        loaded_peak = peak_memory_bytes("cpu") / 2**30
         times = StepTimes()
         result = fit(p, accelerator, lambda start_step: times)
         first_end = times.ends[0]

@@ -115,7 +115,7 @@ def _place(parts, images, placement):
     dtype = placement.place_vae(parts)
     cache = LatentCache.build(parts.vae, images.pixels, with_flips=False, device=placement.device, dtype=dtype)
     placement.release_vae(parts, keep_decoder=True)
-    placement.place_unet(parts.unet, training=False)
+    placement.place_unet(placement.load_unet(parts), training=False)
     placement.place_text_encoders([parts.text_encoder.requires_grad_(False)], training=False)
     return cache
 

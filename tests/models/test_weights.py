@@ -1,4 +1,5 @@
-"""Weights read, not mapped: the same tensors as safetensors and diffusers give, each in its own memory."""
+"""Weights copied out of the file once: the same tensors as safetensors and diffusers give, each in its own
+memory, in the dtype and memory format asked for."""
 
 from __future__ import annotations
 
@@ -49,3 +50,26 @@ def test_half_precision_weights_load_in_fp32_as_diffusers_loads_them(tiny_model_
 def test_a_folder_without_safetensors_weights_falls_back(tmp_path):
     (tmp_path / "unet").mkdir()
     assert load_unet(tmp_path) is None
+
+
+def test_a_channels_last_load_is_the_same_unet_already_in_training_layout(tiny_model_path):
+    from ti_experiments.training.placement import Placement
+    from ti_experiments.training.settings import HardwareSettings
+
+    plain, ours = load_unet(tiny_model_path), load_unet(tiny_model_path, channels_last=True)
+    convs = [n for n, t in ours.state_dict().items() if t.dim() == 4]
+    assert convs and all(ours.state_dict()[n].is_contiguous(memory_format=torch.channels_last) for n in convs)
+    assert all(torch.equal(t, plain.state_dict()[n]) for n, t in ours.state_dict().items())
+    before = {n: t.data_ptr() for n, t in ours.state_dict().items()}
+    Placement(torch.device("cpu"), torch.float32, HardwareSettings(channels_last=True)).place_unet(ours, training=True)
+    assert {n: t.data_ptr() for n, t in ours.state_dict().items()} == before  # no second copy
+
+
+def test_a_truncated_file_is_an_error_naming_it(tmp_path):
+    import pytest
+
+    save_file({"a": torch.randn(64, 64)}, str(tmp_path / "t.safetensors"))
+    data = (tmp_path / "t.safetensors").read_bytes()
+    (tmp_path / "t.safetensors").write_bytes(data[:-100])
+    with pytest.raises(OSError, match="t.safetensors ends inside tensor 'a'"):
+        read_safetensors(tmp_path / "t.safetensors")

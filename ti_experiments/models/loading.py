@@ -18,8 +18,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class SDComponents:
-    """The frozen parts. `unet` may be given as a zero-argument loader: it is then loaded on first use,
-    after the VAE has encoded the training images and left, so the two never share memory.
+    """The frozen parts. `unet` may be given as a loader: it is then loaded on first use (`load_unet`, with
+    the layout training will use, or the `unet` property), when training starts.
     SDXL models also have `tokenizer_2` and `text_encoder_2` (None otherwise)."""
 
     def __init__(self, tokenizer, text_encoder, vae, unet, noise_scheduler, source: str, resolution: int,
@@ -45,8 +45,13 @@ class SDComponents:
 
     @property
     def unet(self):
+        return self.load_unet()
+
+    def load_unet(self, channels_last: bool = False):
+        """The UNet, loaded now if it was deferred: convolutions channels-last from the start when asked
+        (where the loader can; placement converts the rest)."""
         if callable(self._unet) and not isinstance(self._unet, torch.nn.Module):
-            self._unet = self._unet()
+            self._unet = self._unet(channels_last=channels_last)
         return self._unet
 
 
@@ -69,7 +74,7 @@ def _from_pretrained(source: str, revision: str | None, variant: str | None, loc
         noise_scheduler=DDPMScheduler.from_pretrained(source, subfolder="scheduler", **common),
         text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights),
         vae=AutoencoderKL.from_pretrained(source, subfolder="vae", variant=variant, **weights),
-        unet=_deferred(lambda: _load_unet(source, revision, variant, weights), source),
+        unet=_deferred(lambda channels_last: _load_unet(source, revision, variant, weights, channels_last), source),
     )
     if _is_sdxl(source, revision, local_only):  # SDXL: the second encoder (with the pooled projection)
         parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **common)
@@ -78,14 +83,14 @@ def _from_pretrained(source: str, revision: str | None, variant: str | None, loc
     return parts
 
 
-def _load_unet(source: str, revision: str | None, variant: str | None, weights: dict):
-    """A folder's UNet with its weights read into memory (models/weights.py says why), else diffusers'
-    loading (a Hub id, .bin weights, keys that need converting)."""
+def _load_unet(source: str, revision: str | None, variant: str | None, weights: dict, channels_last: bool):
+    """A folder's UNet with its weights copied into memory once (models/weights.py says why), else
+    diffusers' loading (a Hub id, .bin weights, keys that need converting)."""
     from diffusers import UNet2DConditionModel
 
     from .weights import load_unet
 
-    unet = load_unet(source, variant) if Path(source).is_dir() else None
+    unet = load_unet(source, variant, channels_last=channels_last) if Path(source).is_dir() else None
     return unet if unet is not None else UNet2DConditionModel.from_pretrained(
         source, subfolder="unet", variant=variant, **weights)
 
@@ -117,9 +122,9 @@ def _is_sdxl(source: str, revision: str | None, local_only: bool) -> bool:
 
 def _deferred(load, source: str):
     """A loader whose failure still reaches the user as one clear line."""
-    def run():
+    def run(**kwargs):
         try:
-            return load()
+            return load(**kwargs)
         except Exception as exc:  # noqa: BLE001
             raise TIError(f"could not load the UNet of {source!r}: {_first_line(exc)}",
                           "check the model folder (unet/ weights) or model.pretrained_model_name_or_path") from None

@@ -103,7 +103,7 @@ def random_components(name: str, cache_dir: str | Path, seed: int = 0) -> dict:
     parts = dict(tokenizer=tokenizer,
                  text_encoder=seeded(2, lambda: build_module(name, "text_encoder")),
                  vae=seeded(1, lambda: build_module(name, "vae")),
-                 unet=lambda: seeded(0, lambda: build_module(name, "unet")),  # built when first used
+                 unet=lambda **_: seeded(0, lambda: build_module(name, "unet")),  # built when first used
                  noise_scheduler=DDPMScheduler.from_config(arch["scheduler"]))
     if "text_encoder_2" in arch:  # SDXL: the same vocabulary, padded with "!" as SDXL's second tokenizer is
         parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=MODEL_MAX_LENGTH, pad_token="!")

@@ -136,7 +136,7 @@ def run_training(job: TrainingJob) -> TrainResult:
     with process_settings(job.hardware, placement.device):
         freeze(job, placement.device)
         cache = latent_cache(job, placement)  # filled by the steps that draw its images
-        unet = job.parts.unet  # loaded (or built) now, if it was deferred
+        unet = placement.load_unet(job.parts)  # loaded (or built) now, if it was deferred
         unet.requires_grad_(False)
         lean_backward(unet)  # no activations kept for weight gradients nobody computes
         placement.place_unet(unet, training=True)

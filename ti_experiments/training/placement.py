@@ -91,6 +91,10 @@ class Placement:
         self.put(parts.vae.requires_grad_(False).eval(), dtype)
         return dtype
 
+    def load_unet(self, parts):
+        """The UNet (loaded now if deferred) with its weights in the layout `place_unet` gives them."""
+        return parts.load_unet(channels_last=self.hardware.channels_last)
+
     def place_unet(self, unet, training: bool) -> None:
         """The frozen UNet in the weight dtype, with the chosen attention and memory layout; while training,
         gradient checkpointing when asked (only active in train mode; the UNet has no dropout)."""
