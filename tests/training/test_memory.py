@@ -124,3 +124,20 @@ def test_only_the_highest_resolution_geglus_recompute():
     assert widths == {(32, True), (64, False)}
     plain_backward(unet)
     assert not any(type(m) is not GEGLU and isinstance(m, GEGLU) or isinstance(m, LeanConv2d) for m in unet.modules())
+
+
+def test_a_parked_module_computes_the_same_and_its_pages_can_leave(tmp_path):
+    from ti_experiments.training.memory import park_in_file
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 4, 1)).eval()
+    module.requires_grad_(False)
+    x = torch.randn(2, 3, 16, 16)
+    expected = module(x)
+    release = park_in_file(module, tmp_path)
+    assert release is not None and list(tmp_path.iterdir()) == []  # unnamed: gone with the process
+    assert torch.equal(module(x), expected)
+    release()
+    assert torch.equal(module(x), expected)  # read back from the page cache after the pages left
+    trainable = torch.nn.Linear(2, 2)
+    assert park_in_file(trainable, tmp_path) is None  # only frozen modules

@@ -21,13 +21,14 @@ import torch
 
 class LatentCache:
     def __init__(self, vae, pixels: torch.Tensor, with_flips: bool, device, dtype,
-                 when_full: Callable[[], None] | None = None):
+                 when_full: Callable[[], None] | None = None, after_encoding: Callable[[], None] | None = None):
         self.vae = vae
         self.pixels = pixels
         self.with_flips = with_flips
         self.device = torch.device(device)
         self.dtype = dtype
         self.when_full = when_full
+        self.after_encoding = after_encoding  # e.g. the encoder's pages leave memory until the next encode
         self.scaling_factor = float(vae.config.scaling_factor)
         self.num_images = pixels.shape[0]
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -67,9 +68,8 @@ class LatentCache:
         """Encode the entries of a batch that are not cached yet, one image at a time (the encoder's
         activations at 512 px are ~0.6 GiB per image)."""
         variants = self._variant(flipped.cpu())
-        for v, i in sorted({(int(v), int(i)) for v, i in zip(variants, image_index.cpu())}):
-            if self.cached[v, i]:
-                continue
+        missing = sorted({(int(v), int(i)) for v, i in zip(variants, image_index.cpu()) if not self.cached[v, i]})
+        for v, i in missing:
             started = time.perf_counter()
             image = self.pixels[i: i + 1]
             image = image.flip(-1) if v else image
@@ -79,8 +79,10 @@ class LatentCache:
             self.std[v, i] = dist.std[0].float()
             self.cached[v, i] = True
             self.encoded_at.append((time.perf_counter(), time.perf_counter() - started))
+        if missing and self.after_encoding is not None:
+            self.after_encoding()
         if self.vae is not None and self.full:
-            self.vae = None
+            self.vae = self.after_encoding = None
             if self.when_full is not None:
                 self.when_full()
 

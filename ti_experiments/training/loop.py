@@ -31,7 +31,7 @@ from ..errors import TIError
 from ..run_dir import write_step_embedding
 from . import checkpoints
 from .conditioning import text_conditioning
-from .memory import lean_backward, map_frozen_rows, return_free_heap
+from .memory import lean_backward, map_frozen_rows, park_in_file, return_free_heap
 from .placement import Placement, process_settings
 from .settings import HardwareSettings, TrainSettings
 from .signals import Interrupted, StopRequests
@@ -196,8 +196,11 @@ def latent_cache(job: TrainingJob, placement: Placement) -> LatentCache:
         return_free_heap()
 
     placement.release_vae(parts, keep_decoder=needs_decoder, keep_encoder=True)
+    # on a CPU the encoder waits in a file between encodes, not in memory beside the training UNet
+    park = [parts.vae.encoder, parts.vae.quant_conv] if placement.device.type == "cpu" else []
+    releases = [r for r in (park_in_file(m, job.run_dir) for m in park if m is not None) if r is not None]
     cache = LatentCache(parts.vae, job.pixels, with_flips=job.data.flip_p > 0, device=placement.device, dtype=dtype,
-                        when_full=release)
+                        when_full=release, after_encoding=(lambda: [r() for r in releases]) if releases else None)
     return cache
 
 

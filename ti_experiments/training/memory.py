@@ -9,7 +9,8 @@ activations for SD 1.5 at 512 px. `return_free_heap` gives freed pages back to t
 VAE is gone (glibc keeps them otherwise; after every step it would cost 6-12% of the step in page
 faults for a few hundredths of a GiB, measured, so it is not done there). On a CPU,
 `map_frozen_rows` keeps the frozen vocabulary matrix in a file instead of memory: the prompts read a
-few hundred of its 49k rows, and only those pages are ever loaded.
+few hundred of its 49k rows, and only those pages are ever loaded; `park_in_file` does the same for the
+VAE encoder between the few steps that encode an image, so it is not resident while the UNet trains.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 import mmap
 import os
 import tempfile
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -203,3 +205,39 @@ def map_frozen_rows(embedding, directory: str | os.PathLike) -> bool:
     rows = torch.frombuffer(mapped, dtype=data.dtype).view(data.shape)
     embedding.base.weight = nn.Parameter(rows, requires_grad=False)
     return True
+
+
+def park_in_file(module: nn.Module, directory: str | os.PathLike):
+    """Move a frozen CPU module's parameters and buffers into one unnamed temporary file in `directory`,
+    mapped copy-on-write. Returns `release`, which drops the pages read so far from this process (the
+    page cache keeps them, so the next use reads them back without the disk); None, keeping the module
+    in memory, where the file cannot be written."""
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.device.type == "cpu"]
+    if not tensors or any(t.requires_grad for t in tensors):
+        return None
+    try:
+        with tempfile.TemporaryFile(dir=directory, prefix=".parked-") as f:
+            offsets, offset = [], 0
+            for t in tensors:
+                data = t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data
+                offset += (-offset) % 64  # every tensor aligned for its kernels
+                f.seek(offset)
+                f.write(data)
+                offsets.append(offset)
+                offset += t.nbytes
+            f.truncate(max(offset, 1))
+            f.flush()
+            mapped = mmap.mmap(f.fileno(), max(offset, 1), flags=mmap.MAP_PRIVATE,
+                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    except (OSError, ValueError) as exc:
+        log.debug("%s stays in memory: %s", type(module).__name__, exc)
+        return None
+    with warnings.catch_warnings():  # frombuffer warns about writable buffers; the weights are frozen
+        warnings.simplefilter("ignore", UserWarning)
+        for t, start in zip(tensors, offsets):
+            t.data = torch.frombuffer(mapped, dtype=t.dtype, count=t.numel(), offset=start).view(t.shape)
+
+    def release() -> None:
+        mapped.madvise(mmap.MADV_DONTNEED)
+    release()
+    return release
