@@ -21,14 +21,16 @@ import torch
 
 class LatentCache:
     def __init__(self, vae, pixels: torch.Tensor, with_flips: bool, device, dtype,
-                 when_full: Callable[[], None] | None = None, after_encoding: Callable[[], None] | None = None):
+                 when_full: Callable[[], None] | None = None, tidy: Callable[[], None] | None = None):
         self.vae = vae
         self.pixels = pixels
         self.with_flips = with_flips
         self.device = torch.device(device)
         self.dtype = dtype
         self.when_full = when_full
-        self.after_encoding = after_encoding  # e.g. the encoder's pages leave memory until the next encode
+        # called before and after each round of encoding: memory the encoder does not need goes first, and
+        # the encoder's own after it (a training step's freed heap, the encoder's pages)
+        self.tidy = tidy
         self.scaling_factor = float(vae.config.scaling_factor)
         self.num_images = pixels.shape[0]
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -69,6 +71,8 @@ class LatentCache:
         activations at 512 px are ~0.6 GiB per image)."""
         variants = self._variant(flipped.cpu())
         missing = sorted({(int(v), int(i)) for v, i in zip(variants, image_index.cpu()) if not self.cached[v, i]})
+        if missing and self.tidy is not None:
+            self.tidy()
         for v, i in missing:
             started = time.perf_counter()
             image = self.pixels[i: i + 1]
@@ -79,10 +83,10 @@ class LatentCache:
             self.std[v, i] = dist.std[0].float()
             self.cached[v, i] = True
             self.encoded_at.append((time.perf_counter(), time.perf_counter() - started))
-        if missing and self.after_encoding is not None:
-            self.after_encoding()
+        if missing and self.tidy is not None:
+            self.tidy()
         if self.vae is not None and self.full:
-            self.vae = self.after_encoding = None
+            self.vae = self.tidy = None
             if self.when_full is not None:
                 self.when_full()
 

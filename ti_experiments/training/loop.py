@@ -199,8 +199,14 @@ def latent_cache(job: TrainingJob, placement: Placement) -> LatentCache:
     # on a CPU the encoder waits in a file between encodes, not in memory beside the training UNet
     park = [parts.vae.encoder, parts.vae.quant_conv] if placement.device.type == "cpu" else []
     releases = [r for r in (park_in_file(m, job.run_dir) for m in park if m is not None) if r is not None]
+
+    def tidy() -> None:  # around each encode: freed heap back to the system, the encoder's pages to its file
+        for r in releases:
+            r()
+        return_free_heap()
+
     cache = LatentCache(parts.vae, job.pixels, with_flips=job.data.flip_p > 0, device=placement.device, dtype=dtype,
-                        when_full=release, after_encoding=(lambda: [r() for r in releases]) if releases else None)
+                        when_full=release, tidy=tidy)
     return cache
 
 
