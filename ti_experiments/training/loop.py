@@ -273,7 +273,7 @@ def train_steps(job: TrainingJob, state: LoopState, models, cache, placement: Pl
             state.global_step += 1
             state.step_loss = 0.0
             end_of_step(lr_scheduler.get_last_lr()[0])
-            if state.global_step == state.start_step + 1:
+            if state.global_step == state.start_step + 1 < max_steps:
                 cache.fill_all()  # step 1 waited only for its own images; the encoder can go now
             if state.global_step >= max_steps:
                 break
