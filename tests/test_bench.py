@@ -29,6 +29,55 @@ def test_bench_prints_a_table_and_one_json_line(capsys):
     share = result["evaluation_s"] / (100 * result["median_step_s"])
     assert result["evaluation_share"] == pytest.approx(share, rel=0.05)  # the JSON line is rounded
     assert "held-out loss evaluation" in table
+    # the start, part by part: together they are the time to the first step
+    parts = result["time_to_first_step_parts_s"]
+    assert list(parts) == ["imports (python, torch, this package)", "imports (diffusers, transformers, accelerate)",
+                           "config", "text encoder, VAE, images", "UNet", "latent cache (step 1's images)",
+                           "first step"]
+    assert all(v >= 0 for v in parts.values()) and parts["latent cache (step 1's images)"] > 0
+    assert sum(parts.values()) == pytest.approx(result["time_to_first_step_s"], abs=0.01)
+    assert 0 < result["peak_rss_after_load_gib"] <= result["peak_rss_gib"]
+    assert "peak RSS GiB after loading" in table
+
+
+FAKE_TRAINING = """
+import sys, time
+print("loading", flush=True)
+x = bytearray(64 * 2**20)  # 64 MiB, touched
+for i in range(0, len(x), 4096):
+    x[i] = 1
+time.sleep(0.3)
+{steps}
+sys.exit({code})
+"""
+
+
+@pytest.mark.parametrize("style", ["ours", "example"])
+def test_launch_times_a_command_to_its_first_and_last_step_and_reads_its_peak_memory(capsys, style):
+    import sys
+
+    line = ("print('[2026-11-30 03:54:27,061][ti_experiments.training.loop][INFO] - step {i}/3  loss 1.0', flush=True)"
+            if style == "ours" else
+            "sys.stderr.write('\\rSteps:  33%|###   | {i}/3 [00:05<00:10, loss=0.1]'); sys.stderr.flush()")
+    steps = "\n".join(f"time.sleep(0.2)\n{line.format(i=i)}" for i in (1, 2, 3))
+    assert main(["--launch", sys.executable, "-c", FAKE_TRAINING.format(steps=steps, code=0)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    assert result["last_step"] == 3 and result["exit_code"] == 0
+    assert 0.3 < result["first_step_s"] < result["last_step_s"] <= result["wall_s"]
+    assert result["last_step_s"] - result["first_step_s"] >= 0.35  # two sleeps of 0.2 s
+    assert 0.06 < result["peak_rss_gib"] < 1 and 0.06 < result["peak_rss_until_last_step_gib"] <= result["peak_rss_gib"]
+    assert "launch to the end of step 1 s" in "\n".join(out)
+
+
+def test_launch_of_a_command_that_never_steps_is_one_line(capsys):
+    import sys
+
+    assert main(["--launch", sys.executable, "-c", FAKE_TRAINING.format(steps="", code=3)]) == 2
+    err = capsys.readouterr().err.splitlines()  # the command's own output, passed through, then one line
+    assert err[0] == "loading" and err[-1].startswith("error: ") and "printed no step line (exit code 3)" in err[-1]
+    assert main(["--launch", "/nonexistent/python"]) == 2
+    assert "could not start" in capsys.readouterr().err
 
 
 def test_bench_bad_override_is_one_line(capsys):

@@ -292,6 +292,8 @@ def table(r: dict) -> str:
              f"{'time to first step s':<34}{r['time_to_first_step_s']:.2f}   (from the process's start)"]
     for name, seconds in r["time_to_first_step_parts_s"].items():
         lines.append(f"  {name:<46}{seconds:6.2f}")
+    if r.get("evaluation_every"):
+        lines.append(f"  (no evaluation before step 1: the first is at step {r['evaluation_every']})")
     lines += [f"{'peak RSS GiB after loading':<34}{r['peak_rss_after_load_gib']:.2f}",
               f"{'peak RSS GiB (training)':<34}{r['peak_rss_gib']:.2f}"]
     if "peak_allocated_gib" in r:
