@@ -185,26 +185,14 @@ def return_free_heap() -> None:
 
 
 def map_frozen_rows(embedding, directory: str | os.PathLike) -> bool:
-    """Move a PlaceholderEmbedding's frozen matrix (CPU) into an unnamed temporary file in `directory`,
-    mapped copy-on-write: rows are read from disk when a prompt first uses them, writes (merging the
-    learned rows for validation) stay private, and the file is gone when the process ends. Returns False,
-    keeping the matrix in memory, where the file cannot be written."""
-    weight = embedding.base.weight
-    if weight.device.type != "cpu":
+    """Move a PlaceholderEmbedding's frozen matrix (CPU) into a file (`park_in_file`): rows are read from
+    disk when a prompt first uses them, writes (merging the learned rows for validation) stay private,
+    and the file is gone when the process ends. Returns False, keeping the matrix in memory, where the
+    file cannot be written."""
+    if embedding.base.weight.device.type != "cpu":
         return False
-    data = weight.detach().contiguous()
-    try:
-        with tempfile.TemporaryFile(dir=directory, prefix=".frozen-rows-") as f:
-            f.write(data.view(torch.uint8).numpy().data)
-            f.flush()
-            mapped = mmap.mmap(f.fileno(), data.nbytes, flags=mmap.MAP_PRIVATE,
-                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    except (OSError, ValueError) as exc:
-        log.debug("frozen embedding rows stay in memory: %s", exc)
-        return False
-    rows = torch.frombuffer(mapped, dtype=data.dtype).view(data.shape)
-    embedding.base.weight = nn.Parameter(rows, requires_grad=False)
-    return True
+    embedding.base.requires_grad_(False)
+    return park_in_file(embedding.base, directory) is not None
 
 
 def park_in_file(module: nn.Module, directory: str | os.PathLike):
