@@ -126,6 +126,28 @@ def test_only_the_highest_resolution_geglus_recompute():
     assert not any(type(m) is not GEGLU and isinstance(m, GEGLU) or isinstance(m, LeanConv2d) for m in unet.modules())
 
 
+def test_the_heap_is_trimmed_after_each_unet_block_until_the_example_step_undoes_it(monkeypatch):
+    from ti_experiments.training import memory
+
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, cross_attention_dim=32,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=32).requires_grad_(False)
+    calls = []
+    monkeypatch.setattr(memory, "return_free_heap", lambda: calls.append(1))
+    inputs = (torch.randn(1, 4, 16, 16), torch.tensor([10]), torch.randn(1, 7, 32))
+    with torch.no_grad():
+        before = unet(*inputs).sample
+        assert memory.trim_heap_between_blocks(unet) == 5  # 2 down, mid, 2 up
+        assert memory.trim_heap_between_blocks(unet) == 5  # again: still one trim per block
+        after = unet(*inputs).sample
+        assert len(calls) == 5
+        assert torch.equal(before, after)
+        plain_backward(unet)
+        unet(*inputs)
+    assert len(calls) == 5
+
+
 def test_a_parked_module_computes_the_same_and_its_pages_can_leave(tmp_path):
     from ti_experiments.training.memory import park_in_file
 

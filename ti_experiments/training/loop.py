@@ -31,7 +31,7 @@ from ..errors import TIError
 from ..run_dir import write_step_embedding
 from . import checkpoints
 from .conditioning import text_conditioning
-from .memory import lean_backward, map_frozen_rows, park_in_file, return_free_heap
+from .memory import lean_backward, map_frozen_rows, park_in_file, return_free_heap, trim_heap_between_blocks
 from .placement import Placement, process_settings
 from .settings import HardwareSettings, TrainSettings
 from .signals import Interrupted, StopRequests
@@ -139,6 +139,8 @@ def run_training(job: TrainingJob) -> TrainResult:
         unet = placement.load_unet(job.parts)  # loaded (or built) now, if it was deferred
         unet.requires_grad_(False)
         lean_backward(unet)  # no activations kept for weight gradients nobody computes
+        if placement.device.type == "cpu":  # glibc's heap; a GPU has its own allocator
+            trim_heap_between_blocks(unet)
         placement.place_unet(unet, training=True)
         placement.place_text_encoders(job.parts.text_encoders, training=True)
         optimizer, lr_scheduler, lr = optimization(job)
