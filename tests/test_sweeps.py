@@ -132,3 +132,22 @@ def test_the_processes_of_one_torchrun_share_their_run_folder(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
     assert out.stdout.count("learned embedding sha256") + out.stderr.count("learned embedding sha256") >= 2
+
+
+def test_packed_launcher_trains_jobs_that_share_a_model_together_and_says_how(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = run_cli("-m", *TINY, "hydra/launcher=packed", "concept.num_vectors=1,2", "data.resolution=64,32",
+                  f"hydra.sweep.dir={sweep}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    # the jobs differ in resolution, so two packs (Hydra numbers the jobs nv-major)
+    assert "packed 4 jobs into 2 packs (pack 0: jobs #0, #2; pack 1: jobs #1, #3)" in out.stdout + out.stderr
+    assert _statuses(sweep) == {str(i): "completed" for i in range(4)}
+    for job, mates in {"0": ["0", "2"], "1": ["1", "3"], "2": ["0", "2"], "3": ["1", "3"]}.items():
+        record = json.loads((sweep / job / "run.json").read_text())
+        assert record["packed"]["with"] == mates and record["packed"]["job"] == job
+        log = (sweep / job / "ti.log").read_text()
+        assert log.count("done: 2 steps") == 1 and str(sweep / job / "learned_embeds") in log  # only its own lines
+        assert (sweep / job / ".hydra" / "overrides.yaml").is_file()
+    shapes = [load_file(sweep / str(i) / "learned_embeds.safetensors")["<demo-toy>"].shape[0] for i in range(4)]
+    assert shapes == [1, 1, 2, 2]
+    assert "| completed |" in (sweep / "report.md").read_text()

@@ -1,4 +1,5 @@
 """`python -m ti_experiments.bench [--warmup N] [--steps N] [--phase-steps N] [overrides...]`
+(also `--launch COMMAND...` and `--sweep N [overrides...]`, below)
 
 Times real optimizer steps of the training loop after a warm-up, then times each phase of the same
 step on its own, and prints a table and one JSON line. The limit ratio is the median step divided by
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from .config import compose
 from .errors import ArgumentParser, TIError, report_or_raise
 from .training.conditioning import text_conditioning
-from .training.loop import prediction_target
+from .training.loss import prediction_target
 from .training.placement import Placement
 
 PHASES = ("data", "latents (cache)", "text encoder fwd", "unet fwd", "unet bwd", "text encoder bwd",
@@ -170,7 +171,7 @@ def time_evaluation(p, accelerator, state: dict) -> dict:
 
     from .evaluation import Evaluator
 
-    if p.evaluation is None or not p.evaluation.enabled:
+    if p.evaluation is None or not p.evaluation.enabled or p.parts.is_sdxl:  # as runs: SDXL has no evaluation yet
         return {}
     evaluator = Evaluator(replace(p.evaluation, image_metrics=False), parts=p.parts, text_encoder=p.parts.text_encoder,
                           accelerator=accelerator, run_dir=p.run_dir, concept=p.cfg.concept,
@@ -233,7 +234,11 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
         result = fit(p, accelerator, lambda start_step: times)
         first_end = times.ends[0]
         encoding = sum(seconds for end, seconds in result.state["cache"].encoded_at if end <= first_end)
-        step_seconds = [b - a for a, b in zip(times.ends[max(warmup - 1, 0):], times.ends[max(warmup, 1):])]
+        # a step's time without the latent cache's encoding in it (once per run: the rest of the images are
+        # encoded right after step 1, inside the next step's interval)
+        encoded = result.state["cache"].encoded_at
+        step_seconds = [b - a - sum(s for end, s in encoded if a < end <= b)
+                        for a, b in zip(times.ends[max(warmup - 1, 0):], times.ends[max(warmup, 1):])]
         if not step_seconds:
             step_seconds = [times.ends[-1] - times.ends[-2]] if len(times.ends) > 1 else [result.seconds]
         phases = time_phases(p, result.state, accelerator, phase_steps)
@@ -287,7 +292,7 @@ def table(r: dict) -> str:
              f"{r['gradient_accumulation_steps']}, precision {r['mixed_precision']}, gradient checkpointing "
              f"{r['gradient_checkpointing']}, {r['device']} ({r['threads']} threads)",
              f"{'median s / optimizer step':<34}{r['median_step_s']:.3f}   ({r['timed_steps']} steps after "
-             f"{r['warmup_steps']} warm-up)",
+             f"{r['warmup_steps']} warm-up; the latent cache's one-time encoding left out)",
              f"{'images / s':<34}{r['images_per_s']:.3f}",
              f"{'time to first step s':<34}{r['time_to_first_step_s']:.2f}   (from the process's start)"]
     for name, seconds in r["time_to_first_step_parts_s"].items():
@@ -379,6 +384,49 @@ def launch_table(r: dict) -> str:
                       f"{'peak RSS GiB (whole run)':<40}{r['peak_rss_gib']:.2f}"])
 
 
+SWEEP_LAUNCHERS = ("basic", "parallel", "packed")
+
+
+def time_sweep(jobs: int, launchers: list[str], overrides: list[str]) -> dict:
+    """The same sweep of `jobs` seeds (`seed=0,...`) through each launcher, one after the other, timed from
+    the outside as users run it; and one job alone, for memory and seconds per job-step."""
+    import shutil
+
+    unknown = sorted(set(launchers) - set(SWEEP_LAUNCHERS))
+    if jobs < 1 or unknown:
+        raise TIError(f"--sweep {jobs} with launchers {','.join(launchers)}",
+                      f"use --sweep 4 and --launchers from {','.join(SWEEP_LAUNCHERS)}")
+    overrides = overrides or ["+concept=demo"]
+    root = Path(tempfile.mkdtemp(prefix="ti-sweep-bench-"))
+    rows = {}
+    try:
+        for name, count, launcher in [("alone", 1, "basic"), *((f"{lr} x{jobs}", jobs, lr) for lr in launchers)]:
+            seeds = ",".join(str(i) for i in range(count))
+            command = [sys.executable, "-m", "ti_experiments", "-m", *overrides, f"seed={seeds}",
+                       f"hydra/launcher={launcher}", f"hydra.sweep.dir={root / name.replace(' ', '')}"]
+            r = time_launch(command)
+            steps = max(r["last_step"] - 1, 1)
+            rows[name] = {"jobs": count, "launcher": launcher, "wall_s": r["wall_s"], "exit_code": r["exit_code"],
+                          "peak_rss_gib": r["peak_rss_gib"],
+                          "s_per_job_step": (r["last_step_s"] - r["first_step_s"]) / steps / count}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    basic = rows.get(f"basic x{jobs}")
+    for row in rows.values():
+        row["wall_vs_basic"] = row["wall_s"] / basic["wall_s"] if basic else None
+    return {"overrides": overrides, "jobs": jobs, "rows": rows}
+
+
+def sweep_table(r: dict) -> str:
+    lines = [f"the same {r['jobs']}-job sweep (seed=0..{r['jobs'] - 1}) per launcher: {' '.join(r['overrides'])}",
+             f"{'':<16}{'wall s':>10}{'x basic':>9}{'s/job-step':>12}{'peak RSS GiB':>14}  exit"]
+    for name, row in r["rows"].items():
+        ratio = f"{row['wall_vs_basic']:.2f}" if row["wall_vs_basic"] is not None and row["jobs"] > 1 else "-"
+        lines.append(f"{name:<16}{row['wall_s']:>10.1f}{ratio:>9}{row['s_per_job_step']:>12.3f}"
+                     f"{row['peak_rss_gib']:>14.2f}  {row['exit_code']}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -391,10 +439,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launch", nargs=argparse.REMAINDER, metavar="COMMAND",
                         help="instead: run COMMAND (a training command: this project's CLI or the diffusers "
                              "example) and time it from launch to its first step; its peak RSS")
+    parser.add_argument("--sweep", type=int, metavar="N",
+                        help="instead: run the same N-job sweep (seed=0..N-1) with each launcher, and one job "
+                             "alone; wall time, seconds per job-step and peak RSS side by side")
+    parser.add_argument("--launchers", default=",".join(SWEEP_LAUNCHERS),
+                        help=f"with --sweep: which launchers (default {','.join(SWEEP_LAUNCHERS)})")
     args, overrides = parser.parse_known_args(argv)
 
     try:
-        if args.launch is not None:
+        if args.sweep is not None:
+            result = time_sweep(args.sweep, args.launchers.split(","), overrides)
+            print(sweep_table(result))
+        elif args.launch is not None:
             result = time_launch(args.launch)
             print(launch_table(result))
         else:

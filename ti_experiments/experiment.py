@@ -22,7 +22,7 @@ from .embeddings import EmbeddingFile, add_placeholder_tokens, check_fits, place
 from .errors import TIError
 from .publish import check_can_push, publish
 from .records.run_record import MetricsLog, RunRecord, write_summary
-from .training import TrainingJob, run_training
+from .training import TrainingJob, packed, run_training
 from .training.settings import HardwareSettings, TrainSettings
 from .validation import Validator
 
@@ -96,7 +96,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
         with run_files.claim(run_dir, checked.train.resume_from_checkpoint) if main else nullcontext():
             return _run(cfg, run_dir, checked, overrides, main)
     finally:
-        reset_accelerate()  # also when the run failed before training began (the next run starts clean)
+        if packed.current() is None:  # a pack resets once, when all its jobs are done
+            reset_accelerate()  # also when the run failed before training began (the next run starts clean)
 
 
 def _run(cfg: DictConfig, run_dir: Path, checked: RunConfig, overrides: list[str] | None, main: bool) -> Path:
@@ -107,6 +108,9 @@ def _run(cfg: DictConfig, run_dir: Path, checked: RunConfig, overrides: list[str
     if main:
         run_files.write_configs(run_dir, cfg, overrides, composed=True)  # what Hydra would, once the folder is ours
         record = RunRecord(run_dir, cfg, overrides)
+        slot = packed.current()
+        if slot is not None:
+            record.note(packed=slot.pack.describe(slot.index))
     try:
         # token, network and repository are checked before anything is trained, on the main process
         settings = checked.hub if record else None
@@ -181,7 +185,8 @@ def prepare(cfg: DictConfig, run_dir: Path, settings: RunConfig | None = None) -
     settings.logger.identify(run_dir, **hydra_identity())
 
     init = start_embedding(cfg)
-    parts = build(cfg.model)
+    slot = packed.current()  # a packed sweep's jobs share the model; each gets its own tokenizer and lookup
+    parts = slot.pack.parts_for(lambda: build(cfg.model), settings.hardware.channels_last) if slot else build(cfg.model)
     factor = parts.vae_scale_factor
     if data_settings.resolution % factor or data_settings.resolution < 8 * factor:
         raise TIError(f"data.resolution={data_settings.resolution} does not fit this model's VAE, which needs "

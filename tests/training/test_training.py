@@ -117,7 +117,7 @@ def test_prediction_target_follows_the_scheduler():
     from diffusers import DDPMScheduler
 
     from ti_experiments.errors import TIError
-    from ti_experiments.training.loop import prediction_target
+    from ti_experiments.training.loss import prediction_target
 
     latents, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
     t = torch.tensor([10, 900])

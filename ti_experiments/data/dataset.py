@@ -69,7 +69,8 @@ class TextualInversionDataset(Dataset):
         rng = random.Random(seed)
         text = self.prompts(rng, index % self.num_images)
         flipped = rng.random() < self.flip_p
-        item = {"image_index": index % self.num_images, "flipped": flipped, "input_ids": _ids(self.tokenizer, text)}
+        item = {"image_index": index % self.num_images, "flipped": flipped, "input_ids": _ids(self.tokenizer, text),
+                "seed": seed}  # the training step draws this item's latent sample, noise and timestep from it
         if self.tokenizer_2 is not None:
             item["input_ids_2"] = _ids(self.tokenizer_2, text)
         if self.time_ids is not None:

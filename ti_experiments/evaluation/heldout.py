@@ -4,7 +4,7 @@ The per-step training loss draws new noise and timesteps every step, so its nois
 Here the triples are drawn once from their own seed (never from the global RNG, so evaluating does
 not change training) and the same triples are scored at every evaluation: with the learned token in
 the prompt, and with the initializer token instead. The numbers compare between runs on the same model
-and images. The loss itself is the training loop's own (`training.loop.loss_at`).
+and images. The loss itself is the training loop's own (`training.loss.loss_at`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data import TEMPLATES, LatentCache
-from ..training.loop import loss_at
+from ..training.loss import loss_at
 
 
 @dataclass

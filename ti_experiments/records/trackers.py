@@ -89,6 +89,7 @@ class TrackerSettings(Settings):
                 "dir": str(run_dir), "mode": self.wandb_mode(), "entity": self.entity,
                 "name": self.run_name, "group": self.group, "tags": list(self.tags),
                 "settings": wandb.Settings(init_timeout=30),
+                "reinit": "create_new",  # a packed sweep's jobs each keep their own run in one process
             }
             if init_kwargs["wandb"]["mode"] == "online" and not answers(wandb_url()):
                 # wandb.init would wait for its own timeout, and more, before failing

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -29,8 +28,8 @@ from ..data import EpochSampler, LatentCache, TextualInversionDataset
 from ..embeddings import PlaceholderEmbedding
 from ..errors import TIError
 from ..run_dir import write_step_embedding
-from . import checkpoints
-from .conditioning import text_conditioning
+from . import checkpoints, packed
+from .loss import denoising_loss
 from .memory import lean_backward, map_frozen_rows, park_in_file, return_free_heap, trim_heap_between_blocks
 from .placement import Placement, process_settings
 from .settings import HardwareSettings, TrainSettings
@@ -97,45 +96,14 @@ def _stop_requested(stop: StopRequests, accelerator, device) -> bool:
     return bool(accelerator.reduce(flag, "sum").item() > 0)
 
 
-def denoising_loss(parts, text_encoder, cache: LatentCache, batch: dict, weight_dtype, device) -> torch.Tensor:
-    """The training loss of a batch: a fresh latent draw, noise and timestep each, then `loss_at`."""
-    latents = cache.sample(batch["image_index"], batch["flipped"]).to(weight_dtype)
-    noise = torch.randn_like(latents)
-    timesteps = torch.randint(0, parts.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                              device=device)
-    return loss_at(parts, text_encoder, latents, noise, timesteps, batch, weight_dtype, device)
-
-
-def loss_at(parts, text_encoder, latents, noise, timesteps, batch: dict, weight_dtype, device) -> torch.Tensor:
-    """MSE between the UNet's prediction and the noise (or the velocity for v-prediction models), at given
-    latents, noise and timesteps: training draws them per step, the held-out loss fixes them once.
-    `batch` holds the prompts' `input_ids` (SDXL: also `input_ids_2` and `time_ids`)."""
-    scheduler = parts.noise_scheduler
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    hidden, added_cond_kwargs = text_conditioning(parts, text_encoder, batch, weight_dtype, device)
-    pred = parts.unet(noisy, timesteps, hidden, added_cond_kwargs=added_cond_kwargs).sample
-    target = prediction_target(scheduler, latents, noise, timesteps)
-    return F.mse_loss(pred.float(), target.float(), reduction="mean")
-
-
-def prediction_target(scheduler, latents, noise, timesteps) -> torch.Tensor:
-    """What the UNet must predict: the noise (SD 1.x, epsilon) or the velocity (SD 2.x 768, v_prediction)."""
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, timesteps)
-    raise TIError(f"prediction type {kind!r} is not supported",
-                  "use a model whose scheduler predicts epsilon or v_prediction")
-
-
 def run_training(job: TrainingJob) -> TrainResult:
     """Train the placeholder rows of every text encoder; process-wide settings are restored at the end."""
     accelerator = job.accelerator
     placement = Placement.of(accelerator, job.hardware)
     with process_settings(job.hardware, placement.device):
         freeze(job, placement.device)
-        cache = latent_cache(job, placement)  # filled by the steps that draw its images
+        slot = packed.current()  # a packed sweep's jobs share one cache
+        cache = slot.pack.cache_for(lambda: latent_cache(job, placement)) if slot else latent_cache(job, placement)
         unet = placement.load_unet(job.parts)  # loaded (or built) now, if it was deferred
         unet.requires_grad_(False)
         lean_backward(unet)  # no activations kept for weight gradients nobody computes
@@ -159,7 +127,8 @@ def run_training(job: TrainingJob) -> TrainResult:
         if job.evaluate is not None:  # the held-out loss draws its fixed latents from the same cache
             job.evaluate.attach(cache, placement.weight_dtype, start_step=state.global_step,
                                 max_steps=job.train.max_steps)
-        with StopRequests() as stop, end_of_step.watching(stop):
+        # in a pack the signals are the pack's: only the main thread can receive them
+        with (contextlib.nullcontext(slot.pack.stop) if slot else StopRequests()) as stop, end_of_step.watching(stop):
             state.started = time.perf_counter()
             train_steps(job, state, models, cache, placement, sampler, dataloader, optimizer, lr_scheduler,
                         end_of_step)
@@ -253,14 +222,7 @@ def train_steps(job: TrainingJob, state: LoopState, models, cache, placement: Pl
         sampler.set_epoch(state.epoch)
         for micro, batch in itertools.islice(enumerate(dataloader), state.step_in_epoch * ga, None):
             sync = (micro + 1) % ga == 0 or micro + 1 == micro_per_epoch
-            with contextlib.ExitStack() as ctx:
-                if not sync:
-                    for wrapped in models:
-                        ctx.enter_context(accelerator.no_sync(wrapped))
-                ctx.enter_context(accelerator.autocast())
-                loss = denoising_loss(job.parts, job.parts.text_encoder, cache, batch, placement.weight_dtype,
-                                      placement.device)
-                accelerator.backward(loss / ga)
+            loss = micro_step(job, models, cache, placement, batch, sync)
             state.step_loss += loss.detach().float() / ga
             if not sync:
                 continue
@@ -283,6 +245,24 @@ def train_steps(job: TrainingJob, state: LoopState, models, cache, placement: Pl
         state.step_in_epoch = 0
 
 
+def micro_step(job: TrainingJob, models, cache, placement: Placement, batch: dict, sync: bool) -> torch.Tensor:
+    """A micro-batch's loss, its gradients accumulated in the placeholder rows: here, or in a packed sweep
+    in one pass with the other jobs' micro-batches (`packed`)."""
+    accelerator, ga = job.accelerator, job.train.gradient_accumulation_steps
+    slot = packed.current()
+    if slot is not None:
+        return slot.loss(packed.Request(batch, models, accelerator, cache, placement, ga))
+    with contextlib.ExitStack() as ctx:
+        if not sync:
+            for wrapped in models:
+                ctx.enter_context(accelerator.no_sync(wrapped))
+        ctx.enter_context(accelerator.autocast())
+        loss = denoising_loss(job.parts, job.parts.text_encoder, cache, batch, placement.weight_dtype,
+                              placement.device)
+        accelerator.backward(loss / ga)
+    return loss
+
+
 class EndOfStep:
     """What follows each optimizer step, in order: evaluate and log (one metrics row), save the embedding,
     checkpoint, stop cleanly when asked (saving both first), validate."""
@@ -291,8 +271,8 @@ class EndOfStep:
         self.job, self.models, self.state = job, models, state
         self.accelerator = job.accelerator
         self.metrics = job.metrics_log_factory(start_step=state.global_step)
-        # A bar for a person at a terminal; CI logs and other processes get a line every 10% instead.
-        self.show_bar = self.accelerator.is_local_main_process and sys.stderr.isatty()
+        # A bar for a person at a terminal; CI logs, other processes and packed jobs get a line every 10%.
+        self.show_bar = self.accelerator.is_local_main_process and sys.stderr.isatty() and packed.current() is None
         self.every = max(1, job.train.max_steps // 10)
 
     @contextlib.contextmanager

@@ -1,0 +1,59 @@
+"""The denoising loss: what a training step draws for each item, and how far the UNet's prediction is
+from its target. Training, packed training and the held-out loss all compute it here."""
+
+from __future__ import annotations
+
+import torch
+
+from ..data import LatentCache
+from ..errors import TIError
+from .conditioning import text_conditioning
+
+
+def denoising_loss(parts, text_encoder, cache: LatentCache, batch: dict, weight_dtype, device) -> torch.Tensor:
+    """The training loss of a batch: a fresh latent draw, noise and timestep each, then `loss_at`."""
+    eps, noise, timesteps = item_draws(batch["seed"], cache.latent_shape,
+                                       parts.noise_scheduler.config.num_train_timesteps, device)
+    latents = cache.sample(batch["image_index"], batch["flipped"], eps=eps).to(weight_dtype)
+    return loss_at(parts, text_encoder, latents, noise.to(weight_dtype), timesteps, batch, weight_dtype, device)
+
+
+def item_draws(seeds: torch.Tensor, shape: tuple, num_timesteps: int, device) -> tuple[torch.Tensor, ...]:
+    """Each item's standard-normal latent draw, noise and timestep, from the item's own seed (the sampler
+    derives it from the run's seed, the epoch and the position), on the CPU: a resumed run, a packed sweep
+    and another device all draw exactly what this run draws."""
+    eps, noise, steps = [], [], []
+    for seed in seeds.tolist():
+        gen = torch.Generator().manual_seed(int(seed))
+        eps.append(torch.randn(shape, generator=gen))
+        noise.append(torch.randn(shape, generator=gen))
+        steps.append(torch.randint(num_timesteps, (), generator=gen))
+    return torch.stack(eps).to(device), torch.stack(noise).to(device), torch.stack(steps).to(device)
+
+
+def loss_at(parts, text_encoder, latents, noise, timesteps, batch: dict, weight_dtype, device) -> torch.Tensor:
+    """MSE between the UNet's prediction and the noise (or the velocity for v-prediction models), at given
+    latents, noise and timesteps: training draws them per step, the held-out loss fixes them once.
+    `batch` holds the prompts' `input_ids` (SDXL: also `input_ids_2` and `time_ids`)."""
+    return item_losses(parts, text_encoder, latents, noise, timesteps, batch, weight_dtype, device).mean()
+
+
+def item_losses(parts, text_encoder, latents, noise, timesteps, batch: dict, weight_dtype, device) -> torch.Tensor:
+    """Each item's mean squared error (a batch's loss is their mean; a packed step splits them by job)."""
+    scheduler = parts.noise_scheduler
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    hidden, added_cond_kwargs = text_conditioning(parts, text_encoder, batch, weight_dtype, device)
+    pred = parts.unet(noisy, timesteps, hidden, added_cond_kwargs=added_cond_kwargs).sample
+    target = prediction_target(scheduler, latents, noise, timesteps)
+    return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+
+
+def prediction_target(scheduler, latents, noise, timesteps) -> torch.Tensor:
+    """What the UNet must predict: the noise (SD 1.x, epsilon) or the velocity (SD 2.x 768, v_prediction)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise TIError(f"prediction type {kind!r} is not supported",
+                  "use a model whose scheduler predicts epsilon or v_prediction")
