@@ -308,7 +308,7 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord | None = None, sett
     failed = True
     try:
         p.tracker.start(accelerator, run_dir, OmegaConf.to_container(cfg, resolve=True),
-                        resuming=bool(cfg.train.resume_from_checkpoint))
+                        resuming=bool(cfg.train.resume_from_checkpoint), beside_others=packed.current() is not None)
         validator = (Validator(p.validation, p.parts, p.parts.text_encoder, accelerator, p.tracker, run_dir)
                      if p.validation.enabled else None)
         evaluator = make_evaluator(p, accelerator, validator)

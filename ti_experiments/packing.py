@@ -101,6 +101,10 @@ def run_pack(configs: list[DictConfig], hydra_context, task_function, name: str)
     def before_turn(i: int) -> None:
         HydraConfig.instance().set_config(configs[i])
 
+    console = logging.Formatter(_job_format(configs[0]))  # the jobs' console lines look as when run alone
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler:
+            handler.setFormatter(console)
     try:
         results = pack.run([job(c) for c in configs], before_turn)
     finally:
@@ -126,6 +130,11 @@ def _resolvable(cfg: DictConfig) -> bool:
         return False
 
 
+def _job_format(cfg: DictConfig) -> str:
+    found = OmegaConf.select(cfg, "hydra.job_logging.formatters.simple.format")
+    return str(found or "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+
+
 class _job_log:
     """The job's own log file (hydra.job_logging's file, e.g. ti.log), fed only by the job's thread: a
     pack's jobs run in one process, each line goes to the run it belongs to."""
@@ -135,8 +144,7 @@ class _job_log:
 
         HydraConfig.instance().set_config(cfg)
         self.path = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir) / f"{cfg.hydra.job.name}.log"
-        formatters = OmegaConf.select(cfg, "hydra.job_logging.formatters.simple.format")
-        self.format = str(formatters or "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+        self.format = _job_format(cfg)
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)

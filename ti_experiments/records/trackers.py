@@ -75,9 +75,12 @@ class TrackerSettings(Settings):
             raise TIError(f"logger.mode={mode!r} is unknown", "use online, offline, disabled or null (auto)")
         return mode
 
-    def start(self, accelerator, run_dir: Path, config: dict, resuming: bool = False) -> None:
+    def start(self, accelerator, run_dir: Path, config: dict, resuming: bool = False, beside_others: bool = False
+              ) -> None:
         """Open the tracker run on the main process; the config is flattened for TensorBoard. A run
-        resumed in its own directory continues its W&B run (same id) instead of starting a new one."""
+        resumed in its own directory continues its W&B run (same id) instead of starting a new one.
+        `beside_others`: other runs stay open in this process (a packed sweep), so W&B's global run is left
+        alone."""
         if self.log_with is None:
             return
         init_kwargs = {}
@@ -89,7 +92,7 @@ class TrackerSettings(Settings):
                 "dir": str(run_dir), "mode": self.wandb_mode(), "entity": self.entity,
                 "name": self.run_name, "group": self.group, "tags": list(self.tags),
                 "settings": wandb.Settings(init_timeout=30),
-                "reinit": "create_new",  # a packed sweep's jobs each keep their own run in one process
+                **({"reinit": "create_new"} if beside_others else {}),
             }
             if init_kwargs["wandb"]["mode"] == "online" and not answers(wandb_url()):
                 # wandb.init would wait for its own timeout, and more, before failing
@@ -98,7 +101,7 @@ class TrackerSettings(Settings):
             if resuming and id_file.is_file():
                 init_kwargs["wandb"].update(id=id_file.read_text().strip(), resume="allow")
             self._offline_env(init_kwargs["wandb"]["mode"])
-            tracker_config = config
+            tracker_config = None  # given to this run below: Accelerate would write it to the global wandb.config
         else:
             tracker_config = flatten(config)
         try:
@@ -116,6 +119,8 @@ class TrackerSettings(Settings):
                           f"pip install {self.name}, or use logger=none")
         if self.name == "wandb" and accelerator.is_main_process:
             run = _wandb_run(accelerator)
+            if run is not None:
+                run.config.update(config, allow_val_change=True)
             if getattr(run, "id", None):
                 write_text_atomic(id_file, run.id)
 
