@@ -109,6 +109,14 @@ def run_pack(configs: list[DictConfig], hydra_context, task_function, name: str)
         results = pack.run([job(c) for c in configs], before_turn)
     finally:
         reset_accelerate()
+    stopped = [r for r in results if isinstance(r, KeyboardInterrupt)]
+    if stopped:  # as a sequential sweep: a stop request ends the sweep (every job of the pack checkpointed)
+        from .training.signals import Interrupted
+
+        sweep = Path(str(configs[0].hydra.sweep.dir))
+        raise Interrupted(f"stopped: {len(stopped)} job(s) of {name} saved a checkpoint and their embedding; fix: "
+                          f"resume the sweep with the same command and hydra.sweep.dir={sweep} "
+                          "train.resume_from_checkpoint=latest", getattr(stopped[0], "signum", 15))
     returns = []
     for result in results:
         if not isinstance(result, JobReturn):  # raised outside the task (run_job itself)

@@ -143,3 +143,52 @@ def test_a_packed_job_gets_its_own_token_rows_and_leaves_the_model_as_it_was(tmp
     shared = [n for n, p in one.text_encoder.named_parameters() if "token_embedding" not in n]
     assert shared and all(dict(one.text_encoder.named_parameters())[n] is p
                           for n, p in built[0].text_encoder.named_parameters() if n in shared)
+
+
+def test_a_stop_request_checkpoints_every_job_and_each_resumes_packed_or_alone(tmp_path, monkeypatch):
+    import signal
+
+    from ti_experiments.training.signals import Interrupted
+
+    run_ = [*RUN, "train.max_steps=6"]
+    jobs = [["seed=0"], ["seed=1", "concept.num_vectors=2"]]
+
+    def packed_run(root, *extra):
+        pack = Pack(["0", "1"])
+        return pack.run([lambda i=i, job=job: run(compose(*run_, *job, *extra, output_dir=root / str(i)))
+                         for i, job in enumerate(jobs)])
+
+    assert all(isinstance(r, type(tmp_path)) for r in packed_run(tmp_path / "through"))
+
+    original = loop.EndOfStep.__call__
+
+    def stop_at_step_2(self, lr):
+        if self.state.global_step == 2:
+            packed.current().pack.stop.signum = signal.SIGTERM  # what the main thread's handler records
+        return original(self, lr)
+
+    monkeypatch.setattr(loop.EndOfStep, "__call__", stop_at_step_2)
+    results = packed_run(tmp_path / "stopped")
+    monkeypatch.setattr(loop.EndOfStep, "__call__", original)
+    assert all(isinstance(r, Interrupted) for r in results)
+    for i in range(2):
+        folder = tmp_path / "stopped" / str(i)
+        assert json.loads((folder / "run.json").read_text())["status"] == "interrupted"
+        assert (folder / "checkpoint-2").is_dir()
+    alone = tmp_path / "stopped-alone"
+    import shutil
+
+    shutil.copytree(tmp_path / "stopped" / "1", alone / "1")
+    assert all(isinstance(r, type(tmp_path)) for r in packed_run(tmp_path / "stopped",
+                                                                   "train.resume_from_checkpoint=latest"))
+    run(compose(*run_, *jobs[1], "train.resume_from_checkpoint=latest", output_dir=alone / "1"))
+
+    def vectors(folder):
+        return read_embedding(folder / "learned_embeds.safetensors").vectors[0]
+
+    for i in range(2):  # a resumed pack continues exactly where the uninterrupted one went
+        assert torch.equal(vectors(tmp_path / "stopped" / str(i)), vectors(tmp_path / "through" / str(i)))
+        a, b = _metrics(tmp_path / "stopped" / str(i)), _metrics(tmp_path / "through" / str(i))
+        assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    # one job resumed on its own: the same steps, up to the batched kernels' rounding
+    assert torch.allclose(vectors(alone / "1"), vectors(tmp_path / "through" / "1"), atol=1e-4)
