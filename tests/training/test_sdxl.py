@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import ti_experiments.training.loop as loop
+import ti_experiments.training.loss as loss
 from conftest import TINY_SDXL_RUN, compose
 from ti_experiments.run_dir import read_embedding
 from ti_experiments.experiment import run
@@ -62,14 +62,14 @@ def test_sdxl_run_writes_both_layouts_and_the_size_conditioning_reaches_the_unet
     Image.new("RGB", (96, 64), (200, 30, 30)).save(images / "a.png")
     Image.new("RGB", (64, 64), (30, 200, 30)).save(images / "b.png")
     seen = []
-    original = loop.text_conditioning
+    original = loss.text_conditioning
 
     def spy(*args, **kwargs):
         hidden, added = original(*args, **kwargs)
         seen.extend(added["time_ids"].tolist())
         return hidden, added
 
-    monkeypatch.setattr(loop, "text_conditioning", spy)
+    monkeypatch.setattr(loss, "text_conditioning", spy)
     run_dir = _train(tmp_path / "run", "concept.num_vectors=2", f"concept.train_data_dir={images}",
                      "data.center_crop=true", "train.batch_size=2")
     # a: 96x64, centre square from x=16, i.e. 16 px at 64 (as is and mirrored); b: square, nothing cropped
