@@ -51,11 +51,13 @@ def test_sweep_file_runs_every_job_and_writes_the_report(tmp_path):
     assert (sweep / "sweep.png").exists() and (sweep / "loss_curves.png").exists()
 
 
-def test_command_line_sweep_goes_on_after_a_failing_job(tmp_path, monkeypatch):
+@pytest.mark.parametrize("launcher", ["basic", "packed"])
+def test_command_line_sweep_goes_on_after_a_failing_job(tmp_path, monkeypatch, launcher):
     monkeypatch.setenv("WANDB_MODE", "offline")
     sweep = tmp_path / "sweep"
     args = [a for a in TINY if not a.startswith("logger")]
-    out = run_cli("-m", *args, "logger=wandb", "concept.initializer_token=toy,zqxvbn,cat", f"hydra.sweep.dir={sweep}")
+    out = run_cli("-m", *args, "logger=wandb", "concept.initializer_token=toy,zqxvbn,cat", f"hydra.sweep.dir={sweep}",
+                  f"hydra/launcher={launcher}")
     assert out.returncode == 1  # the sweep ran to the end, then reported its failure
     assert "zqxvbn" in out.stderr and "Traceback" not in out.stderr and "1 job(s) of the sweep failed: 1" in out.stderr
     assert _statuses(sweep) == {"0": "completed", "1": "failed", "2": "completed"}

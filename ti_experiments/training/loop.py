@@ -1,9 +1,12 @@
-"""How the placeholder embedding is trained: the denoising loss, accumulation, saves, checkpoints.
+"""How the placeholder embedding is trained: micro-steps, accumulation, saves, checkpoints (the loss
+itself is `loss.py`'s).
 
 `run_training(job)` reads top to bottom: a latent cache that encodes each image once, when a step
-first draws it (`latent_cache`), place the frozen models (`placement.Placement`), build the optimizer and the data (`optimization`, `batches`), resume,
-then the steps; what happens after each optimizer step (log, save, checkpoint, evaluate, validate,
-stop) is `EndOfStep`'s. `LoopState` is the little that changes from step to step.
+first draws it (`latent_cache`), place the frozen models (`placement.Placement`), build the optimizer
+and the data (`optimization`, `batches`), resume, then the steps; each micro-step's loss and gradients
+come from `micro_step` (alone, or with the other jobs of a packed sweep: `packed`); what happens after
+each optimizer step (log, save, checkpoint, evaluate, validate, stop) is `EndOfStep`'s. `LoopState` is
+the little that changes from step to step.
 """
 
 from __future__ import annotations
