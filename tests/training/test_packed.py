@@ -38,8 +38,7 @@ def _recording(monkeypatch):
         draws.setdefault(tuple(seeds.tolist()), []).append(out)
         return out
 
-    monkeypatch.setattr(loss, "item_draws", item_draws)
-    monkeypatch.setattr(packed, "item_draws", item_draws)
+    monkeypatch.setattr(loss, "item_draws", item_draws)  # packed and alone draw through loss.training_inputs
     solo_loss, packed_loss = loop.denoising_loss, packed.Slot.loss
 
     def solo(parts, text_encoder, cache, batch, *args):

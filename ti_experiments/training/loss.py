@@ -12,10 +12,16 @@ from .conditioning import text_conditioning
 
 def denoising_loss(parts, text_encoder, cache: LatentCache, batch: dict, weight_dtype, device) -> torch.Tensor:
     """The training loss of a batch: a fresh latent draw, noise and timestep each, then `loss_at`."""
+    latents, noise, timesteps = training_inputs(parts, cache, batch, weight_dtype, device)
+    return loss_at(parts, text_encoder, latents, noise, timesteps, batch, weight_dtype, device)
+
+
+def training_inputs(parts, cache: LatentCache, batch: dict, weight_dtype, device) -> tuple[torch.Tensor, ...]:
+    """A batch's latents (one draw from each item's cached latent distribution), noise and timesteps."""
     eps, noise, timesteps = item_draws(batch["seed"], cache.latent_shape,
                                        parts.noise_scheduler.config.num_train_timesteps, device)
     latents = cache.sample(batch["image_index"], batch["flipped"], eps=eps).to(weight_dtype)
-    return loss_at(parts, text_encoder, latents, noise.to(weight_dtype), timesteps, batch, weight_dtype, device)
+    return latents, noise.to(weight_dtype), timesteps
 
 
 def item_draws(seeds: torch.Tensor, shape: tuple, num_timesteps: int, device) -> tuple[torch.Tensor, ...]:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .loss import item_draws, item_losses
+from .loss import item_losses, training_inputs
 from .signals import StopRequests
 
 _local = threading.local()
@@ -214,14 +214,8 @@ class Pack:
         first = requests[0]
         dtype, device = first.placement.weight_dtype, first.placement.device
         parts = self._packed_view()
-        timesteps = parts.noise_scheduler.config.num_train_timesteps
-        latents, noises, steps, sizes = [], [], [], []
-        for r in requests:
-            eps, noise, t = item_draws(r.batch["seed"], r.cache.latent_shape, timesteps, device)
-            latents.append(r.cache.sample(r.batch["image_index"], r.batch["flipped"], eps=eps).to(dtype))
-            noises.append(noise.to(dtype))
-            steps.append(t)
-            sizes.append(len(t))
+        latents, noises, steps = zip(*(training_inputs(parts, r.cache, r.batch, dtype, device) for r in requests))
+        sizes = [len(t) for t in steps]
         batch = {k: torch.cat([r.batch[k] for r in requests]) for k in ("input_ids", "input_ids_2", "time_ids")
                  if k in first.batch}
         for i, lookup in enumerate(self._lookups):
