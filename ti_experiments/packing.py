@@ -88,7 +88,7 @@ def run_pack(configs: list[DictConfig], hydra_context, task_function, name: str)
     from .experiment import reset_accelerate
     from .training.packed import Pack
 
-    pack = Pack([str(c.hydra.sweep.subdir) if _resolvable(c) else str(c.hydra.job.num) for c in configs], name)
+    pack = Pack([_job_dir(c).name for c in configs], name)
 
     def job(cfg: DictConfig):
         def call():
@@ -127,15 +127,12 @@ def run_pack(configs: list[DictConfig], hydra_context, task_function, name: str)
     return returns
 
 
-def _resolvable(cfg: DictConfig) -> bool:
+def _job_dir(cfg: DictConfig) -> Path:
+    """The job's folder, as `run_job` will make it (sweep dir / subdir, resolved for this job)."""
     from hydra.core.hydra_config import HydraConfig
 
     HydraConfig.instance().set_config(cfg)
-    try:
-        str(cfg.hydra.sweep.subdir)
-        return True
-    except Exception:  # noqa: BLE001 - a subdir that needs the job's runtime: fall back to its number
-        return False
+    return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
 
 
 def _job_format(cfg: DictConfig) -> str:
@@ -148,10 +145,7 @@ class _job_log:
     pack's jobs run in one process, each line goes to the run it belongs to."""
 
     def __init__(self, cfg: DictConfig):
-        from hydra.core.hydra_config import HydraConfig
-
-        HydraConfig.instance().set_config(cfg)
-        self.path = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir) / f"{cfg.hydra.job.name}.log"
+        self.path = _job_dir(cfg) / f"{cfg.hydra.job.name}.log"
         self.format = _job_format(cfg)
 
     def __enter__(self):

@@ -198,8 +198,7 @@ def trim_heap_between_blocks(unet: nn.Module, from_bytes: int = TRIM_FROM_BYTES)
     """Return the free heap to the system after each down, mid and up block of a UNet's forward pass (CPU
     training: see the module's docstring), for UNets whose weights take `from_bytes` or more; returns how
     many blocks trim. Idempotent."""
-    plain = getattr(unet, "_heap_trims", [])
-    for handle in plain:
+    for handle in getattr(unet, "_heap_trims", []):
         handle.remove()
     unet._heap_trims = []
     if sum(p.nbytes for p in unet.parameters()) < from_bytes:
