@@ -40,6 +40,15 @@ def test_bench_prints_a_table_and_one_json_line(capsys):
     assert "peak RSS GiB after loading" in table
 
 
+def test_bench_times_the_sdxl_example_step_too(capsys):
+    """SDXL's example-style step: both encoders' matrices in AdamW, their frozen rows restored."""
+    assert main(["model=tiny_sdxl", "hardware=cpu", "--warmup", "1", "--steps", "2", "--phase-steps", "1",
+                 "--reference"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(result["reference_step_s"]) == 2 and all(s > 0 for s in result["reference_step_s"])
+    assert result["speedup_vs_reference"] > 0
+
+
 FAKE_TRAINING = """
 import sys, time
 print("loading", flush=True)

@@ -110,8 +110,9 @@ def _fresh_vae(p, placement: Placement):
 
 
 def time_reference(p, accelerator, cfg, n: int, warmup: int) -> list[float]:
-    """Optimizer steps computed the way the diffusers example computes them, on the same model and
-    batch: VAE encode every micro-step, AdamW over the whole embedding matrix, frozen rows restored."""
+    """Optimizer steps computed the way the diffusers examples compute them, on the same model and
+    batch: VAE encode every micro-step, AdamW over each whole embedding matrix (SDXL: both encoders'),
+    frozen rows restored."""
     import random
 
     from .data.templates import TEMPLATES
@@ -121,17 +122,21 @@ def time_reference(p, accelerator, cfg, n: int, warmup: int) -> list[float]:
     parts, device = p.parts, accelerator.device
     placement = Placement.of(accelerator, p.hardware)
     dtype = placement.weight_dtype
-    text_encoder, unet, scheduler, tokenizer = parts.text_encoder, parts.unet, parts.noise_scheduler, parts.tokenizer
+    unet, scheduler = parts.unet, parts.noise_scheduler
     vae = _fresh_vae(p, placement)
-    unsplice(text_encoder)
     plain_backward(unet)  # autograd's own layers, as the example has
-    weight = text_encoder.get_input_embeddings().weight
-    weight.requires_grad_(True)
-    original = weight.detach().clone()
-    no_updates = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
-    no_updates[p.embedding.first_id:] = False
+    weights, originals, frozen = [], [], []
+    for encoder, embedding in zip(parts.text_encoders, (p.embedding, p.embedding_2)):
+        unsplice(encoder)
+        weight = encoder.get_input_embeddings().weight
+        weight.requires_grad_(True)
+        no_updates = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
+        no_updates[embedding.first_id:] = False
+        weights.append(weight)
+        originals.append(weight.detach().clone())
+        frozen.append(no_updates)
     o = cfg.optimizer
-    optimizer = torch.optim.AdamW([weight], lr=float(o.lr), betas=tuple(o.get("betas", (0.9, 0.999))),
+    optimizer = torch.optim.AdamW(weights, lr=float(o.lr), betas=tuple(o.get("betas", (0.9, 0.999))),
                                   weight_decay=float(o.get("weight_decay", 1e-2)), eps=float(o.get("eps", 1e-8)))
     rng = random.Random(0)
     templates = TEMPLATES[cfg.concept.learnable_property]
@@ -139,26 +144,35 @@ def time_reference(p, accelerator, cfg, n: int, warmup: int) -> list[float]:
     bs, ga = p.train.batch_size, p.train.gradient_accumulation_steps
     pixels = p.images.pixels
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def tokens(tokenizer, prompts):
+        return tokenizer(prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                         return_tensors="pt").input_ids
+
     ends = []
     for _ in range(warmup + n):
         for _micro in range(ga):
             idx = [rng.randrange(len(pixels)) for _ in range(bs)]
-            batch = torch.stack([pixels[i].flip(-1) if rng.random() < p.data_settings.flip_p else pixels[i]
-                                 for i in idx])
-            ids = tokenizer([rng.choice(templates).format(placeholder) for _ in idx], padding="max_length",
-                            truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+            flips = [rng.random() < p.data_settings.flip_p for _ in idx]
+            images = torch.stack([pixels[i].flip(-1) if f else pixels[i] for i, f in zip(idx, flips)])
+            prompts = [rng.choice(templates).format(placeholder) for _ in idx]
+            batch = {"input_ids": tokens(parts.tokenizer, prompts)}
+            if parts.is_sdxl:
+                batch["input_ids_2"] = tokens(parts.tokenizer_2, prompts)
+                batch["time_ids"] = p.images.time_ids[torch.tensor(flips).long(), torch.tensor(idx)]
             with accelerator.autocast():
-                latents = vae.encode(batch.to(device, dtype)).latent_dist.sample() * vae.config.scaling_factor
+                latents = vae.encode(images.to(device, dtype)).latent_dist.sample() * vae.config.scaling_factor
                 noise = torch.randn_like(latents)
                 t = torch.randint(0, scheduler.config.num_train_timesteps, (bs,), device=device)
-                hidden = text_encoder(ids.to(device))[0].to(dtype)
-                pred = unet(scheduler.add_noise(latents, noise, t), t, hidden).sample
+                hidden, added = text_conditioning(parts, parts.text_encoder, batch, dtype, device)
+                pred = unet(scheduler.add_noise(latents, noise, t), t, hidden, added_cond_kwargs=added).sample
                 loss = F.mse_loss(pred.float(), prediction_target(scheduler, latents, noise, t).float()) / ga
             loss.backward()
             optimizer.step()  # the example steps (and restores) every micro-step; Accelerate skips
             optimizer.zero_grad()  # the non-final ones, so here only the last one of each group steps
             with torch.no_grad():
-                weight[no_updates] = original[no_updates]
+                for weight, original, no_updates in zip(weights, originals, frozen):
+                    weight[no_updates] = original[no_updates]
         sync()
         ends.append(time.perf_counter())
     return [b - a for a, b in zip(ends[max(warmup - 1, 0):], ends[max(warmup, 1):])]
@@ -221,9 +235,6 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
     settings = check_config(cfg)
     marks["config"] = time.time()
     p = prepare(cfg, run_dir, settings)
-    if reference and p.parts.is_sdxl:
-        raise TIError("--reference (the diffusers example's step) is not implemented for SDXL",
-                      "leave out --reference for SDXL models")
     marks["text encoder, VAE, images"] = time.time()
     accelerator = make_accelerator(p.hardware, p.tracker, run_dir)
     try:
