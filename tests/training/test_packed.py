@@ -129,8 +129,7 @@ def test_a_packed_job_gets_its_own_token_rows_and_leaves_the_model_as_it_was(tmp
 
     pack = Pack(["0", "1"])
     one, two = pack.parts_for(load, channels_last=False), pack.parts_for(load, channels_last=False)
-    assert len(built) == 1  # one model; each job's UNet object routes its calls, over the same layers
-    assert one.unet is not two.unet and one.unet.conv_in is two.unet.conv_in is built[0].unet.conv_in
+    assert len(built) == 1 and one.unet is two.unet is built[0].unet
     vocab = len(built[0].tokenizer)
     from ti_experiments.embeddings import add_placeholder_tokens
 
@@ -192,40 +191,3 @@ def test_a_stop_request_checkpoints_every_job_and_each_resumes_packed_or_alone(t
         assert [r["loss"] for r in a] == [r["loss"] for r in b]
     # one job resumed on its own: the same steps, up to the batched kernels' rounding
     assert torch.allclose(vectors(alone / "1"), vectors(tmp_path / "through" / "1"), atol=1e-4)
-
-
-def test_packed_jobs_evaluate_and_validate_in_batches_with_the_numbers_they_get_alone(tmp_path, monkeypatch):
-    """Held-out losses, image scores and validation images: the jobs' UNet calls run as one batch."""
-    import numpy as np
-    from PIL import Image
-
-    run_ = [*RUN, "train.max_steps=4", "evaluation.steps=2", "evaluation.image_metrics=true",
-            "evaluation.image_steps=4", "evaluation.num_prompts=2", "validation.enabled=true", "validation.steps=4",
-            "validation.num_images=2", "validation.num_inference_steps=3"]
-    jobs = [["seed=0"], ["seed=1", "optimizer.lr=5e-3"]]
-    alone = [run(compose(*run_, *job, output_dir=tmp_path / f"alone-{i}")) for i, job in enumerate(jobs)]
-
-    sizes = []
-    original = Pack._batched_call
-
-    def spy(self, calls):
-        sizes.append([len(c.sample) for c in calls])
-        return original(self, calls)
-
-    monkeypatch.setattr(Pack, "_batched_call", spy)
-    pack = Pack(["0", "1"])
-    pack.run([lambda i=i, job=job: run(compose(*run_, *job, output_dir=tmp_path / f"packed-{i}"))
-              for i, job in enumerate(jobs)])
-    assert sizes and all(len(s) == 2 for s in sizes)  # both jobs' calls, every time
-    for i in range(2):
-        a, b = _metrics(alone[i]), _metrics(tmp_path / f"packed-{i}")
-        for key in ("heldout_loss", "heldout_loss_init", "clip_i", "clip_t", "dino"):
-            x, y = [r[key] for r in a if key in r], [r[key] for r in b if key in r]
-            assert len(x) == len(y) > 0, key
-            assert max(abs(u - v) for u, v in zip(x, y)) < 1e-4, key
-        images = sorted((alone[i] / "validation" / "step-4").glob("*.png"))
-        assert len(images) == 2
-        for image in images:
-            x = np.asarray(Image.open(image), dtype=np.int16)
-            y = np.asarray(Image.open(tmp_path / f"packed-{i}" / "validation" / "step-4" / image.name), dtype=np.int16)
-            assert np.abs(x - y).max() <= 2  # the batched kernels' rounding, at most a level or two

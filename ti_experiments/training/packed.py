@@ -10,10 +10,6 @@ What a job owns: its tokenizer (a copy: its placeholder gets the same ids it get
 encoder object that shares every layer with the model but its token embedding (`share_layers`);
 the UNet, VAE and latent cache are the pack's. Each item's draws come from the item's own seed
 (`loss.item_draws`), so a packed job draws exactly what it draws alone.
-
-A job's other UNet calls (held-out loss, evaluation and validation images: no gradient) go through its
-own view of the UNet (`routed_unet`): the call is handed in like a loss, and the calls of every job that
-waits on one with the same shapes run as one batch.
 """
 
 from __future__ import annotations
@@ -77,61 +73,6 @@ class PackLookup(nn.Module):
         return torch.cat([embedding(ids) for (embedding, _), ids in zip(self.parts, chunks)])
 
 
-def routed_unet(unet: nn.Module) -> nn.Module:
-    """The UNet as a packed job sees it: the same layers and config, but a call without gradients from a job
-    thread is handed to the pack (`Slot.forward`), which batches it with the other jobs' calls."""
-    routed = copy.copy(unet)  # shares the layers; train()/eval() of one job sets only its own top-level flag
-    run = unet.forward
-
-    def forward(sample, timestep, encoder_hidden_states=None, *args, **kwargs):
-        slot = current()
-        if slot is None or args or torch.is_grad_enabled() or not UNetCall.batchable(kwargs):
-            return run(sample, timestep, encoder_hidden_states, *args, **kwargs)
-        return slot.forward(UNetCall.of(sample, timestep, encoder_hidden_states, kwargs))
-
-    routed.forward = forward  # a plain attribute (not a module): the real UNet's children stay as they are
-    return routed
-
-
-@dataclass
-class UNetCall:
-    """One job's UNet call without gradients: batched with the calls of the same shapes of other jobs."""
-
-    sample: torch.Tensor
-    timestep: torch.Tensor  # one per item
-    hidden: torch.Tensor
-    added: dict | None
-    return_dict: bool
-    autocast: tuple  # the calling thread's autocast (device type, enabled, dtype): threads do not share it
-
-    # what a call may carry to be batched; anything else runs the job's call as is, in the job's thread
-    BATCHABLE = {"added_cond_kwargs", "return_dict", "timestep_cond", "cross_attention_kwargs"}
-
-    @classmethod
-    def batchable(cls, kwargs: dict) -> bool:
-        return (set(kwargs) <= cls.BATCHABLE and kwargs.get("timestep_cond") is None
-                and not kwargs.get("cross_attention_kwargs"))
-
-    @classmethod
-    def of(cls, sample, timestep, hidden, kwargs: dict) -> UNetCall:
-        steps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
-        kind = sample.device.type
-        autocast = (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
-        return cls(sample, steps, hidden, kwargs.get("added_cond_kwargs"), kwargs.get("return_dict", True), autocast)
-
-    def key(self) -> tuple:
-        """Calls with equal keys can run as one batch."""
-        added = tuple(sorted((k, tuple(v.shape[1:]), v.dtype) for k, v in (self.added or {}).items()))
-        return (tuple(self.sample.shape[1:]), self.sample.dtype, self.sample.device, self.timestep.dtype,
-                tuple(self.hidden.shape[1:]), self.hidden.dtype, added, self.autocast)
-
-    def answer(self, sample: torch.Tensor):
-        """The output in the form this call asked for."""
-        from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
-
-        return UNet2DConditionOutput(sample=sample) if self.return_dict else (sample,)
-
-
 @dataclass
 class Request:
     """One job's micro-batch, and what its loss needs: its embeddings (one per text encoder), its
@@ -157,15 +98,8 @@ class Slot:
 
     def loss(self, request: Request) -> torch.Tensor:
         """This job's loss of the micro-batch; its rows' gradients are accumulated when this returns."""
-        return self._hand_in(request)
-
-    def forward(self, call: UNetCall):
-        """The UNet's output for this job's call (run in a batch with other jobs' calls)."""
-        return self._hand_in(call)
-
-    def _hand_in(self, request):
         self.request = request
-        self.back.release()  # the turn goes round; the pack serves it when every job has handed something in
+        self.back.release()  # the turn goes round; the pack's step runs when every job has handed in
         self.go.acquire()
         result, self.result = self.result, None
         if isinstance(result, BaseException):
@@ -196,7 +130,6 @@ class Pack:
             self.parts = build()
             self.parts.load_unet(channels_last=channels_last)
         view = copy.copy(self.parts)
-        view._unet = routed_unet(self.parts.unet)
         view.tokenizer = copy.deepcopy(self.parts.tokenizer)
         view.text_encoder = share_layers(self.parts.text_encoder)
         if self.parts.is_sdxl:
@@ -237,12 +170,8 @@ class Pack:
                     slot.go.release()
                     slot.back.acquire()
                 waiting = [s for s in self.slots if s.request is not None]
-                steps = [s for s in waiting if isinstance(s.request, Request)]
-                if steps:
-                    self._step(steps)
-                calls = [s for s in waiting if isinstance(s.request, UNetCall)]
-                if calls:
-                    self._forward(calls)
+                if waiting:
+                    self._step(waiting)
         for t in threads:
             t.join()
         return results
@@ -299,32 +228,3 @@ class Pack:
             for lookup in self._lookups:
                 lookup.parts = []
         return [chunk.mean() for chunk in per_item.split(sizes)]
-
-    def _forward(self, slots: list[Slot]) -> None:
-        """The waiting UNet calls, one batch per group of calls with the same shapes; each job gets its part."""
-        groups: dict[tuple, list[Slot]] = {}
-        for slot in slots:
-            groups.setdefault(slot.request.key(), []).append(slot)
-        for group in groups.values():
-            calls = [s.request for s in group]
-            for s in group:
-                s.request = None
-            try:
-                outputs = self._batched_call(calls)
-                for slot, call, out in zip(group, calls, outputs):
-                    slot.result = call.answer(out)
-            except Exception as exc:  # noqa: BLE001 - each job of the group gets the error in its own thread
-                for slot in group:
-                    slot.result = exc
-
-    def _batched_call(self, calls: list[UNetCall]) -> list[torch.Tensor]:
-        first = calls[0]
-        added = None
-        if first.added:
-            added = {k: torch.cat([c.added[k] for c in calls]) for k in first.added}
-        kind, enabled, dtype = first.autocast
-        with torch.no_grad(), torch.autocast(kind, dtype=dtype, enabled=enabled):
-            out = self.parts.unet(torch.cat([c.sample for c in calls]), torch.cat([c.timestep for c in calls]),
-                                  torch.cat([c.hidden for c in calls]), added_cond_kwargs=added,
-                                  return_dict=False)[0]
-        return list(out.split([len(c.sample) for c in calls]))
