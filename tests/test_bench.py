@@ -79,6 +79,18 @@ def test_launch_times_a_command_to_its_first_and_last_step_and_reads_its_peak_me
     assert "launch to the end of step 1 s" in "\n".join(out)
 
 
+def test_launch_of_a_sweep_times_its_last_step_line_of_all_jobs(capsys):
+    """A sequential sweep's jobs each count from step 1: the last line is the last job's, not the first's."""
+    import sys
+
+    line = "print('[2026-11-30 03:54:27,061][ti_experiments.training.loop][INFO] - step {i}/2  loss 1.0', flush=True)"
+    steps = "\n".join(f"time.sleep(0.2)\n{line.format(i=i)}" for i in (1, 2, 1, 2))
+    assert main(["--launch", sys.executable, "-c", FAKE_TRAINING.format(steps=steps, code=0)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["last_step"] == 2
+    assert result["last_line_s"] - result["last_step_s"] >= 0.35  # the second job's two steps
+
+
 def test_launch_of_a_command_that_never_steps_is_one_line(capsys):
     import sys
 

@@ -371,12 +371,14 @@ def time_launch(command: list[str]) -> dict:
         sys.stderr.buffer.write(chunk)
         buffer = (buffer + chunk)[-4096:]
         steps = [int(m.group(1)) for m in STEP_LINE.finditer(buffer.replace(b"\r", b"\n"))]
-        if steps and max(steps) > last_step:
-            last_step = max(steps)
+        if steps:
             now = time.perf_counter() - started
             out.setdefault("first_step_s", now)
-            out.update(last_step=last_step, last_step_s=now, peak_rss_until_last_step_gib=_peak_rss_so_far(proc.pid))
+            out["last_line_s"] = now  # a sweep's jobs each count from 1 again: the last step line of all
             buffer = b""
+        if steps and max(steps) > last_step:
+            last_step = max(steps)
+            out.update(last_step=last_step, last_step_s=now, peak_rss_until_last_step_gib=_peak_rss_so_far(proc.pid))
     _, status, usage = os.wait4(proc.pid, 0)
     out.update(exit_code=os.waitstatus_to_exitcode(status), wall_s=time.perf_counter() - started,
                peak_rss_gib=usage.ru_maxrss / 2**20)
@@ -416,10 +418,12 @@ def time_sweep(jobs: int, launchers: list[str], overrides: list[str]) -> dict:
             command = [sys.executable, "-m", "ti_experiments", "-m", *overrides, f"seed={seeds}",
                        f"hydra/launcher={launcher}", f"hydra.sweep.dir={root / name.replace(' ', '')}"]
             r = time_launch(command)
-            steps = max(r["last_step"] - 1, 1)
+            # from the sweep's first step line to its last, per job-step after the first (whatever runs
+            # between them, evaluation and the later jobs' starts included, counts)
+            steps = max(count * r["last_step"] - 1, 1)
             rows[name] = {"jobs": count, "launcher": launcher, "wall_s": r["wall_s"], "exit_code": r["exit_code"],
                           "peak_rss_gib": r["peak_rss_gib"],
-                          "s_per_job_step": (r["last_step_s"] - r["first_step_s"]) / steps / count}
+                          "s_per_job_step": (r["last_line_s"] - r["first_step_s"]) / steps}
     finally:
         shutil.rmtree(root, ignore_errors=True)
     basic = rows.get(f"basic x{jobs}")
