@@ -418,9 +418,9 @@ def time_sweep(jobs: int, launchers: list[str], overrides: list[str]) -> dict:
             command = [sys.executable, "-m", "ti_experiments", "-m", *overrides, f"seed={seeds}",
                        f"hydra/launcher={launcher}", f"hydra.sweep.dir={root / name.replace(' ', '')}"]
             r = time_launch(command)
-            # from the sweep's first step line to its last, per job-step after the first (whatever runs
-            # between them, evaluation and the later jobs' starts included, counts)
-            steps = max(count * r["last_step"] - 1, 1)
+            # from the sweep's first step line to its last, per job-step after each job's first (whatever
+            # runs between them counts: evaluation, and in a sequential sweep the later jobs' starts)
+            steps = max(count * (r["last_step"] - 1), 1)
             rows[name] = {"jobs": count, "launcher": launcher, "wall_s": r["wall_s"], "exit_code": r["exit_code"],
                           "peak_rss_gib": r["peak_rss_gib"],
                           "s_per_job_step": (r["last_line_s"] - r["first_step_s"]) / steps}
