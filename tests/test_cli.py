@@ -17,8 +17,9 @@ from conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
-# A short tiny-model run; each case adds the one bad override it is about.
-BASE = ["+concept=demo", "model=tiny", "hardware=cpu", "logger=none", "train.max_steps=2"]
+# A short tiny-model run (batch 1: the demo preset's batch 8 only costs time here); each case adds the one
+# bad override it is about.
+BASE = ["+concept=demo", "model=tiny", "hardware=cpu", "logger=none", "train.max_steps=2", "train.batch_size=1"]
 
 # A concept whose images are the user's own (source: null, as the README suggests); with +concept=demo a
 # missing or empty folder is filled with demo images by design (README: `source`, where images come from

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 RUN = ["+concept=demo", "model=tiny", "hardware=cpu", "logger=none", "validation.enabled=false",
        "train.max_steps=30", "train.save_steps=null", "train.checkpointing_steps=null",
-       "train.gradient_accumulation_steps=2"]
+       "train.batch_size=2", "train.gradient_accumulation_steps=2"]
 
 
 def _steps_done(run_dir) -> int:
