@@ -109,7 +109,7 @@ def run_training(job: TrainingJob) -> TrainResult:
         cache = slot.pack.cache_for(lambda: latent_cache(job, placement)) if slot else latent_cache(job, placement)
         unet = placement.load_unet(job.parts)  # loaded (or built) now, if it was deferred
         unet.requires_grad_(False)
-        lean_backward(unet)  # no activations kept for weight gradients nobody computes
+        lean_backward(unet)  # large UNets: no activations kept for weight gradients nobody computes
         if placement.device.type == "cpu":  # glibc's heap; a GPU has its own allocator
             trim_heap_between_blocks(unet)
         placement.place_unet(unet, training=True)
