@@ -43,7 +43,8 @@ def test_the_pretrain_command_builds_a_model_diffusers_loads(tmp_path):
     args = [sys.executable, "-m", "ti_experiments.pretrain", f"work_dir={work}", f"ship_dir={ship}",
             "vae.steps=2", "vae.batch_size=2", "generator.steps=2", "generator.batch_size=2",
             "judge.steps=2", "judge.batch_size=4", "classifier.steps=2", "classifier.batch_size=4",
-            "generator.warmup_steps=1", "judge.warmup_steps=1", "classifier.warmup_steps=1"]
+            "generator.warmup_steps=1", "judge.warmup_steps=1", "classifier.warmup_steps=1",
+            "generator.restarts=[]", "generator.nicknames_from=1"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((ship / "manifest.json").read_text())
@@ -68,3 +69,21 @@ def test_a_restart_extends_a_finished_schedule_without_changing_its_past(tmp_pat
     assert [extended.lr_at(s) for s in range(100)] == [short.lr_at(s) for s in range(100)]
     assert extended.lr_at(99) == pytest.approx(0.1, abs=1e-3) and extended.lr_at(100) == pytest.approx(0.1)
     assert extended.lr_at(109) == 1.0 and extended.lr_at(299) == pytest.approx(0.1, abs=1e-3)
+
+
+def test_nicknames_change_the_generator_batches_only_from_their_first_step(tmp_path):
+    from diffusers import DDPMScheduler
+
+    tokenizer = architecture.write_tokenizer(tmp_path)
+    vae = architecture.vae(0).eval().requires_grad_(False)
+    text_encoder, unet = architecture.text_encoder(tokenizer, 2), architecture.unet(3)
+    scheduler = DDPMScheduler.from_config(architecture.scheduler_config())
+
+    def losses(nicknames):
+        step = pretraining.generator_step(vae, text_encoder, unet, tokenizer, scheduler, 4, nicknames, seed=0)
+        with torch.no_grad():
+            return [step(s, pretraining.batch_rng(0, "generator", s))[0].item() for s in (0, 1)]
+
+    plain, named = losses(pretraining.Nicknames()), losses(pretraining.Nicknames(start=1, share=0.5))
+    assert plain[0] == named[0] and plain[1] != named[1]
+    assert pretraining.Nicknames(start=1).count(0, 64) == 0 and pretraining.Nicknames(start=1).count(1, 64) == 16

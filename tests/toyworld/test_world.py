@@ -66,3 +66,30 @@ def test_training_captions_leave_out_and_wrap_but_stay_in_the_vocabulary():
     assert any(c.startswith("a photo of") for c in captions)
     words = set(tokenizer_words())
     assert {w for c in captions for w in c.replace("-", " ").split()} <= words
+
+
+def test_nicknames_are_known_words_that_stay_away_from_every_concept():
+    from ti_experiments.models.tiny import tokenizer_words
+
+    table = world.nicknames()
+    assert table == world.nicknames() and set(table) == set(world.NICKNAMES)
+    assert set(table) <= set(tokenizer_words()) and not set(table) & set(world.WORDS)
+    for word, fixed in table.items():
+        for concept in world.CONCEPTS.values():
+            assert sum(fixed.get(k, v) != v for k, v in concept.fixed.items()) >= 2, (word, concept.name)
+    # some stand for an object (a shape among their attributes), some for a style (no shape)
+    assert any("shape" in f for f in table.values()) and any("shape" not in f for f in table.values())
+
+
+def test_a_nickname_scene_fits_its_nickname_and_its_caption_uses_known_words():
+    from ti_experiments.models.tiny import tokenizer_words
+
+    table, rng, words = world.nicknames(), random.Random(0), set(tokenizer_words())
+    for word, fixed in itertools.islice(table.items(), 20):
+        scene = world.nickname_scene(word, fixed, rng)
+        assert world.is_pretraining_scene(scene)
+        assert all(getattr(scene, k) == v for k, v in fixed.items())
+        text = world.nickname_caption(scene, word, fixed, rng)
+        assert word in text.split() and set(text.replace("-", " ").split()) <= words
+        # the nickname says what it fixes: no colour, shape or pattern word beside it
+        assert not set(text.split()) & (set(world.COLOURS) | set(world.SHAPES) | set(world.PATTERNS))

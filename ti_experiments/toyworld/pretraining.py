@@ -204,14 +204,43 @@ def latent_scale(vae, seed: int, count: int = 1024) -> float:
     return float(1.0 / vae.encode(x).latent_dist.mean.std())
 
 
-def generator_step(vae, text_encoder, unet, tokenizer, scheduler, batch_size: int):
+@dataclass
+class Nicknames:
+    """From step `start` on, `share` of each generator batch is scenes called by a nickname
+    (`world.nicknames`); before it, batches are exactly what they were without nicknames."""
+    start: int | None = None
+    share: float = 0.25
+
+    def count(self, step: int, batch_size: int) -> int:
+        return 0 if self.start is None or step < self.start else round(batch_size * self.share)
+
+
+def nickname_batch(rng: random.Random, n: int, seed: int) -> tuple[list[world.Scene], list[str]]:
+    table = world.nicknames(seed)
+    scenes, captions = [], []
+    for _ in range(n):
+        word = rng.choice(tuple(table))
+        scene = world.nickname_scene(word, table[word], rng)
+        scenes.append(scene)
+        captions.append(world.nickname_caption(scene, word, table[word], rng))
+    return scenes, captions
+
+
+def generator_step(vae, text_encoder, unet, tokenizer, scheduler, batch_size: int,
+                   nicknames: Nicknames = Nicknames(), seed: int = 0):
     """SD's own objective on rendered scenes: the VAE is frozen; text encoder and UNet learn together."""
     scale = vae.config.scaling_factor
 
     def step(step: int, rng: random.Random):
-        scenes = pretraining_batch(rng, batch_size)
-        x, _ = render_batch(scenes, rng)
-        captions = [world.training_caption(s, rng) for s in scenes]
+        named = nicknames.count(step, batch_size)
+        scenes = pretraining_batch(rng, batch_size - named)
+        if named:
+            nick_scenes, nick_captions = nickname_batch(rng, named, seed)
+            x, _ = render_batch(scenes + nick_scenes, rng)
+            captions = [world.training_caption(s, rng) for s in scenes] + nick_captions
+        else:
+            x, _ = render_batch(scenes, rng)
+            captions = [world.training_caption(s, rng) for s in scenes]
         gen = torch.Generator().manual_seed(rng.getrandbits(63))
         with torch.no_grad():
             posterior = vae.encode(x).latent_dist

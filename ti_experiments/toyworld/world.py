@@ -193,6 +193,73 @@ CONCEPTS = {
 }
 
 
+# -- nicknames: one word for several attributes ------------------------------------------------------
+#
+# Real text encoders know words that stand for many attributes at once ("a lemon": yellow, oval, dotted
+# skin). Captions that only ever name one attribute per word teach the UNet to read each attribute from
+# its own word, and leave one learned vector (textual inversion's) little room to say a combination.
+# From a late step of pretraining on, some scenes are called by a nickname instead: an everyday word the
+# tokenizer already knows that stands for a fixed random combination of attributes. No nickname comes
+# near a named concept, so textual inversion still has something of its own to find.
+NICKNAMES = tuple("""
+cat dog bird fish horse cow pig sheep lion tiger bear wolf fox rabbit mouse duck owl frog monkey elephant
+dragon robot monster cup mug bowl plate bottle vase bag hat shoe shirt dress coat book pen clock lamp phone
+camera ball bike boat ship plane truck bus wheel apple banana cake bread pizza candy tree flower leaf rock
+house castle moon sun cloud teddy doll car""".split())
+
+
+def nicknames(seed: int = 0) -> dict[str, dict]:
+    """Each nickname's fixed attributes: colour, pattern and parts always; the shape three times in four,
+    the size and the background now and then (a nickname without a shape is a style, like demo_style).
+    A combination within two attributes of a named concept is drawn again."""
+    rng = random.Random(f"nicknames-{seed}")
+    table: dict[str, dict] = {}
+    for word in NICKNAMES:
+        while True:
+            colour = rng.choice(tuple(COLOURS))
+            fixed = dict(colour=colour, pattern=rng.choice(PATTERNS), ears=rng.random() < 0.4,
+                         dot="none" if rng.random() < 0.5 else rng.choice([c for c in COLOURS if c != colour]))
+            if rng.random() < 0.75:
+                fixed["shape"] = rng.choice(SHAPES)
+            if rng.random() < 0.4:
+                fixed["size"] = rng.choice(tuple(SIZES))
+            if rng.random() < 0.3:
+                fixed["background"] = rng.choice(tuple(BACKGROUNDS))
+            if all(_differences(fixed, c.fixed) >= 2 for c in CONCEPTS.values()):
+                table[word] = fixed
+                break
+    return table
+
+
+def _differences(fixed: dict, concept: dict) -> int:
+    """How many of a concept's fixed attributes a nickname fixes to another value."""
+    return sum(1 for k, v in concept.items() if k in fixed and fixed[k] != v)
+
+
+def nickname_caption(scene: Scene, word: str, fixed: dict, rng: random.Random) -> str:
+    """The scene called by its nickname, with the attributes the nickname leaves open said in words now
+    and then: 'a small cat at the top left on a teal background', 'a photo of a cat'."""
+    words = [scene.size] if "size" not in fixed and rng.random() < 0.5 else []
+    words.append(word)
+    if rng.random() < 0.5:
+        words += ["at the", scene.position]
+    if "background" not in fixed and rng.random() < 0.5:
+        words += ["on a", scene.background, "background"]
+    phrase = " ".join(words)
+    if rng.random() < 0.5:  # textual inversion's templates (style ones too for a nickname without a shape)
+        templates = OBJECT_TEMPLATES + (STYLE_TEMPLATES if "shape" not in fixed else [])
+        return rng.choice([t for t in templates if not set(t.split()) & set(SIZES)]).format(phrase)
+    return _article(phrase)
+
+
+def nickname_scene(word: str, fixed: dict, rng: random.Random) -> Scene:
+    """A scene pretraining may see that fits the nickname (its open attributes drawn as usual)."""
+    while True:
+        scene = dataclasses.replace(draw_scene(rng), **fixed)
+        if is_pretraining_scene(scene):
+            return scene
+
+
 def draw_scene(rng: random.Random) -> Scene:
     """One scene, every factor drawn independently (named concepts and test scenes included)."""
     colour = rng.choice(tuple(COLOURS))
