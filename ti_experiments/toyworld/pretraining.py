@@ -234,13 +234,9 @@ def generator_step(vae, text_encoder, unet, tokenizer, scheduler, batch_size: in
     def step(step: int, rng: random.Random):
         named = nicknames.count(step, batch_size)
         scenes = pretraining_batch(rng, batch_size - named)
-        if named:
-            nick_scenes, nick_captions = nickname_batch(rng, named, seed)
-            x, _ = render_batch(scenes + nick_scenes, rng)
-            captions = [world.training_caption(s, rng) for s in scenes] + nick_captions
-        else:
-            x, _ = render_batch(scenes, rng)
-            captions = [world.training_caption(s, rng) for s in scenes]
+        nick_scenes, nick_captions = nickname_batch(rng, named, seed) if named else ([], [])
+        x, _ = render_batch(scenes + nick_scenes, rng)
+        captions = [world.training_caption(s, rng) for s in scenes] + nick_captions
         gen = torch.Generator().manual_seed(rng.getrandbits(63))
         with torch.no_grad():
             posterior = vae.encode(x).latent_dist
