@@ -84,8 +84,7 @@ def train_generator(work: Path, cfg, seconds: float | None) -> bool:
     text_encoder, unet = architecture.text_encoder(tokenizer, seed + 2), architecture.unet(seed + 3)
     stage = _stage("generator", work, {"text_encoder": text_encoder, "unet": unet}, cfg)
     scheduler = DDPMScheduler.from_config(architecture.scheduler_config())
-    nicknames = pretraining.Nicknames(cfg.generator.get("nicknames_from"),
-                                      float(cfg.generator.get("nickname_share", 0.25)))
+    nicknames = pretraining.Nicknames(cfg.generator.nicknames_from, float(cfg.generator.nickname_share))
     stage.run(pretraining.generator_step(_frozen_vae(work), text_encoder, unet, tokenizer, scheduler,
                                          int(cfg.generator.batch_size), nicknames, seed), seconds)
     return stage.done

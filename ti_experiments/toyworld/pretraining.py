@@ -215,8 +215,7 @@ class Nicknames:
         return 0 if self.start is None or step < self.start else round(batch_size * self.share)
 
 
-def nickname_batch(rng: random.Random, n: int, seed: int) -> tuple[list[world.Scene], list[str]]:
-    table = world.nicknames(seed)
+def nickname_batch(rng: random.Random, n: int, table: dict[str, dict]) -> tuple[list[world.Scene], list[str]]:
     scenes, captions = [], []
     for _ in range(n):
         word = rng.choice(tuple(table))
@@ -230,11 +229,12 @@ def generator_step(vae, text_encoder, unet, tokenizer, scheduler, batch_size: in
                    nicknames: Nicknames = Nicknames(), seed: int = 0):
     """SD's own objective on rendered scenes: the VAE is frozen; text encoder and UNet learn together."""
     scale = vae.config.scaling_factor
+    table = world.nicknames(seed) if nicknames.start is not None else {}
 
     def step(step: int, rng: random.Random):
         named = nicknames.count(step, batch_size)
         scenes = pretraining_batch(rng, batch_size - named)
-        nick_scenes, nick_captions = nickname_batch(rng, named, seed) if named else ([], [])
+        nick_scenes, nick_captions = nickname_batch(rng, named, table) if named else ([], [])
         x, _ = render_batch(scenes + nick_scenes, rng)
         captions = [world.training_caption(s, rng) for s in scenes] + nick_captions
         gen = torch.Generator().manual_seed(rng.getrandbits(63))
