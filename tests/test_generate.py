@@ -1,5 +1,5 @@
 """Generating with learned concepts: from a run directory or a bare file, negative embeddings, foreign
-formats, SDXL, reproducible seeds, and one clean line for each bad input. Tiny models, 64 px, 2 steps."""
+formats, SDXL, reproducible seeds, and one clean line for each bad input. Tiny models, 32 px (SDXL 64), 2 steps."""
 
 from __future__ import annotations
 
@@ -42,12 +42,12 @@ def rows(n, d=32, seed=0):
 def test_from_a_run_directory_with_files_that_remake_each_image(run_dir, tmp_path):
     out = tmp_path / "out"
     images = generate("a photo of a <demo-toy>", run_dir, num_images=2, seed=5, out=out, **FAST)
-    assert [im.size for im in images] == [(64, 64), (64, 64)]
+    assert [im.size for im in images] == [(32, 32), (32, 32)]  # the tiny model's resolution
     assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["0000.json", "0000.png", "0001.json", "0001.png"]
     record = json.loads((out / "0001.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert record["prompt"] == "a photo of a <demo-toy>" and record["seed"] == 6
-    assert record["settings"]["steps"] == 2 and record["settings"]["width"] == 64
+    assert record["settings"]["steps"] == 2 and record["settings"]["width"] == 32
     assert record["settings"]["model"] == str(compose("model=tiny").model.pretrained_model_name_or_path)
     assert record["embeddings"] == [{"path": str(run_dir.resolve()), "token": "<demo-toy>", "format": "diffusers",
                                      "negative": False, "sha256": summary["learned_embeds_sha256"]}]
@@ -80,7 +80,7 @@ def test_from_a_bare_file_needs_the_model_named(run_dir, tmp_path, tiny_model_pa
     image = generate("a <demo-toy>", bare, model=str(tiny_model_path), seed=1, **FAST)[0]
     from_run = generate("a <demo-toy>", run_dir, seed=1, **FAST)[0]
     assert np.array_equal(pixels(image), pixels(from_run))
-    assert generate("a <demo-toy>", bare, model="tiny", seed=1, **FAST)[0].size == (64, 64)  # a conf/model option
+    assert generate("a <demo-toy>", bare, model="tiny", seed=1, **FAST)[0].size == (32, 32)  # a conf/model option
 
 
 def test_a_negative_embedding_changes_the_picture_at_the_same_seed(run_dir, tmp_path):

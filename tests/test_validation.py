@@ -28,7 +28,7 @@ def test_images_are_saved_per_step_and_prompt(tmp_path):
     assert steps == ["step-2", "step-3"]  # every 2 steps, and once at the end
     files = sorted(p.name for p in (run_dir / "validation" / "step-3").iterdir())
     assert files == ["00-00.png", "00-01.png", "01-00.png", "01-01.png"]
-    assert Image.open(run_dir / "validation" / "step-3" / "00-00.png").size == (64, 64)
+    assert Image.open(run_dir / "validation" / "step-3" / "00-00.png").size == (32, 32)
 
 
 def test_validation_is_reproducible_and_does_not_change_training(tmp_path):

@@ -136,7 +136,7 @@ def test_components_load_and_the_pipeline_makes_an_image(model_dir):
     scheduler = DDPMScheduler.from_pretrained(model_dir, subfolder="scheduler")
 
     assert unet.config.cross_attention_dim == text_encoder.config.hidden_size == 32
-    assert unet.config.sample_size == 32 and unet.config.in_channels == vae.config.latent_channels == 4
+    assert unet.config.sample_size == 16 and unet.config.in_channels == vae.config.latent_channels == 4
     assert tuple(vae.config.block_out_channels) == (32, 64)
     assert scheduler.config.beta_schedule == "scaled_linear"
     assert scheduler.config.num_train_timesteps == 1000
@@ -157,7 +157,7 @@ def test_components_load_and_the_pipeline_makes_an_image(model_dir):
         output_type="np",
         generator=torch.Generator().manual_seed(0),
     )
-    assert out.images.shape == (1, 64, 64, 3)
+    assert out.images.shape == (1, 32, 32, 3)
     assert np.isfinite(out.images).all()
 
 

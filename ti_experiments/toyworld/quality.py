@@ -5,8 +5,9 @@
   to the judge's accuracy on the VAE's reconstructions of the same scenes (the ceiling);
 - ti: textual inversion on every named concept with the demo's settings, 1 and 4 vectors: the held-out
   loss of the learned token, the initializer word and the concept's description in words; the judge's
-  CLIP-I of "a photo of a <token>" images against the real images (and of the initializer's, and of the
-  real images among themselves); CLIP-T of prompts in new contexts against real renders of them. CLIP-T's
+  CLIP-I of "a photo of a <token>" images against the real images (and of the initializer's, of the
+  description's in words, which is what the model can draw of the concept at best, and of the real images
+  among themselves); CLIP-T of prompts in new contexts against real renders of them. CLIP-T's
   text names the concept by its description (real CLIP knows "a toy" in any colour; the judge has only
   ever read complete descriptions, so the initializer word alone is outside what it can read).
 
@@ -83,7 +84,15 @@ def _demo_train_settings() -> list[str]:
     return [f"train.{k}={train[k]}" for k in ("max_steps", "batch_size", "save_steps", "checkpointing_steps")]
 
 
-def ti_figures(pipe, weights: Path, concepts: list[str], num_vectors: list[int], out: Path, seed: int = 0) -> list:
+def _concept_config(name: str):
+    """The concept's preset (its token and initializer word are the preset's, as a user runs it)."""
+    from ..api import compose
+
+    return compose([f"+concept={name}"]).concept
+
+
+def ti_figures(pipe, weights: Path, concepts: list[str], num_vectors: list[int], out: Path, seed: int = 0,
+               images: int = 16) -> list:
     from ..api import train
     from ..evaluation.image_metrics import EvalModels, ImageScorer
 
@@ -101,8 +110,11 @@ def ti_figures(pipe, weights: Path, concepts: list[str], num_vectors: list[int],
         real_clip = scorer.real_clip
         n = len(real)
         among = float(((real_clip @ real_clip.T).sum() - n) / (n * (n - 1)))
-        init_prompt = f"a photo of a {concept.initializer_token}"
-        init_clip_i = scorer.score(generate(pipe, [init_prompt] * 16, seed), [init_prompt] * 16)["clip_i"]
+        preset = _concept_config(name)
+        init_prompt = f"a photo of a {preset.initializer_token}"
+        init_clip_i = scorer.score(generate(pipe, [init_prompt] * images, seed), [init_prompt] * images)["clip_i"]
+        words_prompt = f"a photo of a {concept.description()}"
+        words_clip_i = scorer.score(generate(pipe, [words_prompt] * images, seed), [words_prompt] * images)["clip_i"]
         contexts = list(world.CONTEXTS)
         texts = [c.format(concept.description()) for c in contexts]
         in_context = [world.render(dataclasses.replace(s, **world.CONTEXTS[c]), rng)[0]
@@ -114,11 +126,11 @@ def ti_figures(pipe, weights: Path, concepts: list[str], num_vectors: list[int],
                            f"concept.num_vectors={k}", f"evaluation.description='{concept.description()}'",
                            f"evaluation.text_subject='{concept.description()}'",
                            f"seed={seed}", *settings, *where, output_dir=run_dir)
-            token = concept.placeholder_token
+            token = str(preset.placeholder_token)
             pipe.load_textual_inversion(str(run_dir), token=token)
             try:
                 prompt = f"a photo of a {token}"
-                learned = scorer.score(generate(pipe, [prompt] * 16, seed), [init_prompt] * 16)["clip_i"]
+                learned = scorer.score(generate(pipe, [prompt] * images, seed), [prompt] * images)["clip_i"]
                 ctx = generate(pipe, [c.format(token) for c in contexts for _ in range(4)], seed)
                 clip_t = scorer.score(ctx, [t for t in texts for _ in range(4)])["clip_t"]
             finally:
@@ -130,7 +142,8 @@ def ti_figures(pipe, weights: Path, concepts: list[str], num_vectors: list[int],
                 "heldout_loss_words": words, "below_init": 1 - loss / init,
                 "gap_closed": (init - loss) / (init - words) if init != words else float("nan"),
                 "words_below_init": 1 - words / init,
-                "clip_i": learned, "clip_i_init": init_clip_i, "clip_i_real": among, "clip_i_ratio": learned / among,
+                "clip_i": learned, "clip_i_init": init_clip_i, "clip_i_words": words_clip_i, "clip_i_real": among,
+                "clip_i_ratio": learned / among,
                 "clip_t": clip_t, "clip_t_real": real_clip_t, "clip_t_ratio": clip_t / real_clip_t,
                 "run_dir": str(run_dir),
             })
@@ -151,6 +164,7 @@ def main(argv=None) -> int:
     parser.add_argument("--concepts", default=",".join(world.CONCEPTS))
     parser.add_argument("--num-vectors", default="1,4")
     parser.add_argument("--guidance", type=float, default=GUIDANCE)
+    parser.add_argument("--images", type=int, default=16, help="images per prompt for CLIP-I (more: less sampling noise)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", type=Path, default=shipped.WEIGHTS_DIR,
                         help="a folder with model/ and judge/ (default: the shipped weights)")
@@ -177,12 +191,12 @@ def main(argv=None) -> int:
                      ["images"] + list(world.ATTRIBUTES)))
     if "ti" in args.parts:
         rows = ti_figures(pipe, args.weights, args.concepts.split(","), [int(k) for k in args.num_vectors.split(",")],
-                          out / "runs", seed=args.seed)
+                          out / "runs", seed=args.seed, images=args.images)
         figures["ti"] = rows
         print("textual inversion, the demo's settings:")
         print(_table(rows, ["concept", "num_vectors", "heldout_loss", "heldout_loss_init", "heldout_loss_words",
                             "below_init", "gap_closed", "words_below_init"]))
-        print(_table(rows, ["concept", "num_vectors", "clip_i", "clip_i_init", "clip_i_real", "clip_i_ratio",
+        print(_table(rows, ["concept", "num_vectors", "clip_i", "clip_i_init", "clip_i_words", "clip_i_real", "clip_i_ratio",
                             "clip_t", "clip_t_real", "clip_t_ratio"]))
     (out / "quality.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(f"figures in {out / 'quality.json'}")

@@ -159,9 +159,6 @@ class Concept:
     `fixed` are the attributes every image of the concept shares; the others vary from image to image.
     """
     name: str
-    placeholder_token: str
-    initializer_token: str
-    learnable_property: str
     fixed: dict
 
     def matches(self, scene: Scene) -> bool:
@@ -181,13 +178,13 @@ class Concept:
 
 CONCEPTS = {
     c.name: c for c in (
-        Concept("demo", "<demo-toy>", "circle", "object",
+        Concept("demo",
                 dict(shape="circle", colour="orange", size="large", pattern="plain", ears=True, dot="purple")),
-        Concept("demo_style", "<demo-style>", "striped", "style",
+        Concept("demo_style",
                 dict(colour="yellow", pattern="striped", background="navy", ears=False, dot="none")),
-        Concept("eared_box", "<eared-box>", "square", "object",
+        Concept("eared_box",
                 dict(shape="square", colour="white", size="medium", pattern="striped", ears=True, dot="red")),
-        Concept("dotted_cross", "<dotted-cross>", "cross", "object",
+        Concept("dotted_cross",
                 dict(shape="cross", colour="green", size="large", pattern="plain", ears=False, dot="yellow")),
     )
 }
