@@ -93,3 +93,14 @@ def test_a_nickname_scene_fits_its_nickname_and_its_caption_uses_known_words():
         assert word in text.split() and set(text.replace("-", " ").split()) <= words
         # the nickname says what it fixes: no colour, shape or pattern word beside it
         assert not set(text.split()) & (set(world.COLOURS) | set(world.SHAPES) | set(world.PATTERNS))
+
+
+def test_every_named_concept_has_a_preset_that_draws_it():
+    """The quality check trains each concept through its preset (token, initializer word, property)."""
+    from conftest import compose
+
+    for name, concept in world.CONCEPTS.items():
+        preset = compose(f"+concept={name}").concept
+        assert preset.source.name == name
+        assert preset.learnable_property == ("object" if "shape" in concept.fixed else "style")
+        assert preset.initializer_token in concept.description().split()  # a word for one of its parts
