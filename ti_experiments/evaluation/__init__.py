@@ -6,8 +6,8 @@ __all__ = ["METRICS", "EvaluationSettings", "Evaluator", "direction", "worst"]
 
 
 def __getattr__(name):
-    # The evaluator needs torch; settings do not. Config checks (which import the settings) answer a bad
-    # value in a second or two instead of after torch has loaded.
+    # The evaluator needs torch; the settings do not, and every command imports them to compose its config
+    # (${ti.direction:...}): `python -m ti_experiments ... --cfg job` answers in 0.5 s instead of 3.6 s.
     if name == "Evaluator":
         from .evaluator import Evaluator
 
