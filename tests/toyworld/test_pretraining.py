@@ -84,6 +84,7 @@ def test_nicknames_change_the_generator_batches_only_from_their_first_step(tmp_p
         with torch.no_grad():
             return [step(s, pretraining.batch_rng(0, "generator", s))[0].item() for s in (0, 1)]
 
-    plain, named = losses(pretraining.Nicknames()), losses(pretraining.Nicknames(start=1, share=0.5))
+    plain, named = losses(None), losses(pretraining.Nicknames(start=1, share=0.5))
     assert plain[0] == named[0] and plain[1] != named[1]
-    assert pretraining.Nicknames(start=1).count(0, 64) == 0 and pretraining.Nicknames(start=1).count(1, 64) == 16
+    quarter = pretraining.Nicknames(start=1, share=0.25)
+    assert quarter.count(0, 64) == 0 and quarter.count(1, 64) == 16

@@ -208,8 +208,8 @@ def latent_scale(vae, seed: int, count: int = 1024) -> float:
 class Nicknames:
     """From step `start` on, `share` of each generator batch is scenes called by a nickname
     (`world.nicknames`); before it, batches are exactly what they were without nicknames."""
-    start: int | None = None
-    share: float = 0.25
+    start: int | None
+    share: float  # the recipe's (conf/pretrain.yaml): no second default here
 
     def count(self, step: int, batch_size: int) -> int:
         return 0 if self.start is None or step < self.start else round(batch_size * self.share)
@@ -226,9 +226,10 @@ def nickname_batch(rng: random.Random, n: int, table: dict[str, dict]) -> tuple[
 
 
 def generator_step(vae, text_encoder, unet, tokenizer, scheduler, batch_size: int,
-                   nicknames: Nicknames = Nicknames(), seed: int = 0):
+                   nicknames: Nicknames | None = None, seed: int = 0):
     """SD's own objective on rendered scenes: the VAE is frozen; text encoder and UNet learn together."""
     scale = vae.config.scaling_factor
+    nicknames = nicknames or Nicknames(start=None, share=0.0)
     table = world.nicknames(seed) if nicknames.start is not None else {}
 
     def step(step: int, rng: random.Random):
