@@ -38,7 +38,9 @@ class ConceptSettings(Settings):
     GROUP = "concept"
 
     placeholder_token: str = bound("<concept>", example="'<my-thing>'")
-    initializer_token: str = bound("toy", example="toy")
+    # the word the new rows start from; or a list of words, each scored by the held-out loss before
+    # training (the lowest starts); or "auto": candidates proposed by the evaluation's CLIP (docs/evaluation.md)
+    initializer_token: str | list[str] = bound("toy", example="toy")
     num_vectors: int = bound(1, minimum=1, example="1")
     # an embedding to start from instead of the initializer (any format run_dir.read_embedding reads)
     init_from: str | None = bound(None, example="path/to/embedding.safetensors")
@@ -47,6 +49,21 @@ class ConceptSettings(Settings):
     validation_prompt: str | None = bound(None, example="'a photo of <my-thing>'")
     # where the images come from when the folder is empty (a node with _target_), or null
     source: dict | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.initializer_token, list):
+            if not self.initializer_token or any(not w.strip() for w in self.initializer_token):
+                raise TIError(f"concept.initializer_token={self.initializer_token!r} is an empty list or holds an "
+                              "empty word", "name one word or several, e.g. concept.initializer_token=[toy,cat,doll]")
+            self.initializer_token = list(dict.fromkeys(self.initializer_token))
+
+    @property
+    def candidates(self) -> list[str] | None:
+        """The initializer words to choose among (one: no choice); None for `auto` (proposed later)."""
+        if self.initializer_token == "auto":
+            return None
+        return self.initializer_token if isinstance(self.initializer_token, list) else [self.initializer_token]
 
 
 @dataclass
@@ -131,4 +148,17 @@ def check_config(cfg: DictConfig) -> RunConfig:
             checked[name] = cls.from_node(cfg[name])
         elif name not in ("evaluation", "hub"):
             raise TIError(f"the config has no {name} group", f"choose one, e.g. {name}=...")
+    check_initializer(checked["concept"], checked.get("evaluation"))
     return RunConfig(**checked)
+
+
+def check_initializer(concept: ConceptSettings, evaluation: EvaluationSettings | None) -> None:
+    """Several initializer words (or `auto`) are chosen by the held-out loss: evaluation must be on."""
+    words = concept.candidates
+    if concept.init_from or (words is not None and len(words) == 1):
+        return
+    if evaluation is None or not evaluation.enabled:
+        what = "auto" if words is None else f"{len(words)} words"
+        raise TIError(f"concept.initializer_token={what} is chosen by the held-out loss, and evaluation is off",
+                      f"name one word (e.g. concept.initializer_token={(words or ['toy'])[0]}), or turn evaluation "
+                      "on (drop evaluation=none)")

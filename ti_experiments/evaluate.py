@@ -1,10 +1,11 @@
 """`python -m ti_experiments.evaluate RUN_DIR [evaluation=NAME] [KEY=VALUE ...]`: score a finished run.
 
-Scores the final embedding and every saved intermediate one (`learned_embeds-steps-N.safetensors`) with
-the run's own model, images and settings: the held-out loss, and CLIP-I / CLIP-T / DINO when image
-metrics are on (`evaluation.image_metrics=true` on a CPU). Writes `evaluation.json` (one entry per
-embedding) into the run directory, the final embedding's scores and the best step into `summary.json`,
-and `learned_embeds-best.safetensors`, so runs made before evaluation existed compare with new ones.
+Scores the run's embedding (`learned_embeds.safetensors`, the kept step) and every saved intermediate
+one (`learned_embeds-steps-N.safetensors`) with the run's own model, images and settings: the held-out
+loss, and CLIP-I / CLIP-T / DINO when image metrics are on (`evaluation.image_metrics=true` on a CPU).
+Writes `evaluation.json` (one entry per embedding) into the run directory and the run's embedding's
+scores into `summary.json`, so runs made before evaluation existed compare with new ones; prints the
+step each metric prefers (`export --step N` writes that step's embedding out).
 A run without an `evaluation` node gets `conf/evaluation/default.yaml` (`tiny.yaml` for the tiny model).
 """
 
@@ -82,8 +83,12 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict:
     check_precision(hardware)
     images = ConceptImages(ensure_concept_images(concept, Path(checked.paths.cache_dir)), checked.data)
     parts = build(cfg.model)
+    word = run_files.initializer_word(run_dir, cfg)
+    if word is None:
+        raise TIError(f"{run_dir} names several initializer words and its run.json does not say which one "
+                      "started", "add concept.initializer_token=WORD (the word the run started from)")
     embedding = add_placeholder_tokens(parts.tokenizer, parts.text_encoder, concept.placeholder_token,
-                                       concept.initializer_token, concept.num_vectors)
+                                       word, concept.num_vectors)
     accelerator = Accelerator(cpu=no_accelerator(), mixed_precision=hardware.mixed_precision)
     placement = Placement.of(accelerator, hardware)
     try:
@@ -92,15 +97,17 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict:
             validator = Validator(validation, parts, parts.text_encoder, accelerator, None, run_dir)
             evaluator = Evaluator(settings, parts=parts, text_encoder=parts.text_encoder, accelerator=accelerator,
                                   run_dir=run_dir, concept=concept, image_paths=images.paths, generator=validator)
+            evaluator.use_initializer(word)
             summary = run_files.read_summary(run_dir)
             last_step = max([s for s, _ in files if s is not None] + [0])
             final_step = int(summary.get("steps") or last_step)
-            evaluator.attach(cache, placement.weight_dtype, start_step=0, max_steps=final_step)
-            entries = score_files(evaluator, embedding, files, final_step)
+            kept_step = int(summary.get("kept_step") or final_step)  # what learned_embeds.safetensors holds
+            evaluator.attach(cache, placement.weight_dtype, max_steps=final_step)
+            entries = score_files(evaluator, embedding, files, kept_step)
         result = {"run_dir": str(run_dir), "settings": OmegaConf.to_container(cfg.evaluation, resolve=True),
-                  "embeddings": entries, **evaluator.summary()}
+                  "embeddings": entries, **evaluator.summary(kept_step), "preferred": preferred_steps(entries)}
         run_files.write_json(run_dir / run_files.EVALUATION, result)
-        summary.update(evaluator.summary())  # the final embedding was scored last
+        summary.update(evaluator.summary(kept_step))
         run_files.write_summary(run_dir, summary)
         return result
     finally:
@@ -120,8 +127,21 @@ def _place(parts, images, placement):
     return cache
 
 
+def preferred_steps(entries: list[dict]) -> dict:
+    """The step each metric prefers (lowest loss, highest similarity), and that step's file."""
+    from .evaluation import METRICS, direction
+
+    best = {}
+    for metric in METRICS:
+        scored = [e for e in entries if e.get(metric) is not None]
+        if scored:
+            pick = (max if direction(metric) == "maximize" else min)(scored, key=lambda e: e[metric])
+            best[metric] = {"step": pick["step"], "file": pick["file"], "value": pick[metric]}
+    return best
+
+
 def score_files(evaluator, embedding, files: list, final_step: int) -> list[dict]:
-    """One entry per embedding file, in order; the final embedding counts at the run's last step."""
+    """One entry per embedding file, in order; the run's embedding counts at its kept step."""
     from .embeddings import check_fits
 
     entries, seen = [], {}
@@ -139,7 +159,7 @@ def score_files(evaluator, embedding, files: list, final_step: int) -> list[dict
             continue
         with torch.no_grad():
             embedding.vectors.copy_(vectors.to(embedding.vectors.device))
-        values = evaluator(step, vectors, images=evaluator.images_on)
+        values = evaluator(step, images=evaluator.images_on)
         seen[key] = {"step": step, "file": path.name, **values}
         entries.append(seen[key])
     return entries
@@ -165,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     for entry in result["embeddings"]:
         print(f"{entry['file']:<40} step {entry['step']:>6}  " +
               "  ".join(f"{k} {entry[k]:.4f}" for k in names if k in entry))
-    best = result.get("best_step")
-    if best is not None:
-        metric = result["best_metric"]
-        print(f"best by {metric}: step {best} ({result[f'best_{metric}']:.4f}) -> learned_embeds-best.safetensors")
+    for metric, pick in result["preferred"].items():
+        if metric in ("heldout_loss", "clip_i", "dino"):
+            print(f"{'lowest' if metric == 'heldout_loss' else 'highest'} {metric}: step {pick['step']} "
+                  f"({pick['value']:.4f}, {pick['file']})")
     print(f"written: {Path(result['run_dir']) / run_files.EVALUATION}, {run_files.SUMMARY}")
     return 0
 

@@ -145,6 +145,9 @@ class Prepared:
     dataset: TextualInversionDataset
     embedding_2: object = None  # SDXL: the second text encoder's placeholder rows
     init_from: dict | None = None
+    # the initializer words the rows may start from (the first is in them now); several: the held-out
+    # loss chooses before training; [] with concept.init_from
+    initializers: list = None
 
     @property
     def train(self) -> TrainSettings:
@@ -194,9 +197,10 @@ def prepare(cfg: DictConfig, run_dir: Path, settings: RunConfig | None = None) -
                       f"use e.g. data.resolution={parts.resolution}")
     if init:
         check_fits(init, [encoder.get_input_embeddings().embedding_dim for encoder in parts.text_encoders])
+    words = [] if init else initializer_words(settings, parts, images)
     # SDXL: the same tokens in both tokenizers, each encoder's rows from its own initializer row (or file rows)
     embedding, *embedding_2 = [add_placeholder_tokens(tokenizer, encoder, concept.placeholder_token,
-                                                      concept.initializer_token, concept.num_vectors,
+                                                      words[0] if words else None, concept.num_vectors,
                                                       init_vectors=init.vectors[i] if init else None)
                                for i, (tokenizer, encoder) in enumerate(zip(parts.tokenizers, parts.text_encoders))]
     tokens = placeholder_tokens(concept.placeholder_token, concept.num_vectors)
@@ -207,7 +211,30 @@ def prepare(cfg: DictConfig, run_dir: Path, settings: RunConfig | None = None) -
                                       templates=data_settings.templates)
     check_room(dataset, concept.num_vectors, data_settings.captions != "none")
     return Prepared(cfg, settings, run_dir, images, parts, embedding, tokens, dataset,
-                    embedding_2[0] if embedding_2 else None, init_from=describe_init(init) if init else None)
+                    embedding_2[0] if embedding_2 else None, init_from=describe_init(init) if init else None,
+                    initializers=words)
+
+
+def initializer_words(settings: RunConfig, parts, images: ConceptImages) -> list[str]:
+    """concept.initializer_token's words (`auto`: proposed by the evaluation's CLIP), each one token of
+    every tokenizer of the model, checked before anything trains."""
+    words = settings.concept.candidates
+    if words is None:
+        from .evaluation.proposals import propose_words
+
+        words = propose_words(settings.evaluation.clip_model, images.paths, parts.tokenizers,
+                              settings.concept.learnable_property,
+                              device="cuda" if torch.cuda.is_available() else "cpu")
+        if not words:
+            raise TIError("concept.initializer_token=auto found no whole word in the model's vocabulary",
+                          "name the words yourself, e.g. concept.initializer_token=[toy,cat,doll]")
+    for word in words:
+        for tokenizer in parts.tokenizers:
+            pieces = tokenizer.convert_ids_to_tokens(tokenizer.encode(word, add_special_tokens=False))
+            if len(pieces) != 1:
+                raise TIError(f"concept.initializer_token {word!r} is {len(pieces)} tokens {pieces}, not one",
+                              "choose single common words, such as 'toy', 'cat' or 'painting'")
+    return words
 
 
 def check_room(dataset: TextualInversionDataset, num_vectors: int, captions: bool) -> None:
@@ -281,6 +308,7 @@ def fit(p: Prepared, accelerator, metrics_log_factory, validator=None, evaluator
         train=p.train, hardware=p.hardware, data=p.data_settings, run_dir=p.run_dir, seed=p.settings.run.seed,
         resume_state={"placeholder_tokens": p.tokens, "model": p.parts.source, "config": comparable_settings(cfg)},
         metrics_log_factory=metrics_log_factory, validate=validator, evaluate=evaluator,
+        initializers=p.initializers if p.initializers and len(p.initializers) > 1 else None,
     ))
 
 
@@ -295,8 +323,11 @@ def make_evaluator(p: Prepared, accelerator, validator):
         return None
     generator = validator or Validator(p.validation, p.parts, p.parts.text_encoder, accelerator, p.tracker,
                                        p.run_dir)
-    return Evaluator(p.evaluation, parts=p.parts, text_encoder=p.parts.text_encoder, accelerator=accelerator,
-                     run_dir=p.run_dir, concept=p.cfg.concept, image_paths=p.images.paths, generator=generator)
+    evaluator = Evaluator(p.evaluation, parts=p.parts, text_encoder=p.parts.text_encoder, accelerator=accelerator,
+                          run_dir=p.run_dir, concept=p.cfg.concept, image_paths=p.images.paths, generator=generator)
+    if p.initializers:
+        evaluator.use_initializer(p.initializers[0])
+    return evaluator
 
 
 def _train(cfg: DictConfig, run_dir: Path, record: RunRecord | None = None, settings: RunConfig | None = None) -> None:
@@ -312,29 +343,75 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord | None = None, sett
         validator = (Validator(p.validation, p.parts, p.parts.text_encoder, accelerator, p.tracker, run_dir)
                      if p.validation.enabled else None)
         evaluator = make_evaluator(p, accelerator, validator)
+        if evaluator is None and p.initializers and len(p.initializers) > 1:
+            raise TIError(f"concept.initializer_token names {len(p.initializers)} words, chosen by the held-out loss, "
+                          "which this model's evaluation does not compute yet",
+                          f"name one word, e.g. concept.initializer_token={p.initializers[0]}")
         result = fit(p, accelerator, partial(MetricsLog, run_dir, accelerator, accelerator.device), validator,
                      evaluator)
-        log.info("process %d of %d: learned embedding sha256 %s", accelerator.process_index,
-                 accelerator.num_processes, tensor_sha256(result.vectors))
-        if result.vectors_2 is not None:
-            log.info("process %d of %d: second text encoder's embedding sha256 %s", accelerator.process_index,
-                     accelerator.num_processes, tensor_sha256(result.vectors_2))
+        if accelerator.num_processes > 1:  # the processes trained the same rows: the log says so
+            log.info("process %d of %d: trained rows at step %d, tensor sha256 %s", accelerator.process_index,
+                     accelerator.num_processes, result.global_step, tensor_sha256(result.last[0]))
         if accelerator.is_main_process:
-            run_files.write_concept(run_dir, cfg.concept.placeholder_token,
-                                [v for v in (result.vectors, result.vectors_2) if v is not None],
-                                cfg.concept.learnable_property, other_tools=True)
-            for encoder in p.parts.text_encoders:
-                unsplice(encoder)
-            write_summary(run_dir, final_loss=result.final_loss, steps=result.global_step,
-                          wall_seconds=time.perf_counter() - started, train_seconds=result.seconds,
-                          steps_trained=result.steps_trained, device=accelerator.device,
-                          extra={"num_images": len(p.images), **(evaluator.summary() if evaluator else {})})
-            log.info("done: %d steps in %.1fs, final loss %s; embedding in %s", result.global_step,
-                     result.seconds, f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a",
-                     run_dir / run_files.EMBEDDING)
+            finish(p, run_dir, record, result, evaluator, accelerator, time.perf_counter() - started)
         failed = False
     finally:
         p.tracker.finish(accelerator, failed=failed)  # run() then resets Accelerate
+
+
+def finish(p: Prepared, run_dir: Path, record: RunRecord | None, result, evaluator, accelerator,
+           wall_seconds: float) -> None:
+    """The kept step's embedding as the concept, its scores in summary.json, where and why the run stopped
+    in run.json and summary.json, and the end of the log: where the result is and what to run next."""
+    from .records.run_record import sha256
+
+    cfg, outcome = p.cfg, result.outcome
+    kept = [v for v in (result.vectors, result.vectors_2) if v is not None]
+    scores = {}
+    if evaluator is not None:
+        if outcome["kept_step"] != result.global_step and evaluator.images_on:
+            for embedding, rows in zip((p.embedding, p.embedding_2), kept):  # the kept rows, for its images
+                with torch.no_grad():
+                    embedding.vectors.copy_(rows.to(embedding.vectors))
+        evaluator.score_kept(outcome["kept_step"])
+        scores = evaluator.summary(outcome["kept_step"])
+        if outcome["kept_heldout_loss"] is not None:
+            scores["heldout_loss"] = outcome["kept_heldout_loss"]
+    run_files.write_concept(run_dir, cfg.concept.placeholder_token, kept, cfg.concept.learnable_property,
+                            other_tools=True)
+    for encoder in p.parts.text_encoders:
+        unsplice(encoder)
+    flat = {k: v for k, v in outcome.items() if k not in ("stop_rule", "kept_heldout_loss")}  # heldout_loss: the kept's
+    summary = write_summary(run_dir, final_loss=result.final_loss, steps=result.global_step,
+                            wall_seconds=wall_seconds, train_seconds=result.seconds,
+                            steps_trained=result.steps_trained, device=accelerator.device,
+                            extra={"num_images": len(p.images), **flat, **scores,
+                                   **({"initializer": result.initializer["chosen"]} if result.initializer else {})})
+    if record:
+        record.note(stopping=outcome, **({"initializer": result.initializer} if result.initializer else {}))
+    log.info("%s", next_steps(run_dir, cfg, result, summary.get("learned_embeds_sha256") or sha256(
+        run_dir / run_files.EMBEDDING)))
+
+
+def next_steps(run_dir: Path, cfg: DictConfig, result, file_sha256: str) -> str:
+    """The end of a run: where the result is, which step it holds and why, and the commands to look at it."""
+    import shlex
+
+    from .config import hydra_choices
+
+    outcome, where = result.outcome, shlex.quote(str(run_dir))
+    loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
+    prompt = str(cfg.concept.get("validation_prompt") or f"a photo of {cfg.concept.placeholder_token}")
+    lines = [f"done: {result.global_step} steps in {result.seconds:.1f}s (last training loss {loss}); "
+             f"{outcome['stop_reason']}",
+             f"result: {run_dir / run_files.EMBEDDING} (sha256 {file_sha256})",
+             f"  holds step {outcome['kept_step']}, kept by {outcome['kept_by']}",
+             "next:"]
+    if hydra_choices().get("model") == "toyworld" or "toyworld" in str(cfg.model.get("pretrained_model_name_or_path")):
+        lines.append(f"  python -m ti_experiments.toyworld.picture {where}     # the concept beside its word")
+    lines += [f"  python -m ti_experiments.generate {where} {shlex.quote(prompt)}",
+              f"  python -m ti_experiments.report {where}"]
+    return "\n".join(lines)
 
 
 def tensor_sha256(tensor: torch.Tensor) -> str:

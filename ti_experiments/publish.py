@@ -112,7 +112,7 @@ def files_to_upload(run_dir: Path, config: dict, num_training_images: int = 4) -
     run_dir = Path(run_dir)
     placeholder = run_files.read_token(run_dir)
     names = [*run_files.EMBEDDINGS, f"{a1111_name(placeholder)}.safetensors", run_files.TOKEN,
-             run_files.CONCEPT_TYPE, run_files.BEST_EMBEDDING]
+             run_files.CONCEPT_TYPE]
     files = [(run_dir / n, n) for n in names if (run_dir / n).is_file()]
     train_dir = Path(str((config.get("concept") or {}).get("train_data_dir", ""))).expanduser()
     files += [(p, f"concept_images/{p.name}") for p in run_files.list_images(train_dir)[:num_training_images]]
@@ -161,7 +161,7 @@ def build_model_card(run_dir: Path, config: dict, summary: dict, repo_id: str | 
                                                    else f"a house in the style of {placeholder}")
     base_text = f"[{base}](https://huggingface.co/{base})" if base else f"`{model.get('pretrained_model_name_or_path')}`"
     start = (f"the embedding `{concept['init_from']}`" if concept.get("init_from")
-             else f"the word `{concept.get('initializer_token')}`")
+             else f"the word `{run_files.initializer_word(run_dir, config) or concept.get('initializer_token')}`")
     settings = [
         ("base model", base or model.get("pretrained_model_name_or_path")),
         ("placeholder / vectors", f"`{placeholder}` / {num_vectors} x {width}"),
@@ -181,7 +181,7 @@ def build_model_card(run_dir: Path, config: dict, summary: dict, repo_id: str | 
                ("steps per second", summary.get("steps_per_sec")),
                ("peak memory (GiB)", summary["peak_memory_bytes"] / 2**30 if summary.get("peak_memory_bytes") else None)]
     metrics += [(k, summary[k]) for k in ("heldout_loss", "heldout_loss_init", "heldout_loss_words", "clip_i", "clip_t", "dino",
-                                          "best_metric", "best_step") if summary.get(k) is not None]
+                                          "kept_step", "stop_reason") if summary.get(k) is not None]
     files = files_to_upload(run_dir, config, 10**6)
     training = [dest for _, dest in files if dest.startswith("concept_images/")]
     step, validation = run_files.last_validation(run_dir)

@@ -22,7 +22,7 @@ from .errors import ArgumentParser, report_or_raise
 from .files import atomic_path, write_text_atomic
 
 STANDARD = {"final_loss", "avg_loss", "steps", "wall_seconds", "train_seconds", "steps_per_sec", "peak_memory_bytes",
-            "learned_embeds_sha256"}
+            "learned_embeds_sha256", "stopped_step"}
 IGNORED_PREFIXES = ("paths.", "reproduced_from")
 
 

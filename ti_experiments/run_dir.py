@@ -9,12 +9,12 @@ A run directory is the record of a run, and other tools read it as a concept fol
     metrics.jsonl                 one line per optimizer step
     summary.json                  final loss, speed, memory, evaluation
     evaluation.json               `python -m ti_experiments.evaluate`'s scores per saved embedding
-    learned_embeds.safetensors    the concept (diffusers); SDXL adds learned_embeds_2.safetensors
+    learned_embeds.safetensors    the concept (diffusers): the kept step (training/stopping.py); SDXL adds
+                                  learned_embeds_2.safetensors
     token_identifier.txt, type_of_concept.txt   the sd-concepts layout's text files
     <token>.safetensors           the same concept for AUTOMATIC1111/ComfyUI
     learned_embeds-steps-N.safetensors   saved every train.save_steps (SDXL: + learned_embeds_2-steps-N)
-    learned_embeds-best.safetensors      the best step by evaluation.best_metric
-    checkpoint-N/                 state to resume from
+    checkpoint-N/                 state to resume from (with the stopping rule's: stopping.json, stopping_kept.safetensors)
     validation/step-N/PP-II.png   validation images
     model_card.md, ti.log, generated/, tensorboard/
 """
@@ -34,7 +34,7 @@ import torch
 
 from .embeddings import EmbeddingFile, read_embedding_file, save_a1111, save_learned_embeds, save_sdxl
 from .errors import TIError
-from .files import folder_lock, write_text_atomic
+from .files import atomic_path, folder_lock, write_text_atomic
 
 HYDRA_DIR = ".hydra"
 COMPOSED_CONFIG = f"{HYDRA_DIR}/config.yaml"
@@ -50,13 +50,14 @@ CARD = "model_card.md"
 EMBEDDINGS = ("learned_embeds.safetensors", "learned_embeds_2.safetensors")  # one per text encoder
 EMBEDDING = EMBEDDINGS[0]
 LEGACY_EMBEDDING = "learned_embeds.bin"  # sd-concepts-library folders made before safetensors
-BEST_EMBEDDING = "learned_embeds-best.safetensors"
 TOKEN = "token_identifier.txt"
 CONCEPT_TYPE = "type_of_concept.txt"
 VALIDATION = "validation"
 GENERATED = "generated"
 TENSORBOARD = "tensorboard"
 CHECKPOINT_STATE = "trainer_state.json"  # written last: a checkpoint without it is incomplete
+STOPPING_STATE = "stopping.json"  # in a checkpoint: the stopping rule's state
+STOPPING_KEPT = "stopping_kept.safetensors"  # in a checkpoint: the kept step's rows, one key per text encoder
 WANDB_ID = "wandb_run_id.txt"  # the W&B run a resumed run continues
 
 _STEP_FILE = re.compile(r"^learned_embeds(?:_(\d+))?-steps-(\d+)\.safetensors$")
@@ -210,6 +211,16 @@ def read_overrides(run_dir: Path) -> list[str]:
     if path.is_file():
         return [str(o) for o in yaml.safe_load(path.read_text()) or []]
     return [str(o) for o in read_record(run_dir).get("overrides") or []]
+
+
+def initializer_word(run_dir: Path, config) -> str | None:
+    """The word a run's rows started from: the one chosen among concept.initializer_token's candidates
+    (run.json), else the one word the config names (None: a list or `auto` the run never chose from)."""
+    chosen = (read_record(run_dir).get("initializer") or {}).get("chosen")
+    if chosen:
+        return str(chosen)
+    named = (config.get("concept") or {}).get("initializer_token")
+    return named if isinstance(named, str) and named != "auto" else None
 
 
 def choice(run_dir: Path, group: str) -> str | None:
@@ -417,6 +428,32 @@ def last_validation(run_dir: Path) -> tuple[int | None, list[Path]]:
         if images := list_images(folder):
             return step, images
     return None, []
+
+
+def write_stopping_state(folder: Path, state: dict, kept: list[torch.Tensor] | None) -> None:
+    """The stopping rule's state (JSON) and its kept rows (safetensors) into a checkpoint folder."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if kept is not None:
+        tensors = {f"encoder_{i}": v.detach().to("cpu", torch.float32).contiguous() for i, v in enumerate(kept)}
+        with atomic_path(folder / STOPPING_KEPT) as tmp:
+            save_file(tensors, str(tmp))
+    write_json(folder / STOPPING_STATE, {**state, "kept_rows": kept is not None})
+
+
+def read_stopping_state(folder: Path) -> tuple[dict, list[torch.Tensor] | None] | None:
+    """What `write_stopping_state` wrote (None when the checkpoint has none); never code, only JSON and tensors."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / STOPPING_STATE).is_file():
+        return None
+    state = read_json(folder / STOPPING_STATE)
+    if not state.get("kept_rows"):
+        return state, None
+    tensors = load_file(str(folder / STOPPING_KEPT))
+    return state, [tensors[f"encoder_{i}"] for i in range(len(tensors))]
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:

@@ -1,8 +1,9 @@
-"""Scores the embedding during training (and in `python -m ti_experiments.evaluate`), keeps the best one.
+"""Scores the embedding during training (and in `python -m ti_experiments.evaluate`).
 
-At each evaluation step: the held-out loss (cheap, any machine), and, at image-metric steps, CLIP-I /
-CLIP-T / DINO on images generated from the prompt set with the modules being trained. The values join
-that step's row of metrics.jsonl (and the tracker); the last ones and the best step go to summary.json.
+At each evaluation step: the held-out loss (cheap, any machine; what the stopping rule watches), and,
+at image-metric steps, CLIP-I / CLIP-T / DINO on images generated from the prompt set with the modules
+being trained. The values join that step's row of metrics.jsonl (and the tracker); the kept step's go
+to summary.json.
 Only the main process evaluates; every random draw has its own seed or a forked RNG, so a run with
 evaluation trains exactly the same embedding as one without.
 """
@@ -10,17 +11,15 @@ evaluation trains exactly the same embedding as one without.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 
 import torch
 
-from ..embeddings import placeholder_tokens, save_learned_embeds
-from ..run_dir import BEST_EMBEDDING, read_metrics
+from ..embeddings import placeholder_tokens
 from .heldout import build_heldout_set, heldout_loss
 from .prompts import prompt_templates
-from .settings import METRICS, EvaluationSettings, direction
+from .settings import IMAGE_METRICS, METRICS, EvaluationSettings
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,6 @@ class Evaluator:
         self.learnable_property = str(concept.learnable_property)
         self.generator = generator
         self.images_on = settings.images_on(accelerator.device)
-        self.best_metric = settings.best(self.images_on)
         self.templates = (prompt_templates(settings.prompts, self.learnable_property, settings.num_prompts)
                           if self.images_on else [])
         self.scorer = None
@@ -56,24 +54,27 @@ class Evaluator:
         self.held = None
         self.weight_dtype = torch.float32
         self.max_steps = None
+        self.every: int | None = settings.steps if settings.steps != "auto" else None  # set by attach
         self.init_loss: dict | None = None  # heldout_loss_init (and _words): scored once
         self.last: dict = {}
-        self.best: tuple[int, float] | None = None
+        self.scored: dict[int, dict] = {}  # step -> values, this process's evaluations
 
     @property
     def needs_vae(self) -> bool:
         return self.images_on
 
-    def attach(self, cache, weight_dtype, start_step: int = 0, max_steps: int | None = None) -> None:
+    def attach(self, cache, weight_dtype, max_steps: int | None = None, items_per_step: int = 1) -> None:
         """The latent cache to draw the held-out set from (at the first evaluation: nothing here delays
-        step 1); a resumed run takes its best step so far from metrics.jsonl."""
+        step 1), and the cadence (`evaluation.steps=auto` follows the items per optimizer step)."""
         self.cache = cache
         self.weight_dtype = weight_dtype
         self.max_steps = max_steps
-        if start_step > 0:
-            for row in read_metrics(self.run_dir):
-                if row.get("step", 0) <= start_step and row.get(self.best_metric) is not None:
-                    self._keep_if_best(row["step"], row[self.best_metric], None)
+        self.every = self.settings.cadence(items_per_step)
+
+    def use_initializer(self, word: str) -> None:
+        """The initializer word the run starts from (chosen among candidates): heldout_loss_init scores it."""
+        if word != self.initializer:
+            self.initializer, self.held, self.init_loss = word, None, None
 
     def heldout_set(self):
         """Drawn from its own seed, so drawing it later draws the same set."""
@@ -88,32 +89,33 @@ class Evaluator:
     def due(self, step: int, max_steps: int) -> bool:
         s = self.settings
         images = self.images_on and s.due(s.image_steps, step, max_steps)
-        return s.enabled and (s.due(s.steps, step, max_steps) or images)
+        return s.enabled and (s.due(self.every, step, max_steps) or images)
 
     def images_due(self, step: int) -> bool:
         return self.images_on and self.settings.due(self.settings.image_steps, step, self.max_steps or step)
 
     @torch.no_grad()
-    def score(self, step: int, images: bool) -> dict:
-        """The metrics of the embedding in the text encoder now."""
-        device = self.accelerator.device
+    def heldout(self, which: str = "learned") -> float:
+        """The held-out loss of the embedding in the text encoder now (`which`: learned, init or words)."""
         unet = self.parts.unet
         modes = (unet.training, self.text_encoder.training)
         unet.eval()
         self.text_encoder.eval()
         try:
             with self.accelerator.autocast():
-                args = (self.parts, self.text_encoder, self.heldout_set())
-                values = {"heldout_loss": heldout_loss(*args, "learned", self.weight_dtype, device,
-                                                       self.settings.heldout_batch_size)}
-                if self.init_loss is None:  # these prompts do not change while training
-                    self.init_loss = {f"heldout_loss_{which}": heldout_loss(*args, which, self.weight_dtype, device,
-                                                                            self.settings.heldout_batch_size)
-                                      for which in ("init", "words") if which == "init" or args[2].words_ids is not None}
-                values.update(self.init_loss)
+                return heldout_loss(self.parts, self.text_encoder, self.heldout_set(), which, self.weight_dtype,
+                                    self.accelerator.device, self.settings.heldout_batch_size)
         finally:
             unet.train(modes[0])
             self.text_encoder.train(modes[1])
+
+    def score(self, step: int, images: bool) -> dict:
+        """The metrics of the embedding in the text encoder now."""
+        values = {"heldout_loss": self.heldout()}
+        if self.init_loss is None:  # these prompts do not change while training
+            self.init_loss = {f"heldout_loss_{which}": self.heldout(which) for which in ("init", "words")
+                              if which == "init" or self.heldout_set().words_ids is not None}
+        values.update(self.init_loss)
         if images:
             values.update(self.image_scores())
         return values
@@ -134,39 +136,36 @@ class Evaluator:
         flat_texts = [text for text, imgs in zip(texts, generated) for _ in imgs]
         return self.scorer.score(flat, flat_texts)
 
-    def __call__(self, step: int, vectors: torch.Tensor, images: bool | None = None) -> dict:
-        """Score, keep the best embedding, return the values for this step's metrics row (main process)."""
+    def __call__(self, step: int, images: bool | None = None) -> dict:
+        """Score; return the values for this step's metrics row (main process; {} on the others)."""
         if not self.accelerator.is_main_process:
             return {}
         started = time.perf_counter()
         values = self.score(step, self.images_due(step) if images is None else images)
         values["eval_seconds"] = round(time.perf_counter() - started, 4)
         self.last.update(values)
-        if self.best_metric in values:
-            self._keep_if_best(step, values[self.best_metric], vectors)
+        self.scored[step] = values
         log.info("evaluation at step %d: %s", step,
                  ", ".join(f"{k} {v:.4f}" for k, v in values.items() if k in METRICS))
         return values
 
-    def _keep_if_best(self, step: int, value: float, vectors: torch.Tensor | None) -> None:
-        if not math.isfinite(value):
-            return
-        if self.best is not None:
-            better = value > self.best[1] if direction(self.best_metric) == "maximize" else value < self.best[1]
-            if not better:
-                return
-        self.best = (step, value)
-        if vectors is not None:
-            save_learned_embeds(self.run_dir / BEST_EMBEDDING, self.placeholder, vectors)
+    def summary(self, kept_step: int | None = None) -> dict:
+        """For summary.json: each metric of the kept step (the one learned_embeds.safetensors holds), as
+        scored at that step, else its last value (image metrics: `score_kept` scores the kept rows)."""
+        values = {**self.last, **self.scored.get(kept_step, {})} if kept_step is not None else self.last
+        return {k: values[k] for k in METRICS if k in values}
 
-    def summary(self) -> dict:
-        """For summary.json: the last value of each metric, and which step was best by which metric."""
-        out = {k: self.last[k] for k in METRICS if k in self.last}
-        out["best_metric"] = self.best_metric
-        if self.best is not None:
-            out["best_step"] = self.best[0]
-            out[f"best_{self.best_metric}"] = self.best[1]
-        return out
+    def score_kept(self, kept_step: int) -> dict:
+        """Image metrics of the embedding in the text encoder now (the kept rows, put back after training)
+        when the kept step had none; {} when image metrics are off or it had them."""
+        if not self.images_on or not self.accelerator.is_main_process:
+            return {}
+        if all(k in self.scored.get(kept_step, {}) for k in IMAGE_METRICS):
+            return {}
+        values = self.image_scores()
+        self.scored.setdefault(kept_step, {}).update(values)
+        log.info("image metrics of the kept step %d: %s", kept_step, ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        return values
 
 
 __all__ = ["Evaluator"]

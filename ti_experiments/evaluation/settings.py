@@ -1,4 +1,4 @@
-"""The `evaluation` config group, and which way each metric is better (for the best embedding and Optuna)."""
+"""The `evaluation` config group, and which way each metric is better (for reports and Optuna)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Literal
 
 from omegaconf import OmegaConf
 
-from ..errors import TIError
 from ..settings import Settings, bound, seed_bound
 
 # The public names, as in metrics.jsonl and summary.json. Losses: lower is better; similarities: higher.
@@ -39,8 +38,9 @@ class EvaluationSettings(Settings):
     GROUP = "evaluation"
 
     enabled: bool = True
-    # held-out loss every N optimizer steps and at the end (0 or null: only at the end, as train.save_steps)
-    steps: int | None = bound(500, minimum=0, example="500")
+    # held-out loss every N optimizer steps and at the end (0 or null: only at the end, as train.save_steps);
+    # "auto": as often as costs about 5% of the training time (`cadence`)
+    steps: int | Literal["auto"] | None = bound("auto", minimum=0, example="auto")
     heldout_samples: int = bound(16, minimum=1, example="16")
     heldout_seed: int = seed_bound()
     # the concept in plain words ("large orange circle with ears"): heldout_loss_words scores that prompt too
@@ -59,8 +59,6 @@ class EvaluationSettings(Settings):
     text_subject: str | None = bound(None, example="toy")
     clip_model: str = bound("openai/clip-vit-base-patch32", example="openai/clip-vit-base-patch32")
     dino_model: str = bound("facebook/dino-vits16", example="facebook/dino-vits16")
-    # learned_embeds-best.safetensors by this metric (null: clip_i with image metrics, else heldout_loss)
-    best_metric: Literal[METRICS] | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -75,12 +73,16 @@ class EvaluationSettings(Settings):
             return getattr(device, "type", str(device)) in ("cuda", "mps")
         return bool(self.image_metrics)
 
-    def best(self, images_on: bool) -> str:
-        metric = self.best_metric or ("clip_i" if images_on else "heldout_loss")
-        if metric in IMAGE_METRICS and not images_on:
-            raise TIError(f"evaluation.best_metric={metric} needs the image metrics, which are off here",
-                          "set evaluation.image_metrics=true, or evaluation.best_metric=heldout_loss")
-        return metric
+    def cadence(self, items_per_step: int) -> int | None:
+        """Every how many optimizer steps the held-out loss is scored. `auto`: a held-out triple costs about a
+        third of a training item (a forward pass without gradients against a forward and a backward), so
+        scoring K triples every 20 K / (3 x items per step) steps costs about 5% of the training time; rounded
+        up to a multiple of 10 (at least 10). A number of steps only, never a time: a resumed run scores at
+        the same steps."""
+        if self.steps != "auto":
+            return self.steps or None
+        every = math.ceil(20 * self.heldout_samples / (3 * max(1, items_per_step)))
+        return max(10, math.ceil(every / 10) * 10)
 
     @staticmethod
     def due(every: int | None, step: int, max_steps: int) -> bool:

@@ -20,13 +20,15 @@ def concept_picture(run_dir: Path, count: int = 6, seed: int = 0, steps: int = 2
 
     from ..data.images import list_image_files
     from ..generation import generate
+    from ..run_dir import initializer_word
 
     cfg = OmegaConf.load(run_dir / "resolved_config.yaml")
     real = [Image.open(p).convert("RGB") for p in list_image_files(Path(cfg.concept.train_data_dir).expanduser())[:count]]
     kind = "in the style of" if cfg.concept.learnable_property == "style" else "a photo of a"
     phrase = "a painting in the style of {}" if kind == "in the style of" else "a photo of a {}"
     common = dict(num_images=count, steps=steps, guidance=guidance, seed=seed, progress=False)
-    init = generate(phrase.format(cfg.concept.initializer_token), model=str(cfg.model.pretrained_model_name_or_path),
+    word = initializer_word(run_dir, cfg) or "thing"
+    init = generate(phrase.format(word), model=str(cfg.model.pretrained_model_name_or_path),
                     **common)
     learned = generate(phrase.format(cfg.concept.placeholder_token), run_dir, **common)
     size = 32 * scale

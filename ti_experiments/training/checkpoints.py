@@ -10,6 +10,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from ..embeddings import PlaceholderEmbedding
 from ..errors import TIError
@@ -30,7 +31,10 @@ def register_hooks(accelerator) -> None:
     accelerator.register_save_state_pre_hook(save_hook)
 
 
-def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, total_limit: int | None) -> Path:
+def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, total_limit: int | None,
+                    extra: Callable[[Path], None] | None = None) -> Path:
+    """`extra(folder)` writes what else belongs to the step (the stopping rule's state) before the
+    checkpoint is marked complete."""
     target = checkpoint_dir(run_dir, step)
     tmp = target.with_name(f".{target.name}.tmp")
     if accelerator.is_main_process and tmp.exists():
@@ -39,6 +43,8 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, total_li
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if extra is not None:
+            extra(tmp)
         (tmp / STATE_FILE).write_text(json.dumps({**state, "global_step": step}, indent=2))
         if target.exists():
             shutil.rmtree(target)

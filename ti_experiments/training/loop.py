@@ -5,8 +5,9 @@ itself is `loss.py`'s).
 first draws it (`latent_cache`), place the frozen models (`placement.Placement`), build the optimizer
 and the data (`optimization`, `batches`), resume, then the steps; each micro-step's loss and gradients
 come from `micro_step` (alone, or with the other jobs of a packed sweep: `packed`); what happens after
-each optimizer step (log, save, checkpoint, evaluate, validate, stop) is `EndOfStep`'s. `LoopState` is
-the little that changes from step to step.
+each optimizer step (log, save, checkpoint, evaluate, validate, stop) is `EndOfStep`'s, and whether the
+concept is learned (so the run stops, keeping its best step) is `stopping`'s. `LoopState` is the little
+that changes from step to step.
 """
 
 from __future__ import annotations
@@ -32,26 +33,34 @@ from ..embeddings import PlaceholderEmbedding
 from ..errors import TIError
 from ..run_dir import write_step_embedding
 from . import checkpoints, packed
+from .initializer import choose_initializer
 from .loss import denoising_loss
 from .memory import lean_backward, map_frozen_rows, park_in_file, return_free_heap, trim_heap_between_blocks
 from .placement import Placement, process_settings
 from .settings import HardwareSettings, TrainSettings
 from .signals import Interrupted, StopRequests
+from .stopping import Stopping
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainResult:
-    global_step: int
+    global_step: int  # the step the run stopped at
     final_loss: float | None
     seconds: float
-    vectors: torch.Tensor
+    vectors: torch.Tensor  # the kept step's rows (first text encoder): what learned_embeds.safetensors holds
     steps_trained: int
     # what the benchmark times after training: cache, optimizer, dataloader, weight_dtype
     state: dict
     # SDXL: the second text encoder's rows (None for SD 1.x/2.x)
     vectors_2: torch.Tensor | None = None
+    # where and why the run stopped, which step was kept and why (`Stopping.outcome`)
+    outcome: dict = field(default_factory=dict)
+    # the rows at the last step, every text encoder's (the processes of one run compare these)
+    last: list = field(default_factory=list)
+    # the initializer word chosen among concept.initializer_token's candidates, and their scores
+    initializer: dict | None = None
 
 
 @dataclass
@@ -76,6 +85,8 @@ class TrainingJob:
     metrics_log_factory: Callable
     validate: Callable | None = None
     evaluate: object = None  # Evaluator
+    # concept.initializer_token's words when there are several: the held-out loss chooses the start
+    initializers: list[str] | None = None
 
 
 @dataclass
@@ -89,14 +100,20 @@ class LoopState:
     final_loss: float | None = None
     step_loss: torch.Tensor | float = 0.0
     started: float = field(default_factory=time.perf_counter)
+    resumed_from: Path | None = None  # the checkpoint this run continues
+    stopped: bool = False  # the stopping rule ended the run before train.max_steps
+
+
+def _any_process(flag: bool, accelerator, device) -> bool:
+    """Whether `flag` holds on any process; all processes agree, so they stop at the same step."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor([1.0 if flag else 0.0], device=device), "sum").item() > 0)
 
 
 def _stop_requested(stop: StopRequests, accelerator, device) -> bool:
-    """Whether any process was asked to stop; all processes agree, so they stop at the same step."""
-    if accelerator.num_processes == 1:
-        return stop.signum is not None
-    flag = torch.tensor([1.0 if stop.signum is not None else 0.0], device=device)
-    return bool(accelerator.reduce(flag, "sum").item() > 0)
+    """Whether any process was asked to stop (Ctrl-C, SIGTERM)."""
+    return _any_process(stop.signum is not None, accelerator, device)
 
 
 def run_training(job: TrainingJob) -> TrainResult:
@@ -121,27 +138,37 @@ def run_training(job: TrainingJob) -> TrainResult:
             encoder.set_input_embeddings(wrapped)
         accelerator.register_for_checkpointing(lr_scheduler)
         checkpoints.register_hooks(accelerator)
+        if job.evaluate is not None:  # the held-out loss draws its fixed latents from the same cache
+            job.evaluate.attach(cache, placement.weight_dtype, max_steps=job.train.max_steps,
+                                items_per_step=job.train.batch_size * job.train.gradient_accumulation_steps
+                                * accelerator.num_processes)
+        # several initializer words: each scored by the held-out loss, the best starts (a resume then
+        # replaces the rows; the scoring is repeated so the record and heldout_loss_init name the same word)
+        initializer = choose_initializer(job, models) if job.initializers else None
         state = resume(job, accelerator, len(dataloader))
+        stopping = Stopping(job.train, watching=job.evaluate is not None)
+        if state.resumed_from is not None:
+            stopping.load(state.resumed_from)
         log.info("training %s: %d steps (%d images x %d repeats, batch %d x accumulation %d x %d processes), "
                  "lr %.3g", job.placeholder_token, job.train.max_steps, len(job.dataset) // job.dataset.repeats,
                  job.dataset.repeats, job.train.batch_size, job.train.gradient_accumulation_steps,
                  accelerator.num_processes, lr)
-        end_of_step = EndOfStep(job, models, state)  # its metrics log times from here
-        if job.evaluate is not None:  # the held-out loss draws its fixed latents from the same cache
-            job.evaluate.attach(cache, placement.weight_dtype, start_step=state.global_step,
-                                max_steps=job.train.max_steps)
+        end_of_step = EndOfStep(job, models, state, stopping)  # its metrics log times from here
         # in a pack the signals are the pack's: only the main thread can receive them
         with (contextlib.nullcontext(slot.pack.stop) if slot else StopRequests()) as stop, end_of_step.watching(stop):
             state.started = time.perf_counter()
             train_steps(job, state, models, cache, placement, sampler, dataloader, optimizer, lr_scheduler,
                         end_of_step)
     seconds = time.perf_counter() - state.started
-    vectors = [v.detach().float().cpu() for v in learned(accelerator, models)]
+    last = [v.detach().float().cpu() for v in learned(accelerator, models)]
+    vectors = stopping.kept_vectors(last)
     return TrainResult(global_step=state.global_step, final_loss=state.final_loss, seconds=seconds,
                        vectors=vectors[0], steps_trained=state.global_step - state.start_step,
                        state={"cache": cache, "optimizer": optimizer, "dataloader": dataloader,
                               "weight_dtype": placement.weight_dtype},
-                       vectors_2=vectors[1] if len(vectors) > 1 else None)
+                       vectors_2=vectors[1] if len(vectors) > 1 else None,
+                       outcome=stopping.outcome(state.global_step, job.train.max_steps, state.stopped),
+                       last=last, initializer=initializer)
 
 
 def freeze(job: TrainingJob, device) -> None:
@@ -213,15 +240,19 @@ def resume(job: TrainingJob, accelerator, micro_per_epoch: int) -> LoopState:
         step = checkpoints.load_checkpoint(accelerator, path, job.resume_state)
     steps_per_epoch = math.ceil(micro_per_epoch / job.train.gradient_accumulation_steps)
     epoch, step_in_epoch = divmod(step, steps_per_epoch)
-    return LoopState(global_step=step, start_step=step, epoch=epoch, step_in_epoch=step_in_epoch)
+    return LoopState(global_step=step, start_step=step, epoch=epoch, step_in_epoch=step_in_epoch,
+                     resumed_from=path)
 
 
 def train_steps(job: TrainingJob, state: LoopState, models, cache, placement: Placement, sampler, dataloader,
                 optimizer, lr_scheduler, end_of_step: EndOfStep) -> None:
-    """Micro-steps accumulate gradients; each optimizer step then goes to `end_of_step`."""
+    """Micro-steps accumulate gradients; each optimizer step then goes to `end_of_step`, which says when the
+    run is done (the stopping rule, or train.max_steps)."""
     accelerator, ga, max_steps = job.accelerator, job.train.gradient_accumulation_steps, job.train.max_steps
     micro_per_epoch = len(dataloader)
-    while state.global_step < max_steps:
+    # a checkpoint of the step the rule stopped at: nothing is left to train
+    state.stopped = _any_process(end_of_step.stopping.stop, accelerator, accelerator.device)
+    while state.global_step < max_steps and not state.stopped:
         sampler.set_epoch(state.epoch)
         for micro, batch in itertools.islice(enumerate(dataloader), state.step_in_epoch * ga, None):
             sync = (micro + 1) % ga == 0 or micro + 1 == micro_per_epoch
@@ -242,7 +273,7 @@ def train_steps(job: TrainingJob, state: LoopState, models, cache, placement: Pl
             end_of_step(lr_scheduler.get_last_lr()[0])
             if state.global_step == state.start_step + 1 < max_steps:
                 cache.fill_all()  # step 1 waited only for its own images; the encoder can go now
-            if state.global_step >= max_steps:
+            if state.global_step >= max_steps or state.stopped:
                 break
         state.epoch += 1
         state.step_in_epoch = 0
@@ -267,11 +298,12 @@ def micro_step(job: TrainingJob, models, cache, placement: Placement, batch: dic
 
 
 class EndOfStep:
-    """What follows each optimizer step, in order: evaluate and log (one metrics row), save the embedding,
-    checkpoint, stop cleanly when asked (saving both first), validate."""
+    """What follows each optimizer step, in order: evaluate and log (one metrics row; the stopping rule
+    sees the held-out loss), save the embedding, checkpoint (with the rule's state), stop cleanly when
+    asked (saving both first), validate; and, when the rule says so, end the run here."""
 
-    def __init__(self, job: TrainingJob, models, state: LoopState):
-        self.job, self.models, self.state = job, models, state
+    def __init__(self, job: TrainingJob, models, state: LoopState, stopping: Stopping):
+        self.job, self.models, self.state, self.stopping = job, models, state, stopping
         self.accelerator = job.accelerator
         self.metrics = job.metrics_log_factory(start_step=state.global_step)
         # A bar for a person at a terminal; CI logs, other processes and packed jobs get a line every 10%.
@@ -290,7 +322,7 @@ class EndOfStep:
             self.progress.close()
 
     def __call__(self, lr: float) -> dict:
-        step, max_steps = self.state.global_step, self.job.train.max_steps
+        step, max_steps, evaluate = self.state.global_step, self.job.train.max_steps, self.job.evaluate
         row = self.log(step, lr)
         saved = self.job.train.saves_at(step)
         if saved:
@@ -300,7 +332,13 @@ class EndOfStep:
             self.checkpoint(step)
         if _stop_requested(self.stop, self.accelerator, self.accelerator.device):
             self.stop_here(step, saved, checkpointed)
-        if self.job.validate is not None and self.job.validate.settings.due(step, max_steps):
+        if self.stopping.active and evaluate is not None and evaluate.due(step, max_steps) and step < max_steps:
+            # the main process evaluated; every process stops at the same step
+            self.state.stopped = _any_process(self.stopping.stop, self.accelerator, self.accelerator.device)
+            if self.state.stopped and self.accelerator.is_main_process:
+                log.info("step %d: %s; keeping step %d", step, self.stopping.rule.reason(),
+                         self.stopping.rule.best_step)
+        if self.job.validate is not None and (self.job.validate.settings.due(step, max_steps) or self.state.stopped):
             self.job.validate(step)
         return row
 
@@ -309,7 +347,9 @@ class EndOfStep:
         loss, evaluate, max_steps = self.state.final_loss, self.job.evaluate, self.job.train.max_steps
         values = {"loss": loss, "lr": lr}
         if evaluate is not None and evaluate.due(step, max_steps):  # same row, same step
-            values.update(evaluate(step, self.accelerator.unwrap_model(self.models[0]).vectors))
+            scores = evaluate(step)
+            self.stopping.observe(step, scores, learned(self.accelerator, self.models))
+            values.update(scores)
         row = self.metrics.log(step, values)
         self.progress.update(1)
         self.progress.set_postfix(loss=f"{loss:.4f}", lr=f"{row['lr']:.2e}",
@@ -328,7 +368,7 @@ class EndOfStep:
 
     def checkpoint(self, step: int) -> None:
         checkpoints.save_checkpoint(self.accelerator, self.job.run_dir, step, self.job.resume_state,
-                                    self.job.train.checkpoints_total_limit)
+                                    self.job.train.checkpoints_total_limit, extra=self.stopping.save)
 
     def stop_here(self, step: int, saved: bool, checkpointed: bool) -> None:
         """A stop request (Ctrl-C, SIGTERM): the embedding and a checkpoint of this step, then a clean exit."""

@@ -27,6 +27,19 @@ class TrainSettings(Settings):
     checkpoints_total_limit: int | None = bound(None, minimum=1, example="3")
     # null, "latest" or a path to a checkpoint-N or a run directory
     resume_from_checkpoint: str | None = bound(None, example="latest")
+    # stop once the held-out loss has stopped improving and keep its lowest step (training/stopping.py);
+    # false: train to max_steps and keep the last step, as the diffusers example does
+    stop_early: bool = bound(True, example="false")
+    # evaluations in a row without an improvement before the run stops
+    stop_patience: int = bound(3, minimum=1, example="3")
+    # an improvement: a held-out loss below the loss of the last improvement by at least this share
+    stop_min_improvement: float = bound(0.005, minimum=0, example="0.005")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.stop_min_improvement >= 1:
+            raise TIError(f"train.stop_min_improvement={self.stop_min_improvement} is a share of the loss and "
+                          "must be below 1", "use e.g. train.stop_min_improvement=0.005 (0.5%)")
 
     def saves_at(self, step: int) -> bool:
         return bool(self.save_steps) and step % self.save_steps == 0
