@@ -24,9 +24,10 @@ def finished_run(tmp_path_factory):
 def test_scores_every_saved_embedding_and_matches_training(finished_run):
     result = evaluate_run(finished_run, FAST_IMAGES)
     entries = result["embeddings"]
+    kept = json.loads((finished_run / "summary.json").read_text())["kept_step"]
     assert [(e["step"], e["file"]) for e in entries] == [
         (2, "learned_embeds-steps-2.safetensors"), (4, "learned_embeds-steps-4.safetensors"),
-        (4, "learned_embeds.safetensors")]
+        (kept, "learned_embeds.safetensors")]
     # the same held-out triples as during training: the same numbers
     trained = {r["step"]: r["heldout_loss"] for r in read_metrics(finished_run) if "heldout_loss" in r}
     for e in entries:
@@ -35,8 +36,10 @@ def test_scores_every_saved_embedding_and_matches_training(finished_run):
     written = json.loads((finished_run / "evaluation.json").read_text())
     assert written["embeddings"] == json.loads(json.dumps(entries))
     summary = json.loads((finished_run / "summary.json").read_text())
-    assert summary["clip_i"] == entries[-1]["clip_i"] and summary["best_metric"] == "clip_i"
-    assert summary["best_step"] in (2, 4) and (finished_run / "learned_embeds-best.safetensors").is_file()
+    assert summary["clip_i"] == entries[-1]["clip_i"]  # the run's embedding's (the kept step's)
+    lowest = min(entries, key=lambda e: e["heldout_loss"])
+    assert result["preferred"]["heldout_loss"]["step"] == lowest["step"] == kept
+    assert not list(finished_run.glob("learned_embeds-best*"))
     assert summary["final_loss"] is not None  # the training's own summary is kept
 
 

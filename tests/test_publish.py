@@ -54,7 +54,7 @@ def test_card_and_file_list_of_a_finished_run(finished_run):
     files = publish.files_to_upload(finished_run, config, num_training_images=2)
     dests = [d for _, d in files]
     assert dests[:5] == ["learned_embeds.safetensors", "demo-toy.safetensors", "token_identifier.txt",
-                         "type_of_concept.txt", "learned_embeds-best.safetensors"]
+                         "type_of_concept.txt"]
     assert dests[5:] == ["concept_images/demo-00.png", "concept_images/demo-01.png",
                          "validation_images/00-00.png", "validation_images/00-01.png"]
     assert all(local.is_file() for local, _ in files)
@@ -115,7 +115,7 @@ def test_a_pushed_run_uploads_everything_and_never_writes_the_token(tmp_path, mo
     assert [c[0] for c in hub.calls] == ["whoami", "create_repo", "create_repo", "create_commit"]
     assert hub.calls[0] == ("whoami", SECRET) and hub.calls[1] == ("create_repo", "me/demo-toy", True)
     assert hub.calls[-1][2] == ["learned_embeds.safetensors", "demo-toy.safetensors", "token_identifier.txt",
-                                "type_of_concept.txt", "learned_embeds-best.safetensors", "concept_images/demo-00.png", "README.md"]
+                                "type_of_concept.txt", "concept_images/demo-00.png", "README.md"]
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "completed" and record["hub"]["repo_id"] == "me/demo-toy"
     assert (run_dir / "model_card.md").read_text().startswith("---\nlicense:")

@@ -190,13 +190,16 @@ def time_evaluation(p, accelerator, state: dict) -> dict:
     evaluator = Evaluator(replace(p.evaluation, image_metrics=False), parts=p.parts, text_encoder=p.parts.text_encoder,
                           accelerator=accelerator, run_dir=p.run_dir, concept=p.cfg.concept,
                           image_paths=p.images.paths, generator=None)
-    evaluator.attach(state["cache"], state["weight_dtype"])
+    evaluator.attach(state["cache"], state["weight_dtype"], items_per_step=p.train.batch_size
+                     * p.train.gradient_accumulation_steps * accelerator.num_processes)
+    if p.initializers:
+        evaluator.use_initializer(p.initializers[0])
     seconds = []
     for _ in range(2):
         start = time.perf_counter()
         evaluator.score(0, images=False)
         seconds.append(time.perf_counter() - start)
-    return {"evaluation_first_s": seconds[0], "evaluation_s": seconds[1], "evaluation_every": p.evaluation.steps}
+    return {"evaluation_first_s": seconds[0], "evaluation_s": seconds[1], "evaluation_every": evaluator.every}
 
 
 def _memory(device) -> dict:

@@ -24,16 +24,22 @@ def test_presets_compose_and_the_tiny_model_picks_the_offline_pair():
     assert chosen.clip_model == default.clip_model  # the command line wins over the model's choice
 
 
-def test_image_metrics_auto_follows_the_device_and_best_metric_follows_them():
+def test_image_metrics_auto_follows_the_device():
     s = EvaluationSettings()
     assert not s.images_on(torch.device("cpu")) and s.images_on(torch.device("cuda"))
-    assert s.best(images_on=False) == "heldout_loss" and s.best(images_on=True) == "clip_i"
     assert EvaluationSettings(image_metrics=True).images_on(torch.device("cpu"))
-    with pytest.raises(TIError, match="image metrics"):
-        EvaluationSettings(best_metric="dino").best(images_on=False)
 
 
-@pytest.mark.parametrize("bad", [{"best_metric": "fid"}, {"image_metrics": "yes"}, {"num_images": 0},
+def test_the_auto_cadence_follows_the_triples_and_the_items_per_step():
+    s = EvaluationSettings()
+    assert s.steps == "auto"
+    assert s.cadence(1) == 110  # 16 triples at batch 1: 20 x 16 / 3 = 107, up to a multiple of 10
+    assert EvaluationSettings(heldout_samples=32).cadence(8) == 30 and EvaluationSettings(heldout_samples=32).cadence(1) == 220
+    assert EvaluationSettings(heldout_samples=1).cadence(64) == 10  # never below 10
+    assert EvaluationSettings(steps=7).cadence(1) == 7 and EvaluationSettings(steps=None).cadence(1) is None
+
+
+@pytest.mark.parametrize("bad", [{"steps": "often"}, {"image_metrics": "yes"}, {"num_images": 0},
                                  {"steps": -1}])
 def test_bad_values_are_one_line_errors(bad):
     with pytest.raises(TIError):

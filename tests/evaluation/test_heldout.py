@@ -71,12 +71,12 @@ def test_trained_embedding_beats_the_initializer_and_the_best_is_kept(tmp_path):
     # the initializer grows at every evaluation, -1.3e-4 at step 10 and -2.1e-4 at step 20)
     run_dir = run(compose(*TINY_RUN, "train.max_steps=10", "train.batch_size=4", "train.scale_lr=false",
                           "optimizer.lr=5e-3", "data.repeats=10", "evaluation.steps=5",
-                          "evaluation.heldout_samples=32", output_dir=tmp_path))
+                          "evaluation.heldout_samples=32", "train.save_steps=5", output_dir=tmp_path))
     rows = [r for r in read_metrics(run_dir) if "heldout_loss" in r]
     assert [r["step"] for r in rows] == [5, 10]
     assert len({r["heldout_loss_init"] for r in rows}) == 1
     assert rows[-1]["heldout_loss"] < rows[-1]["heldout_loss_init"]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["best_metric"] == "heldout_loss" and summary["best_step"] == 10
-    kept = load_file(run_dir / "learned_embeds-best.safetensors")["<demo-toy>"]
-    assert torch.equal(kept, load_file(run_dir / "learned_embeds.safetensors")["<demo-toy>"])
+    assert summary["kept_step"] == 10 and summary["heldout_loss"] == rows[-1]["heldout_loss"]
+    kept = load_file(run_dir / "learned_embeds.safetensors")["<demo-toy>"]
+    assert torch.equal(kept, load_file(run_dir / "learned_embeds-steps-10.safetensors")["<demo-toy>"])
