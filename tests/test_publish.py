@@ -53,9 +53,9 @@ def test_card_and_file_list_of_a_finished_run(finished_run):
     config, summary = done.config, done.summary
     files = publish.files_to_upload(finished_run, config, num_training_images=2)
     dests = [d for _, d in files]
-    assert dests[:5] == ["learned_embeds.safetensors", "demo-toy.safetensors", "token_identifier.txt",
+    assert dests[:4] == ["learned_embeds.safetensors", "demo-toy.safetensors", "token_identifier.txt",
                          "type_of_concept.txt"]
-    assert dests[5:] == ["concept_images/demo-00.png", "concept_images/demo-01.png",
+    assert dests[4:] == ["concept_images/demo-00.png", "concept_images/demo-01.png",
                          "validation_images/00-00.png", "validation_images/00-01.png"]
     assert all(local.is_file() for local, _ in files)
     card = publish.build_model_card(finished_run, config, summary, "me/demo-toy")

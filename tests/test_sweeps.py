@@ -92,7 +92,7 @@ def test_two_processes_train_one_run_data_parallel(tmp_path):
            "validation.num_inference_steps=2", "train.checkpointing_steps=2", f"hydra.run.dir={run_dir}"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=os.environ.copy())
     assert out.returncode == 0, out.stderr[-4000:]
-    hashes = dict(re.findall(r"process (\d) of 2: learned embedding sha256 (\w+)", out.stdout + out.stderr))
+    hashes = dict(re.findall(r"process (\d) of 2: trained rows at step 3, tensor sha256 (\w+)", out.stdout + out.stderr))
     assert set(hashes) == {"0", "1"} and hashes["0"] == hashes["1"]
     saved = load_file(run_dir / "learned_embeds.safetensors")["<demo-toy>"]
     assert tensor_sha256(saved) == hashes["0"]
@@ -133,7 +133,7 @@ def test_the_processes_of_one_torchrun_share_their_run_folder(tmp_path):
                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
-    assert out.stdout.count("learned embedding sha256") + out.stderr.count("learned embedding sha256") >= 2
+    assert (out.stdout + out.stderr).count("trained rows at step 2, tensor sha256") >= 2
 
 
 def test_packed_launcher_trains_jobs_that_share_a_model_together_and_says_how(tmp_path):
