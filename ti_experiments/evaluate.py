@@ -59,7 +59,7 @@ def load_config(run_dir: Path, overrides: list[str]):
 
 
 def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict:
-    """Score every embedding of a run; write evaluation.json, summary.json and the best embedding."""
+    """Score every embedding of a run; write evaluation.json and the run embedding's scores into summary.json."""
     from accelerate import Accelerator
 
     from .checks import check_config

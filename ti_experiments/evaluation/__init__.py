@@ -1,4 +1,4 @@
-"""How well a concept was learned: held-out denoising loss, CLIP-I / CLIP-T / DINO, the best embedding."""
+"""How well a concept was learned: held-out denoising loss (what the stopping rule watches), CLIP-I / CLIP-T / DINO."""
 
 from .settings import METRICS, EvaluationSettings, direction, worst
 
