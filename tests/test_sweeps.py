@@ -92,7 +92,7 @@ def test_two_processes_train_one_run_data_parallel(tmp_path):
            "validation.num_inference_steps=2", "train.checkpointing_steps=2", f"hydra.run.dir={run_dir}"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=os.environ.copy())
     assert out.returncode == 0, out.stderr[-4000:]
-    hashes = dict(re.findall(r"process (\d) of 2: trained rows at step 3, tensor sha256 (\w+)", out.stdout + out.stderr))
+    hashes = dict(re.findall(r"process (\d) of 2: text encoder 1's trained rows at step 3, tensor sha256 (\w+)", out.stdout + out.stderr))
     assert set(hashes) == {"0", "1"} and hashes["0"] == hashes["1"]
     saved = load_file(run_dir / "learned_embeds.safetensors")["<demo-toy>"]
     assert tensor_sha256(saved) == hashes["0"]

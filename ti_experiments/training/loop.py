@@ -37,7 +37,7 @@ from .initializer import choose_initializer
 from .loss import denoising_loss
 from .memory import lean_backward, map_frozen_rows, park_in_file, return_free_heap, trim_heap_between_blocks
 from .placement import Placement, process_settings
-from .settings import HardwareSettings, TrainSettings
+from .settings import HardwareSettings, OptimizerSettings, SchedulerSettings, TrainSettings
 from .signals import Interrupted, StopRequests
 from .stopping import Stopping
 
@@ -49,12 +49,10 @@ class TrainResult:
     global_step: int  # the step the run stopped at
     final_loss: float | None
     seconds: float
-    vectors: torch.Tensor  # the kept step's rows (first text encoder): what learned_embeds.safetensors holds
+    vectors: list[torch.Tensor]  # the kept step's rows of each text encoder: what learned_embeds*.safetensors hold
     steps_trained: int
     # what the benchmark times after training: cache, optimizer, dataloader, weight_dtype
     state: dict
-    # SDXL: the second text encoder's rows (None for SD 1.x/2.x)
-    vectors_2: torch.Tensor | None = None
     # where and why the run stopped, which step was kept and why (`Stopping.outcome`)
     outcome: dict = field(default_factory=dict)
     # the rows at the last step, every text encoder's (the processes of one run compare these)
@@ -73,9 +71,8 @@ class TrainingJob:
     placeholder_token: str
     pixels: torch.Tensor
     dataset: TextualInversionDataset
-    make_optimizer: Callable
-    base_lr: float
-    make_scheduler: Callable
+    optimizer: OptimizerSettings
+    lr_scheduler: SchedulerSettings
     train: TrainSettings
     hardware: HardwareSettings
     data: object  # DataSettings
@@ -163,10 +160,9 @@ def run_training(job: TrainingJob) -> TrainResult:
     last = [v.detach().float().cpu() for v in learned(accelerator, models)]
     vectors = stopping.kept_vectors(last)
     return TrainResult(global_step=state.global_step, final_loss=state.final_loss, seconds=seconds,
-                       vectors=vectors[0], steps_trained=state.global_step - state.start_step,
+                       vectors=vectors, steps_trained=state.global_step - state.start_step,
                        state={"cache": cache, "optimizer": optimizer, "dataloader": dataloader,
                               "weight_dtype": placement.weight_dtype},
-                       vectors_2=vectors[1] if len(vectors) > 1 else None,
                        outcome=stopping.outcome(state.global_step, job.train.max_steps, state.stopped),
                        last=last, initializer=initializer)
 
@@ -214,11 +210,11 @@ def latent_cache(job: TrainingJob, placement: Placement) -> LatentCache:
 def optimization(job: TrainingJob):
     """The optimizer over the placeholder rows only, its schedule, and the learning rate (scaled by batch x
     accumulation x processes when train.scale_lr, as in the diffusers example)."""
-    lr = float(job.base_lr)  # checked by checks.check_run_settings
+    lr = job.optimizer.lr
     if job.train.scale_lr:
         lr = lr * job.train.gradient_accumulation_steps * job.train.batch_size * job.accelerator.num_processes
-    optimizer = job.make_optimizer(params=[e.vectors for e in job.embeddings], lr=lr)
-    return optimizer, job.make_scheduler(optimizer=optimizer, num_training_steps=job.train.max_steps), lr
+    optimizer = job.optimizer.build(params=[e.vectors for e in job.embeddings], lr=lr)
+    return optimizer, job.lr_scheduler.build(optimizer=optimizer, num_training_steps=job.train.max_steps), lr
 
 
 def batches(job: TrainingJob, device) -> tuple[EpochSampler, DataLoader]:
