@@ -111,7 +111,7 @@ def time_reference(p, accelerator, n: int, warmup: int) -> list[float]:
     import random
 
     from .data.templates import TEMPLATES
-    from .embeddings import unsplice
+    from .models.embeddings import unsplice
     from .training.memory import plain_backward
 
     parts, device, s = p.parts, accelerator.device, p.settings
@@ -202,7 +202,7 @@ def _import_libraries() -> None:
 
 
 def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, reference: bool = False) -> dict:
-    from .checks import check_config
+    from .config.checks import check_config
     from .experiment import fit, make_accelerator, prepare, reset_accelerate
     from .records.memory import peak_memory_bytes
 

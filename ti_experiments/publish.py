@@ -16,15 +16,13 @@ import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from . import run_dir as run_files
+from .records import run_dir as run_files
 from .errors import ArgumentParser, TIError, report_or_raise
-from .files import write_text_atomic
-from .network import with_deadline
-from .run_dir import (
-    CARD as CARD_FILE,  # the card as uploaded (README.md in the repository)
-)
-from .run_dir import a1111_name
-from .settings import Settings, bound
+from .records.files import write_text_atomic
+from .records.network import with_deadline
+from .records.run_dir import CARD as CARD_FILE
+from .records.run_dir import a1111_name
+from .config.settings import Settings, bound
 
 log = logging.getLogger(__name__)
 

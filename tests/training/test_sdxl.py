@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 import ti_experiments.training.loss as loss
 from conftest import TINY_SDXL_RUN, compose
-from ti_experiments.checks import check_config
-from ti_experiments.run_dir import read_embedding
+from ti_experiments.config.checks import check_config
+from ti_experiments.records.run_dir import read_embedding
 from ti_experiments.experiment import run
 
 pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each
@@ -26,7 +26,7 @@ def test_sdxl_trains_both_encoders_rows_and_nothing_else(tmp_path, tiny_sdxl_pat
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from ti_experiments.checks import check_config
+    from ti_experiments.config.checks import check_config
     from ti_experiments.experiment import fit, make_accelerator, prepare, reset_accelerate
     from ti_experiments.records.run_record import MetricsLog
 
@@ -114,7 +114,7 @@ def test_an_initializer_that_is_not_one_token_is_refused_for_sdxl(tmp_path):
 
 
 def test_init_from_an_sdxl_file_starts_both_encoders_rows_from_it(tmp_path, tiny_sdxl_path):
-    from ti_experiments.embeddings import save_sdxl
+    from ti_experiments.models.embeddings import save_sdxl
     from ti_experiments.errors import TIError
     from ti_experiments.experiment import prepare
 
@@ -126,7 +126,7 @@ def test_init_from_an_sdxl_file_starts_both_encoders_rows_from_it(tmp_path, tiny
     assert torch.equal(p.embeddings[0].vectors.detach(), clip_l)
     assert torch.equal(p.embeddings[1].vectors.detach(), clip_g)
     one_encoder = tmp_path / "sd.safetensors"
-    from ti_experiments.embeddings import save_learned_embeds
+    from ti_experiments.models.embeddings import save_learned_embeds
 
     save_learned_embeds(one_encoder, "<y>", clip_l)
     with pytest.raises(TIError, match="does not fit this model"):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..data.templates import OBJECT_TEMPLATES, STYLE_TEMPLATES
-from ..files import atomic_dir
+from ..records.files import atomic_dir
 
 # Bump whenever anything below changes the bytes written: it names the cache folder, so an old
 # build is never mistaken for a new one.

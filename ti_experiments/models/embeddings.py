@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import TIError
-from .files import atomic_path
+from ..errors import TIError
+from ..records.files import atomic_path
 
 
 def placeholder_tokens(placeholder: str, num_vectors: int) -> list[str]:
@@ -256,7 +256,7 @@ def read_embedding_file(path: Path) -> EmbeddingFile:
 def text_encoder_pairs(pipe) -> list[tuple]:
     """(tokenizer, text encoder) of a pipeline, in the order of `EmbeddingFile.vectors`: one per encoder of
     the pipeline's model family (SDXL: two)."""
-    from .models.loading import family_of_pipeline
+    from .loading import family_of_pipeline
 
     return [(getattr(pipe, t), getattr(pipe, e)) for t, e in family_of_pipeline(pipe).component_folders]
 
