@@ -132,3 +132,22 @@ def test_init_from_an_sdxl_file_starts_both_encoders_rows_from_it(tmp_path, tiny
     with pytest.raises(TIError, match="does not fit this model"):
         prepare(check_config(compose(*TINY_SDXL_RUN, "concept.num_vectors=2", f"concept.init_from={one_encoder}",
                                      output_dir=tmp_path / "run2")), tmp_path / "run2")
+
+
+def test_sdxl_is_evaluated_through_its_family_held_out_loss_and_image_metrics(tmp_path):
+    """The held-out loss conditions SDXL's UNet as training does (both encoders, the images' time ids), and
+    image metrics generate with the SDXL pipeline over the modules being trained."""
+    import json
+    import math
+
+    run_dir = _train(tmp_path, "optimizer.lr=0.05", "train.max_steps=2", "evaluation.steps=1",
+                     "evaluation.image_metrics=true", "evaluation.image_steps=2", "validation.num_inference_steps=2",
+                     "evaluation.num_prompts=1")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    held = [r for r in rows if r.get("heldout_loss") is not None]
+    assert [r["step"] for r in held] == [1, 2]
+    assert all(math.isfinite(r["heldout_loss"]) and math.isfinite(r["heldout_loss_init"]) for r in held)
+    assert held[0]["heldout_loss"] != held[1]["heldout_loss"]  # the learned rows move the loss
+    assert all(k in held[-1] and math.isfinite(held[-1][k]) for k in ("clip_i", "clip_t", "dino"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["heldout_loss"] == held[-1]["heldout_loss"]
