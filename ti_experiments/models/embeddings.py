@@ -73,9 +73,8 @@ def add_placeholder_tokens(
     init_vectors: torch.Tensor | None = None,
 ) -> PlaceholderEmbedding:
     """Add the tokens, start every new row as a copy of the initializer's row (or, given `init_vectors`,
-    as those rows: a warm start from an earlier embedding), and splice them in."""
-    if not isinstance(num_vectors, int) or num_vectors < 1:
-        raise TIError(f"concept.num_vectors is {num_vectors}", "set concept.num_vectors to an integer >= 1")
+    as those rows: a warm start from an earlier embedding), and splice them in. `num_vectors` is checked
+    where the concept's settings declare it (`ConceptSettings`)."""
     if not placeholder_token or any(c.isspace() for c in str(placeholder_token)):
         raise TIError(
             f"concept.placeholder_token {placeholder_token!r} is empty or contains spaces",
