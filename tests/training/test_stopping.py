@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import TINY_RUN, compose
 from ti_experiments.errors import TIError
-from ti_experiments.run_dir import read_metrics
+from ti_experiments.records.run_dir import read_metrics
 from ti_experiments.training.settings import TrainSettings
 from ti_experiments.training.stopping import Plateau, Stopping
 
@@ -57,7 +57,7 @@ def test_bad_stopping_settings_are_one_line_errors():
 
 
 def test_several_initializer_words_need_the_held_out_loss():
-    from ti_experiments.checks import check_config
+    from ti_experiments.config.checks import check_config
 
     with pytest.raises(TIError, match="evaluation is off"):
         check_config(compose(*TINY_RUN, "evaluation=none", "concept.initializer_token=[circle,square]"))

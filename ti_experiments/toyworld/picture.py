@@ -19,8 +19,8 @@ def concept_picture(run_dir: Path, count: int = 6, seed: int = 0, steps: int = 2
     from omegaconf import OmegaConf
 
     from ..data.images import list_image_files
-    from ..generation import generate
-    from ..run_dir import initializer_word
+    from ..models.generation import generate
+    from ..records.run_dir import initializer_word
 
     cfg = OmegaConf.load(run_dir / "resolved_config.yaml")
     real = [Image.open(p).convert("RGB") for p in list_image_files(Path(cfg.concept.train_data_dir).expanduser())[:count]]

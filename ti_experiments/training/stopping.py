@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..run_dir import read_stopping_state, write_stopping_state
+from ..records.run_dir import read_stopping_state, write_stopping_state
 from .settings import TrainSettings
 
 log = logging.getLogger(__name__)
