@@ -84,6 +84,11 @@ def main() -> int:
 
 
 def _main() -> int:
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):  # Hydra's generic page lists internal groups
+        from .cli_help import training_help
+
+        print(training_help())
+        return 0
     hydra_arguments("python -m ti_experiments")
     try:
         sys.argv = [sys.argv[0], *_sweep_args(_distributed_args(sys.argv[1:]))]

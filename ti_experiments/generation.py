@@ -376,22 +376,20 @@ def default_out(specs) -> Path:
     return (runs[0] / run_files.GENERATED if runs else Path(run_files.GENERATED)) / stamp
 
 
-EXAMPLES = """examples:
-  python -m ti_experiments.generate outputs/runs/DATE/TIME "A <cat-toy> train" --num-images 4 --seed 0
-  python -m ti_experiments.generate outputs/runs/A outputs/runs/B "a <cat-toy> in the style of <my-style>"
-  python -m ti_experiments.generate outputs/runs/DATE/TIME "a <cat-toy> on a beach" \\
-      --negative-embedding bad-hands.safetensors --negative-prompt "blurry"
-  python -m ti_experiments.generate 'my-embedding.pt=<mine>' "a photo of <mine>" --model sd15
-"""
+EXAMPLES = (
+    ('python -m ti_experiments.generate outputs/runs/DATE/TIME "A <cat-toy> train" --num-images 4 --seed 0', ""),
+    ('python -m ti_experiments.generate outputs/runs/A outputs/runs/B "a <cat-toy> in the style of <my-style>"',
+     "two concepts in one prompt"),
+    ('python -m ti_experiments.generate outputs/runs/DATE/TIME "a <cat-toy>" --negative-embedding bad-hands.pt',
+     "an embedding in the negative prompt"),
+    ("python -m ti_experiments.generate 'my-embedding.pt=<mine>' \"a photo of <mine>\" --model sd15",
+     "a file from elsewhere, under the token <mine>"),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = ArgumentParser(
-        prog="python -m ti_experiments.generate", description=__doc__.splitlines()[0],
-        usage="%(prog)s [EMBEDDING ...] PROMPT [options]",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m ti_experiments.generate", description=__doc__.splitlines()[0],
+                            usage="%(prog)s [EMBEDDING ...] PROMPT [options]", examples=EXAMPLES)
     parser.add_argument("items", nargs="+", metavar="EMBEDDING ... PROMPT",
                         help="run directories, embedding files or concept folders (PATH=TOKEN renames one), "
                              "then the prompt")

@@ -54,6 +54,7 @@ BEST_EMBEDDING = "learned_embeds-best.safetensors"
 TOKEN = "token_identifier.txt"
 CONCEPT_TYPE = "type_of_concept.txt"
 VALIDATION = "validation"
+VALIDATION_GRID = "validation/grid.png"  # rows: prompts, columns: steps
 GENERATED = "generated"
 TENSORBOARD = "tensorboard"
 CHECKPOINT_STATE = "trainer_state.json"  # written last: a checkpoint without it is incomplete
@@ -409,14 +410,17 @@ def list_images(folder: Path) -> list[Path]:
     return [p for p in list_image_files(folder) if p.suffix.lower() in IMAGE_SUFFIXES] if folder.is_dir() else []
 
 
-def last_validation(run_dir: Path) -> tuple[int | None, list[Path]]:
-    """The last step that has validation images, and its images in order ((None, []): none yet)."""
+def validation_steps(run_dir: Path) -> list[tuple[int, list[Path]]]:
+    """Every step that has validation images, in order, with its images (PP-II.png) in order."""
     steps = sorted((int(m.group(1)), p) for p in (Path(run_dir) / VALIDATION).glob("step-*")
                    if (m := _VALIDATION_STEP.fullmatch(p.name)) and p.is_dir())
-    for step, folder in reversed(steps):
-        if images := list_images(folder):
-            return step, images
-    return None, []
+    return [(step, images) for step, folder in steps if (images := list_images(folder))]
+
+
+def last_validation(run_dir: Path) -> tuple[int | None, list[Path]]:
+    """The last step that has validation images, and its images in order ((None, []): none yet)."""
+    steps = validation_steps(run_dir)
+    return steps[-1] if steps else (None, [])
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:

@@ -14,7 +14,7 @@ import torch
 
 from .errors import TIError
 from .files import atomic_path
-from .run_dir import validation_dir
+from .run_dir import VALIDATION_GRID, validation_dir, validation_steps
 from .settings import Settings, bound, node_values, seed_bound
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,42 @@ def make_settings(node, concept_prompt: str | None, resolution: int) -> Validati
     if not values.get("prompts"):
         values["prompts"] = [concept_prompt] if concept_prompt else []
     return ValidationSettings.from_node({**values, "resolution": resolution})
+
+
+GRID_COLUMNS = 10  # steps shown at most, evenly spread, the last always among them
+GRID_IMAGE = 128  # pixels per image at most: 32 px images are enlarged 4x
+
+
+def validation_grid(run_dir: Path, prompts: list[str]):
+    """One picture of the run's validation images: a row per prompt (its images in a block), a column
+    per step; None before the first validation."""
+    from PIL import Image
+
+    from .pictures import sheet, spread
+
+    steps = spread(validation_steps(run_dir), GRID_COLUMNS)
+    if not steps:
+        return None
+    rows = []
+    for p, prompt in enumerate(prompts):
+        cells = []
+        for _, images in steps:
+            cell = []
+            for path in (i for i in images if i.name.startswith(f"{p:02d}-")):
+                with Image.open(path) as image:
+                    cell.append(image.convert("RGB"))
+            cells.append(cell)
+        rows.append((prompt, cells))
+    return sheet(rows, [f"step {step}" for step, _ in steps], size=GRID_IMAGE)
+
+
+def write_grid(run_dir: Path, prompts: list[str]):
+    """validation/grid.png, written whole or not at all; the picture, for the tracker."""
+    grid = validation_grid(run_dir, prompts)
+    if grid is not None:
+        with atomic_path(Path(run_dir) / VALIDATION_GRID) as tmp:
+            grid.save(tmp, format="PNG")
+    return grid
 
 
 class Validator:
@@ -134,8 +170,10 @@ class Validator:
                 for i, image in enumerate(images[prompt]):
                     with atomic_path(out_dir / f"{p:02d}-{i:02d}.png") as tmp:
                         image.save(tmp, format="PNG")
-        self.tracker.log_images(self.accelerator, step, images)
-        log.info("validation images for step %d in %s", step, out_dir)
+        grid = write_grid(self.run_dir, s.prompts)
+        self.tracker.log_images(self.accelerator, step, images, grid)
+        log.info("validation images for step %d in %s; every step so far: %s", step, out_dir,
+                 self.run_dir / VALIDATION_GRID)
         return images
 
     @torch.no_grad()

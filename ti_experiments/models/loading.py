@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import TIError
+from ..errors import TIError, cause
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,6 @@ class SDComponents:
 
 
 REQUIRED_SUBFOLDERS = ("tokenizer", "scheduler", "text_encoder", "vae", "unet")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else exc.__class__.__name__
 
 
 def _from_pretrained(source: str, revision: str | None, variant: str | None, local_only: bool):
@@ -126,7 +121,7 @@ def _deferred(load, source: str):
         try:
             return load(**kwargs)
         except Exception as exc:  # noqa: BLE001
-            raise TIError(f"could not load the UNet of {source!r}: {_first_line(exc)}",
+            raise TIError(f"could not load the UNet of {source!r}: {cause(exc)}",
                           "check the model folder (unet/ weights) or model.pretrained_model_name_or_path") from None
     return run
 
@@ -156,7 +151,7 @@ def _download(source: str, revision: str | None, variant: str | None, fix: str,
         return snapshot_download(source, revision=revision, allow_patterns=patterns or _weight_patterns(variant))
     except Exception as exc:  # noqa: BLE001
         raise TIError(f"could not download model {source!r} from the Hugging Face Hub (no network, or no "
-                      f"access?): {_first_line(exc)}", fix + " (model=tiny and model=tiny_sdxl work offline)") from None
+                      f"access?): {cause(exc)}", fix + " (model=tiny and model=tiny_sdxl work offline)") from None
 
 
 def _local_folder(source: str, fix: str) -> Path | None:
@@ -194,7 +189,7 @@ def load_components(pretrained_model_name_or_path: str, revision: str | None = N
         try:
             parts = _from_pretrained(str(path), revision, variant, local_only=True)
         except Exception as exc:  # noqa: BLE001
-            raise TIError(f"could not load the model folder {source!r}: {_first_line(exc)}", fix) from None
+            raise TIError(f"could not load the model folder {source!r}: {cause(exc)}", fix) from None
     else:
         try:  # already in the local Hugging Face cache: no network needed
             cached = _cached_snapshot(source, revision, variant)
@@ -205,7 +200,7 @@ def load_components(pretrained_model_name_or_path: str, revision: str | None = N
             try:
                 parts = _from_pretrained(folder, None, variant, local_only=True)
             except Exception as exc:  # noqa: BLE001
-                raise TIError(f"could not load model {source!r}: {_first_line(exc)}", fix) from None
+                raise TIError(f"could not load model {source!r}: {cause(exc)}", fix) from None
     return SDComponents(source=source, resolution=resolution, **parts)
 
 
@@ -267,4 +262,4 @@ def load_pipeline(pretrained_model_name_or_path: str, revision: str | None = Non
         return DiffusionPipeline.from_pretrained(folder, dtype=torch_dtype, variant=variant,
                                                  local_files_only=True, **extra)
     except Exception as exc:  # noqa: BLE001
-        raise TIError(f"could not load the pipeline of {source!r}: {_first_line(exc)}", fix) from None
+        raise TIError(f"could not load the pipeline of {source!r}: {cause(exc)}", fix) from None

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from ..embeddings import PlaceholderEmbedding
-from ..errors import TIError
+from ..errors import TIError, cause
 from ..run_dir import CHECKPOINT_STATE as STATE_FILE
 from ..run_dir import checkpoint_dir, checkpoint_step, list_checkpoints
 
@@ -96,6 +96,6 @@ def load_checkpoint(accelerator, path: Path, expected: dict) -> int:
     try:
         accelerator.load_state(str(path), strict=False)
     except Exception as exc:  # noqa: BLE001 - whatever broke in it, the remedy is the same
-        raise corrupt(str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__) from None
+        raise corrupt(cause(exc)) from None
     log.info("resumed from %s at step %d", path, state["global_step"])
     return int(state["global_step"])
