@@ -84,6 +84,17 @@ def test_bad_value(tmp_path, args, needles):
     assert_clean_error(_cli(tmp_path, *args), _run_dir(tmp_path), *needles)
 
 
+def test_a_refused_run_leaves_no_folder_and_keeps_a_folder_the_user_had(tmp_path):
+    new = tmp_path / "new" / "runs" / "run"
+    result = run_cli(*BASE, "concept.num_vectors=0", f"hydra.run.dir={new}")
+    assert_clean_error(result, new, "num_vectors")
+    assert not (tmp_path / "new").exists(), sorted(tmp_path.rglob("*"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert_clean_error(run_cli(*BASE, "concept.num_vectors=0", f"hydra.run.dir={mine}"), mine, "num_vectors")
+    assert mine.is_dir()
+
+
 # ---------------------------------------------------------------- concept image folders
 
 def _png(path: Path, color: tuple[int, int, int]) -> None:

@@ -13,7 +13,7 @@ from . import errors
 from .config import CONF_DIR, CONFIG_NAME, SWEEPS_DIR
 from .errors import TIError, hydra_arguments, report_or_raise, user_message
 from .evaluation import settings as _evaluation_settings  # noqa: F401 - registers ${ti.direction:...}
-from .records.callbacks import SweepReport
+from .records.callbacks import NewRunFolder, SweepReport
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=CONFIG_NAME)
 def _task(cfg: DictConfig):
@@ -22,7 +22,9 @@ def _task(cfg: DictConfig):
 
     from .evaluation import worst
     from .experiment import objective, run
+    from .quiet import loading_bars_off
 
+    loading_bars_off()
     try:
         run_dir = run(cfg, overrides=list(HydraConfig.get().overrides.task))
         return objective(run_dir, str(cfg.objective))
@@ -38,6 +40,7 @@ def _task(cfg: DictConfig):
         if line is None:
             raise
         print(line, file=sys.stderr)  # here, before Hydra adds its own "Error executing job" line
+        NewRunFolder.remove_if_unused(cfg.paths.output_dir)  # a refused run leaves no folder behind
         sys.exit(2)
 
 

@@ -163,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     except TIError as exc:
         return report_or_raise(exc)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from .quiet import loading_bars_off
+
+    loading_bars_off()
 
     try:
         result = evaluate_run(Path(args[0]), args[1:])
