@@ -46,11 +46,15 @@ class ValidationSettings(Settings):
         return self.enabled and (step >= max_steps or bool(self.steps and step % self.steps == 0))
 
 
-def make_settings(node, concept_prompt: str | None, resolution: int) -> ValidationSettings:
-    """The node's settings; its prompts default to the concept's validation prompt."""
+def make_settings(node, concept_prompt: str | None, resolution: int, guidance_scale: float = 7.5
+                  ) -> ValidationSettings:
+    """The node's settings; its prompts default to the concept's validation prompt, its guidance to the
+    model's (`guidance_scale`)."""
     values = node_values(node)
     if not values.get("prompts"):
         values["prompts"] = [concept_prompt] if concept_prompt else []
+    if values.get("guidance_scale") is None:
+        values["guidance_scale"] = guidance_scale
     return ValidationSettings.from_node({**values, "resolution": resolution})
 
 

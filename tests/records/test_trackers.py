@@ -29,7 +29,11 @@ def test_flatten_for_tensorboard():
 
 
 def test_wandb_offline_run_gets_loss_and_lr(monkeypatch, tmp_path, capfd, caplog):
+    import logging
+
     import wandb
+
+    caplog.set_level(logging.INFO)
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

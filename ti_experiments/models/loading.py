@@ -168,12 +168,13 @@ def _local_folder(source: str, fix: str) -> Path | None:
 def load_components(pretrained_model_name_or_path: str, revision: str | None = None,
                     variant: str | None = None, resolution: int = 512, architecture: str | None = None,
                     random_init: bool = False, cache_dir: str | None = None,
-                    mixed_precision: str | None = None) -> SDComponents:
+                    mixed_precision: str | None = None, guidance_scale: float | None = None) -> SDComponents:
     """Local diffusers folder, or Hub id (the local HF cache first, then the network); or, with
     random_init, the named architecture with random weights (offline, for speed and memory), written to
     a folder in the cache once and loaded from there like any other model.
-    SDXL (a text_encoder_2) is recognised from the model itself. `mixed_precision` is the model's
-    preferred precision, which the hardware presets read from the config; loading ignores it."""
+    SDXL (a text_encoder_2) is recognised from the model itself. `mixed_precision` and `guidance_scale`
+    are the model's preferred precision and guidance, which the hardware presets, validation and
+    generate read from the config; loading ignores them."""
     if random_init:
         from .random_init import ensure_random_model
 
@@ -205,7 +206,7 @@ def load_components(pretrained_model_name_or_path: str, revision: str | None = N
 
 
 def load_tiny_components(pretrained_model_name_or_path: str, resolution: int = 64,
-                         mixed_precision: str | None = None) -> SDComponents:
+                         mixed_precision: str | None = None, guidance_scale: float | None = None) -> SDComponents:
     """The offline demo models (SD and SDXL): built once, deterministically, into the cache, then loaded
     like any folder."""
     path = Path(str(pretrained_model_name_or_path)).expanduser()
