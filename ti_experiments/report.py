@@ -363,24 +363,14 @@ def plot_evaluation(path: Path, runs: list[dict], names: list[str]) -> bool:
 
 def validation_strip(path: Path, runs: list[dict], names: list[str], most: int = 6) -> bool:
     """Each run's validation images over its steps (first prompt), a row per run named by its values."""
-    from PIL import Image
-
     from .pictures import sheet, spread
 
     per_run = [dict(run_files.validation_steps(r["dir"])) for r in runs]
     steps = spread(sorted({s for found in per_run for s in found}), most)
     if not steps:
         return False
-    rows = []
-    for label, found in zip(labels(runs, names), per_run):
-        cells = []
-        for step in steps:
-            cell = []
-            for image_path in [p for p in found.get(step, []) if p.name.startswith("00-")]:
-                with Image.open(image_path) as image:
-                    cell.append(image.convert("RGB"))
-            cells.append(cell)
-        rows.append((label, cells))
+    rows = [(label, [run_files.prompt_images(found.get(step, []), 0) for step in steps])
+            for label, found in zip(labels(runs, names), per_run)]
     picture = sheet(rows, [f"step {s}" for s in steps], size=96, label_width=220)
     with atomic_path(path) as tmp:
         picture.save(tmp, format="PNG")

@@ -417,6 +417,18 @@ def validation_steps(run_dir: Path) -> list[tuple[int, list[Path]]]:
     return [(step, images) for step, folder in steps if (images := list_images(folder))]
 
 
+def prompt_images(images: list[Path], prompt: int) -> list:
+    """The images (PIL, RGB) of prompt number `prompt` among one step's validation images (PP-II.png)."""
+    from PIL import Image
+
+    out = []
+    for path in images:
+        if path.name.startswith(f"{prompt:02d}-"):
+            with Image.open(path) as image:
+                out.append(image.convert("RGB"))
+    return out
+
+
 def last_validation(run_dir: Path) -> tuple[int | None, list[Path]]:
     """The last step that has validation images, and its images in order ((None, []): none yet)."""
     steps = validation_steps(run_dir)

@@ -14,7 +14,7 @@ import torch
 
 from .errors import TIError
 from .files import atomic_path
-from .run_dir import VALIDATION_GRID, validation_dir, validation_steps
+from .run_dir import VALIDATION_GRID, prompt_images, validation_dir, validation_steps
 from .settings import Settings, bound, node_values, seed_bound
 
 log = logging.getLogger(__name__)
@@ -65,23 +65,12 @@ GRID_IMAGE = 128  # pixels per image at most: 32 px images are enlarged 4x
 def validation_grid(run_dir: Path, prompts: list[str]):
     """One picture of the run's validation images: a row per prompt (its images in a block), a column
     per step; None before the first validation."""
-    from PIL import Image
-
     from .pictures import sheet, spread
 
     steps = spread(validation_steps(run_dir), GRID_COLUMNS)
     if not steps:
         return None
-    rows = []
-    for p, prompt in enumerate(prompts):
-        cells = []
-        for _, images in steps:
-            cell = []
-            for path in (i for i in images if i.name.startswith(f"{p:02d}-")):
-                with Image.open(path) as image:
-                    cell.append(image.convert("RGB"))
-            cells.append(cell)
-        rows.append((prompt, cells))
+    rows = [(prompt, [prompt_images(images, p) for _, images in steps]) for p, prompt in enumerate(prompts)]
     return sheet(rows, [f"step {step}" for step, _ in steps], size=GRID_IMAGE)
 
 
