@@ -14,6 +14,9 @@ _SESSION_CACHE = Path(tempfile.mkdtemp(prefix="ti-test-cache-"))
 os.environ.setdefault("TI_EXPERIMENTS_CACHE", str(_SESSION_CACHE))
 os.environ["WANDB_MODE"] = "disabled"
 os.environ["HF_HUB_OFFLINE"] = "1"
+# the workshop (ti_experiments_dev) is run from the checkout, not installed: subprocesses find it too
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                         os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # the suite runs trainings side by side on purpose: a busy-CPU warning in every one says nothing
 os.environ.setdefault("TI_EXPERIMENTS_BUSY_WARNING", "0")
