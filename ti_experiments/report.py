@@ -2,9 +2,10 @@
 
 PATH is a run directory or any directory above runs (a sweep). One row per run: the settings that
 differ between the runs, status, final loss, speed, memory and any evaluation metric in summary.json.
-Writes report.md, report.csv, loss_curves.png, sweep.png (final loss and metrics against each value that
-differs), validation.png and evaluation.png (held-out loss, CLIP-I/CLIP-T/DINO against the step); failed and
-unfinished runs are kept. When the runs differ in `seed` and in something else, report.md also has each
+Writes report.md, report.csv, loss_curves.png, sweep.png (each result that differs between the runs against
+the swept values), validation.png (each run's validation images over its steps) and evaluation.png (held-out
+loss, CLIP-I/CLIP-T/DINO against the step), each run named by its swept values (docs/run-directory.md);
+failed and unfinished runs are kept. When the runs differ in `seed` and in something else, report.md also has each
 setting's mean over its seeds and their spread, and says whether the settings differ by more than the seeds.
 """
 
