@@ -18,9 +18,9 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from . import run_dir as run_files
+from .records import run_dir as run_files
 from .errors import ArgumentParser, report_or_raise
-from .files import atomic_path, write_text_atomic
+from .records.files import atomic_path, write_text_atomic
 
 STANDARD = {"final_loss", "avg_loss", "steps", "wall_seconds", "train_seconds", "steps_per_sec", "peak_memory_bytes",
             "learned_embeds_sha256"}
@@ -364,7 +364,7 @@ def plot_evaluation(path: Path, runs: list[dict], names: list[str]) -> bool:
 
 def validation_strip(path: Path, runs: list[dict], names: list[str], most: int = 6) -> bool:
     """Each run's validation images over its steps (first prompt), a row per run named by its values."""
-    from .pictures import sheet, spread
+    from .evaluation.pictures import sheet, spread
 
     per_run = [dict(run_files.validation_steps(r["dir"])) for r in runs]
     steps = spread(sorted({s for found in per_run for s in found}), most)

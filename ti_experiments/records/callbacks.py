@@ -29,7 +29,7 @@ class NewRunFolder(Callback):
     def remove_if_unused(cls, run_dir: Path) -> None:
         """Remove the run's folder if Hydra made it and it holds nothing but the log (and the folders
         above it that Hydra made, once empty)."""
-        from ..run_dir import LOG
+        from .run_dir import LOG
 
         run_dir = Path(run_dir).absolute()
         if cls.made is None or not (run_dir == cls.made or cls.made in run_dir.parents) or not run_dir.is_dir() \
@@ -57,7 +57,7 @@ class SweepReport(Callback):
         the sweep resumes its jobs (each job then resumes its own folder)."""
         from omegaconf import OmegaConf
 
-        from .. import run_dir as run_files
+        from . import run_dir as run_files
         from ..errors import TIError
 
         sweep_dir = Path(str(config.hydra.sweep.dir))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ti_experiments.pictures import block, fit, sheet, spread
+from ti_experiments.evaluation.pictures import block, fit, sheet, spread
 
 
 def _checker(size: int) -> Image.Image:
