@@ -122,8 +122,7 @@ def test_every_leaf_of_every_option_is_owned_and_checked_by_type_and_range():
 
 
 def test_validation_and_generate_draw_at_the_models_own_guidance():
-    from ti_experiments.checks import check_config
-    from ti_experiments.generation import base_model
+    from ti_experiments.models.generation import base_model
 
     assert check_config(compose("+concept=demo")).validation.guidance_scale == 4.0  # the toy world's best
     assert check_config(compose("+concept=cat_toy")).validation.guidance_scale == 7.5  # SD 1.5's
