@@ -18,6 +18,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                          os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the suite runs trainings side by side on purpose: a busy-CPU warning in every one says nothing
+os.environ.setdefault("TI_EXPERIMENTS_BUSY_WARNING", "0")
 # Under pytest-xdist (`-n 2`) each worker process gets one torch thread, and so do the subprocesses it
 # starts: OpenMP threads of two processes spinning on the same cores slow both down many times over.
 if os.environ.get("PYTEST_XDIST_WORKER"):

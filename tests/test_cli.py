@@ -84,6 +84,17 @@ def test_bad_value(tmp_path, args, needles):
     assert_clean_error(_cli(tmp_path, *args), _run_dir(tmp_path), *needles)
 
 
+def test_a_refused_run_leaves_no_folder_and_keeps_a_folder_the_user_had(tmp_path):
+    new = tmp_path / "new" / "runs" / "run"
+    result = run_cli(*BASE, "concept.num_vectors=0", f"hydra.run.dir={new}")
+    assert_clean_error(result, new, "num_vectors")
+    assert not (tmp_path / "new").exists(), sorted(tmp_path.rglob("*"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert_clean_error(run_cli(*BASE, "concept.num_vectors=0", f"hydra.run.dir={mine}"), mine, "num_vectors")
+    assert mine.is_dir()
+
+
 # ---------------------------------------------------------------- concept image folders
 
 def _png(path: Path, color: tuple[int, int, int]) -> None:
@@ -246,3 +257,50 @@ def test_an_unknown_option_is_one_error_line_of_every_command(tmp_path, command)
     assert result.returncode == 2 and len(lines) == 1, _show(result)
     assert re.fullmatch(r"error: \S.*; fix: \S.*", lines[0]) and "README" not in lines[0], lines[0]
     assert "--no-such-option" in lines[0] or "required" in lines[0], lines[0]
+
+
+# ---------------------------------------------------------------- --help
+
+def _help(module: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+
+
+def test_the_training_help_is_a_usage_line_the_required_concept_the_groups_examples_and_the_other_commands():
+    from ti_experiments.__main__ import TRAIN_EXAMPLES
+    from ti_experiments.cli_help import COMMANDS
+    from ti_experiments.config import compose, options
+
+    result = _help("ti_experiments")
+    assert result.returncode == 0 and not result.stderr, _show(result)
+    text = result.stdout
+    assert text.startswith("usage: python -m ti_experiments +concept=NAME"), text
+    assert "powered by Hydra" not in text
+    concept_line = next(line for line in text.splitlines() if line.strip().startswith("+concept=NAME"))
+    assert all(name in concept_line for name in options("concept")), concept_line
+    hardware_line = next(line for line in text.splitlines() if line.strip().startswith("hardware=OPTION"))
+    assert "cpu (default)" in hardware_line and "base" not in hardware_line  # base is what presets build on
+    for group in ("model", "optimizer", "lr_scheduler", "evaluation", "logger", "hydra/launcher"):
+        assert f"  {group}=OPTION" in text, group
+    examples = text.split("examples:")[1].split("other commands")[0]
+    assert examples.count("python -m ti_experiments ") == 3
+    for module, _, _ in COMMANDS[1:]:
+        assert f"python -m {module} " in text, module
+    for command, _ in TRAIN_EXAMPLES:  # every example composes as written
+        compose([a for a in command.split()[3:] if a != "-m" and "," not in a])
+
+
+@pytest.mark.parametrize("module", ["ti_experiments.evaluate", "ti_experiments.report", "ti_experiments.reproduce",
+                                    "ti_experiments.generate", "ti_experiments.export", "ti_experiments.publish",
+                                    "ti_experiments.bench"])
+def test_every_command_has_the_same_short_help(module):
+    from ti_experiments.cli_help import COMMANDS, describe
+
+    result = _help(module)
+    assert result.returncode == 0, _show(result)
+    text = result.stdout
+    assert text.startswith(f"usage: python -m {module} "), text
+    assert describe(module) in text or module.endswith("generate")  # generate says more in its first line
+    examples = text.split("examples:")[1].split("other commands (each has --help):")[0]
+    assert examples.count(f"python -m {module} ") >= 2, examples
+    others = text.split("other commands (each has --help):")[1]
+    assert all(f"python -m {m} " in others for m, _, _ in COMMANDS if m != module), others

@@ -31,3 +31,18 @@ def test_no_hydra_error_sends_the_user_to_the_readme():
     for text in ("LexerNoViableAltException: --x", "something Hydra never said before"):
         error = hydra_error(OverrideParseException(override="--x", message=text))
         assert "README" not in str(error) and "--cfg job" in error.fix
+
+
+def test_the_cause_of_an_error_is_its_first_readable_line_through_its_chain():
+    from ti_experiments.errors import cause
+
+    try:
+        try:
+            raise ConnectionError("Failed to resolve 'huggingface.co' (no network)\nmore detail")
+        except ConnectionError as inner:
+            raise OSError(None, None) from inner  # str(): "[Errno None] None"
+    except OSError as outer:
+        assert cause(outer) == "Failed to resolve 'huggingface.co' (no network)"
+    assert cause(OSError(None, "timed out")) == "timed out"
+    assert cause(OSError()) == "OSError"  # nothing anywhere says more than its class
+    assert cause(ValueError("x" * 500), limit=10) == "x" * 10

@@ -46,7 +46,8 @@ def test_report_on_a_sweep_directory(sweep, capsys):
         assert len(list(csv.reader(f))) == 4
     assert (sweep / "report.md").read_text().count("\n") == 5
     assert Image.open(sweep / "loss_curves.png").size[0] > 100
-    assert Image.open(sweep / "validation.png").size == (3 * 256, 276)
+    # each run's validation images (a row per run: the runs that made any)
+    assert Image.open(sweep / "validation.png").height > 2 * 96
     # the tiny model's runs are evaluated at the end: the held-out loss is a column and has a plot
     assert rows[0][header.index("heldout_loss")] > 0 and rows[2][header.index("heldout_loss")] is None
     assert Image.open(sweep / "evaluation.png").size[0] > 100

@@ -2,6 +2,10 @@
 
 __version__ = "0.1.0"
 
+from . import quiet as _quiet  # noqa: E402 - messages no user can act on stay off the console
+
+_quiet.install()
+
 # The Python API, imported on first use: importing the package (which every command does) stays cheap.
 _API = ("train", "generate", "compose", "RunResult")
 

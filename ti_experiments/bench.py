@@ -450,10 +450,19 @@ def sweep_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+EXAMPLES = (
+    ("python -m ti_experiments.bench +concept=demo", "the toy world's step, phase by phase"),
+    ("python -m ti_experiments.bench +concept=demo model=sd15 model.random_init=true data.resolution=256",
+     "SD 1.5's shapes with random weights, offline"),
+    ("python -m ti_experiments.bench --sweep 4 +concept=demo", "one 4-job sweep with each launcher"),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = ArgumentParser(prog="python -m ti_experiments.bench", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ti_experiments.bench", usage="%(prog)s [options] [overrides...]",
+                            examples=EXAMPLES)
     parser.add_argument("--warmup", type=int, default=2, help="optimizer steps not timed (default 2)")
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps timed (default 5)")
     parser.add_argument("--phase-steps", type=int, default=3, help="steps timed phase by phase (default 3)")

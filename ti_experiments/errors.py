@@ -20,6 +20,24 @@ class TIError(Exception):
         super().__init__(f"{problem}; fix: {fix}" if fix else problem)
 
 
+def cause(exc: BaseException, limit: int = 200) -> str:
+    """An error's first readable line, for the middle of a one-line message. Some libraries raise errors
+    that say nothing ("[Errno None] None", an empty message) around the one that does: the chain
+    (`raise ... from`, or an error raised while handling another) is followed to the first that says
+    something; the error's class name when none does."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current).strip()
+        line = text.splitlines()[0].strip() if text else ""
+        line = line.removeprefix("[Errno None] ").strip()
+        if line and line != "None":
+            return line[:limit]
+        current = current.__cause__ or current.__context__
+    return type(exc).__name__
+
+
 def user_message(exc: BaseException) -> str | None:
     """The one-line message for an error the user can fix; None for a bug (which keeps its traceback)."""
     from hydra.errors import HydraException
@@ -34,7 +52,7 @@ def user_message(exc: BaseException) -> str | None:
         return (f"error: cannot write {exc.filename} ({exc.strerror or exc.__class__.__name__}); fix: choose a "
                 "writable place with free space (a run: hydra.run.dir or TI_OUTPUT_ROOT; a command: its --out)")
     if _out_of_memory(exc):
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        first = cause(exc, 160)
         return (f"error: out of memory ({first}); fix: use a smaller data.resolution or train.batch_size "
                 "(generate: --width/--height), or hardware=low_vram")
     if isinstance(exc, (HydraException, OmegaConfBaseException)) and not SHOW_HYDRA_TRACEBACKS:
@@ -96,7 +114,17 @@ def report_or_raise(exc: Exception) -> int:
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse for every command, whose errors read like every other: `error: <problem>; fix: <the usage>`,
-    one line, exit code 2."""
+    one line, exit code 2; and whose --help has the one short form (cli_help): usage, what the command
+    does, options, `examples` ((command, what it does) pairs), the other commands."""
+
+    def __init__(self, prog: str, examples=(), **kwargs):
+        from .cli_help import describe, epilog
+
+        module = prog.split()[-1]
+        if "description" not in kwargs:
+            kwargs["description"] = describe(module)
+        super().__init__(prog=prog, epilog=epilog(module, examples),
+                         formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
     def error(self, message: str):
         usage = " ".join(self.format_usage().split())

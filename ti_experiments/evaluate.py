@@ -25,6 +25,12 @@ from .errors import TIError, command_arguments, report_or_raise
 log = logging.getLogger("ti_experiments.evaluate")
 
 USAGE = "usage: python -m ti_experiments.evaluate RUN_DIR [evaluation=NAME] [KEY=VALUE ...]"
+EXAMPLES = (
+    ("python -m ti_experiments.evaluate outputs/runs/DATE/TIME", "with the run's own evaluation settings"),
+    ("python -m ti_experiments.evaluate outputs/runs/DATE/TIME evaluation.image_metrics=true",
+     "CLIP-I, CLIP-T and DINO too (off by default on a CPU)"),
+    ("python -m ti_experiments.evaluate outputs/runs/DATE/TIME evaluation.image_metrics=false", "held-out loss only"),
+)
 
 
 def load_config(run_dir: Path, overrides: list[str]):
@@ -169,14 +175,18 @@ def score_files(evaluator, embeddings: list, files: list, final_step: int) -> li
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
-        print(USAGE)
-        print(__doc__.split("\n\n", 1)[1].strip())
+        from .cli_help import page
+
+        print(page(USAGE, "ti_experiments.evaluate", EXAMPLES, __doc__.split("\n\n", 1)[1]))
         return 0
     try:
         command_arguments(args, USAGE)
     except TIError as exc:
         return report_or_raise(exc)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from .quiet import loading_bars_off
+
+    loading_bars_off()
 
     try:
         result = evaluate_run(Path(args[0]), args[1:])

@@ -84,6 +84,19 @@ def make_accelerator(hardware: HardwareSettings, tracker, run_dir: Path):
     )
 
 
+_BUSY_WARNED: list[bool] = []  # once per process: a sweep's jobs share the machine's state
+
+
+def warn_if_busy() -> None:
+    """A CPU run on a machine that other work keeps busy goes several times slower: say so at its start."""
+    from .records.environment import busy_machine_warning
+
+    line = None if _BUSY_WARNED else busy_machine_warning()
+    if line:
+        _BUSY_WARNED.append(True)
+        log.warning(line)
+
+
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     """Train one concept; return the run directory. run.json says how it ended, whatever happens.
 
@@ -95,6 +108,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     run_dir = Path(str(checked.paths.output_dir)).expanduser()
     # With several processes (accelerate launch) only the main one holds the folder and keeps the record.
     main = PartialState(cpu=no_accelerator()).is_main_process
+    if main and no_accelerator():
+        warn_if_busy()
     try:
         with run_files.claim(run_dir, checked.train.resume_from_checkpoint) if main else nullcontext():
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -77,8 +77,16 @@ def _already_there(target: Path, token: str | None, vectors: list) -> bool:
     return True
 
 
+EXAMPLES = (
+    ("python -m ti_experiments.export outputs/runs/DATE/TIME --format a1111", "<token>.safetensors beside the run"),
+    ("python -m ti_experiments.export outputs/runs/DATE/TIME --format a1111 --step 500", "the step-500 embedding"),
+    ("python -m ti_experiments.export my-concept.pt --format diffusers --out my-concept", "a folder for diffusers"),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m ti_experiments.export", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ti_experiments.export", usage="%(prog)s SOURCE --format a1111|diffusers "
+                            "[options]", examples=EXAMPLES)
     parser.add_argument("source", type=Path, help="a run directory, a concept folder or an embedding file")
     parser.add_argument("--format", required=True, choices=FORMATS,
                         help="a1111: one .safetensors for AUTOMATIC1111/ComfyUI (the file name is the prompt word); "

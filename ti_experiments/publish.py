@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .records import run_dir as run_files
-from .errors import ArgumentParser, TIError, report_or_raise
+from .errors import ArgumentParser, TIError, cause, report_or_raise
 from .records.files import write_text_atomic
 from .records.network import with_deadline
 from .records.run_dir import CARD as CARD_FILE
@@ -64,11 +64,6 @@ def _token() -> str:
     return token
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else exc.__class__.__name__
-
-
 def check_can_push(settings: HubSettings, placeholder: str) -> str:
     """Token, network, write access and the repository, before any training; returns the repository id."""
     from huggingface_hub.errors import HfHubHTTPError
@@ -81,11 +76,11 @@ def check_can_push(settings: HubSettings, placeholder: str) -> str:
         if getattr(exc.response, "status_code", None) in (401, 403):
             raise TIError("the Hugging Face Hub refused the token (invalid or expired)",
                           "set HF_TOKEN to a valid token with write access, or hub.push=false") from None
-        raise TIError(f"cannot reach the Hugging Face Hub ({_first_line(exc)})",
+        raise TIError(f"cannot reach the Hugging Face Hub ({cause(exc)})",
                       "try again later, or set hub.push=false and publish later with "
                       "python -m ti_experiments.publish RUN_DIR") from None
     except Exception as exc:  # noqa: BLE001 - offline mode, DNS, proxy, no answer: the same remedy
-        raise TIError(f"cannot reach the Hugging Face Hub ({_first_line(exc)})",
+        raise TIError(f"cannot reach the Hugging Face Hub ({cause(exc)})",
                       "connect to the network (and unset HF_HUB_OFFLINE), or set hub.push=false and publish later "
                       "with python -m ti_experiments.publish RUN_DIR") from None
     if ((me.get("auth") or {}).get("accessToken") or {}).get("role") == "read":
@@ -95,7 +90,7 @@ def check_can_push(settings: HubSettings, placeholder: str) -> str:
     try:
         with_deadline(lambda: api.create_repo(repo_id, token=token, private=settings.private, exist_ok=True))
     except Exception as exc:  # noqa: BLE001
-        raise TIError(f"cannot create the Hub repository {repo_id} ({_first_line(exc)})",
+        raise TIError(f"cannot create the Hub repository {repo_id} ({cause(exc)})",
                       "choose a hub.repo_id in a namespace the token may write to") from None
     log.info("the concept will be published to https://huggingface.co/%s at the end of the run", repo_id)
     return repo_id
@@ -263,7 +258,7 @@ def publish(run_dir: Path, repo_id: str, settings: HubSettings) -> dict:
                            f"{run_files.read_token(run_dir)}",
             token=token)
     except Exception as exc:  # noqa: BLE001
-        raise TIError(f"the upload to the Hub repository {repo_id} failed ({_first_line(exc)})",
+        raise TIError(f"the upload to the Hub repository {repo_id} failed ({cause(exc)})",
                       f"the run is complete in {run_dir}; upload it again with python -m ti_experiments.publish "
                       f"{run_dir} --repo-id {repo_id}") from None
     url = str(getattr(info, "commit_url", "") or f"https://huggingface.co/{repo_id}")
@@ -271,8 +266,16 @@ def publish(run_dir: Path, repo_id: str, settings: HubSettings) -> dict:
     return {"repo_id": repo_id, "commit_url": url, "files": [dest for _, dest in files]}
 
 
+EXAMPLES = (
+    ("python -m ti_experiments.publish outputs/runs/DATE/TIME --dry-run", "write the model card, list the files"),
+    ("python -m ti_experiments.publish outputs/runs/DATE/TIME --repo-id my-cat-toy", "a private repository"),
+    ("python -m ti_experiments.publish outputs/runs/DATE/TIME --repo-id me/my-cat-toy --public", ""),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m ti_experiments.publish", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m ti_experiments.publish", usage="%(prog)s RUN_DIR [options]",
+                            examples=EXAMPLES)
     parser.add_argument("run_dir", type=Path, help="a completed run directory")
     parser.add_argument("--repo-id", default=None, help="NAME or USER/NAME (default: the run's hub.repo_id, else "
                                                         "USER/<placeholder>)")

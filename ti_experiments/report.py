@@ -2,9 +2,10 @@
 
 PATH is a run directory or any directory above runs (a sweep). One row per run: the settings that
 differ between the runs, status, final loss, speed, memory and any evaluation metric in summary.json.
-Writes report.md, report.csv, loss_curves.png, sweep.png (final loss and metrics against each value that
-differs), validation.png and evaluation.png (held-out loss, CLIP-I/CLIP-T/DINO against the step); failed and
-unfinished runs are kept. When the runs differ in `seed` and in something else, report.md also has each
+Writes report.md, report.csv, loss_curves.png, sweep.png (each result that differs between the runs against
+the swept values), validation.png (each run's validation images over its steps) and evaluation.png (held-out
+loss, CLIP-I/CLIP-T/DINO against the step), each run named by its swept values (docs/run-directory.md);
+failed and unfinished runs are kept. When the runs differ in `seed` and in something else, report.md also has each
 setting's mean over its seeds and their spread, and says whether the settings differ by more than the seeds.
 """
 
@@ -24,6 +25,10 @@ from .records.files import atomic_path, write_text_atomic
 STANDARD = {"final_loss", "avg_loss", "steps", "wall_seconds", "train_seconds", "steps_per_sec", "peak_memory_bytes",
             "learned_embeds_sha256", "stopped_step"}
 IGNORED_PREFIXES = ("paths.", "reproduced_from")
+EVAL_SERIES = ("heldout_loss", "clip_i", "clip_t", "dino")
+DIRECTION = {"heldout_loss": " (lower is better)", "avg_loss": " (lower is better)",
+             "final_loss": " (lower is better)", "clip_i": " (higher is better)", "clip_t": " (higher is better)",
+             "dino": " (higher is better)"}
 
 
 class ReportError(Exception):
@@ -35,12 +40,18 @@ def find_runs(paths: list[Path]) -> list[Path]:
     for path in paths:
         if not path.exists():
             raise ReportError(f"{path} does not exist; fix: pass run directories or a sweep directory")
-        found = [path] if (path / run_files.RECORD).is_file() else sorted(p.parent for p in path.rglob(run_files.RECORD))
+        found = [path] if (path / run_files.RECORD).is_file() else sorted(
+            (p.parent for p in path.rglob(run_files.RECORD)), key=_natural)
         runs += [r for r in found if r not in runs]
     if not runs:
         raise ReportError(f"no run.json under {', '.join(map(str, paths))}; fix: pass the directory of a run "
                           "or of a sweep")
     return runs
+
+
+def _natural(path: Path) -> list:
+    """A sweep's jobs in their order: 2 before 10."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts]
 
 
 def _flatten(node, prefix=""):
@@ -160,15 +171,86 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
-def plot_losses(path: Path, runs: list[dict], names: list[str]) -> bool:
+def _short(key: str, keys: list[str]) -> str:
+    """`optimizer.lr` -> `lr` where no other key ends the same way."""
+    last = key.rsplit(".", 1)[-1]
+    return last if sum(k.rsplit(".", 1)[-1] == last for k in keys) == 1 else key
+
+
+def _value(value) -> str:
+    """0.0005 -> 5e-4, 0.25 -> 0.25: a learning rate as people write it."""
+    if isinstance(value, float) and value and not 1e-2 <= abs(value) < 1e4:
+        mantissa, exponent = f"{value:.3e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def swept_keys(runs: list[dict]) -> list[str]:
+    """The settings the runs differ in, without the ones that only follow another (validation.seed: ${seed})."""
+    keys = differing_keys(runs)
+    follows = lambda k, o: all(r["config"].get(k) == r["config"].get(o) for r in runs)  # noqa: E731
+    kept: list[str] = []
+    for key in sorted(keys, key=lambda k: (k.count("."), k)):  # the shallower key is the one a user set
+        if not any(follows(key, other) for other in kept):
+            kept.append(key)
+    return [k for k in keys if k in kept]
+
+
+def labels(runs: list[dict], names: list[str]) -> list[str]:
+    """Each run named by its swept values (`num_vectors=4, lr=0.0005`); by its folder when they are the same."""
+    keys = swept_keys(runs)
+    if not keys:
+        return names
+    return [", ".join(f"{_short(k, keys)}={_value(r['config'].get(k))}" for k in keys) for r in runs]
+
+
+def styles(runs: list[dict], names: list[str]) -> list[tuple[str, str, str]]:
+    """(label, colour, line style) per run: a colour per setting, a line style per seed of it."""
+    seeded = "seed" in swept_keys(runs)
+    settings: dict = {}
+    seeds: dict = {}
+    out = []
+    for label, r in zip(labels(runs, names), runs):
+        setting = label.replace(f"seed={_value(r['config'].get('seed'))}", "") if seeded else label
+        colour = f"C{settings.setdefault(setting, len(settings)) % 10}"
+        dash = ("-", "--", ":", "-.")[seeds.setdefault(r["config"].get("seed"), len(seeds)) % 4] if seeded else "-"
+        out.append((label, colour, dash))
+    return out
+
+
+def _figure(panels: int, width: float = 4.2, height: float = 3.2):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    cols = min(3, panels)
+    rows = -(-panels // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows + 0.9), dpi=100, squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[panels:]:
+        ax.set_visible(False)
+    return plt, fig, list(axes.flat[:panels])
+
+
+def _save(plt, fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _legend(fig, axes, title: str | None = None) -> None:
+    """One legend for the figure, below the panels, in as many columns as fit."""
+    handles, names = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="outside lower center", ncols=min(3, len(names)), fontsize=8,
+                   title=title, title_fontsize=8)
+
+
+def plot_losses(path: Path, runs: list[dict], names: list[str]) -> bool:
+    plt, fig, (ax,) = _figure(1, width=8, height=4.5)
     drawn = False
-    for name, r in zip(names, runs):
+    for (name, colour, dash), r in zip(styles(runs, names), runs):
         points = [(m["step"], m["loss"]) for m in r["metrics"] if m.get("loss") is not None]
         if not points:
             continue
@@ -177,119 +259,123 @@ def plot_losses(path: Path, runs: list[dict], names: list[str]) -> bool:
         for loss in losses:  # an EMA, since the per-step loss of textual inversion is very noisy
             ema = 0.9 * ema + 0.1 * loss
             smooth.append(ema)
-        line, = ax.plot(steps, smooth, label=name)
-        ax.plot(steps, losses, color=line.get_color(), alpha=0.15)
+        ax.plot(steps, smooth, label=name, color=colour, linestyle=dash)
+        ax.plot(steps, losses, color=colour, alpha=0.12, linewidth=0.8)
         drawn = True
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (EMA 0.9; raw faint)")
-    if drawn:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    ax.set_ylabel("training loss (EMA 0.9; raw faint)")
+    _legend(fig, [ax])
+    _save(plt, fig, path)
     return drawn
 
 
-def plot_sweep(path: Path, runs: list[dict], keys: list[str]) -> bool:
-    """Final loss (and each evaluation metric) against every swept value: one panel per pair."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = ["final_loss", "avg_loss"] + sorted({k for r in runs for k, v in r["summary"].items()
-                                       if k not in STANDARD and isinstance(v, (int, float))})
-    if not keys:
-        return False
-    fig, axes = plt.subplots(len(metrics), len(keys), figsize=(4 * len(keys), 3 * len(metrics)), dpi=100,
-                             squeeze=False)
-    for col, key in enumerate(keys):
-        values = [r["config"].get(key) for r in runs]
-        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-        order = sorted(set(map(str, values)), key=lambda v: float(v) if numeric else v)
-        for row, metric in enumerate(metrics):
-            ax = axes[row][col]
-            points = [(v, r["summary"].get(metric)) for v, r in zip(values, runs)
-                      if r["summary"].get(metric) is not None]
-            if numeric:
-                ax.scatter([v for v, _ in points], [m for _, m in points])
-                if len({v for v, _ in points}) > 1 and min(v for v, _ in points) > 0 \
-                        and max(v for v, _ in points) / min(v for v, _ in points) >= 10:
-                    ax.set_xscale("log")
-            else:
-                ax.scatter([order.index(str(v)) for v, _ in points], [m for _, m in points])
-                ax.set_xticks(range(len(order)), order, rotation=30)
-            ax.set_xlabel(key)
-            ax.set_ylabel(metric)
-    fig.suptitle("each point is one run (failed runs have no value)", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return True
+def varying_metrics(runs: list[dict]) -> list[str]:
+    """The numeric results that differ between the runs (a constant, such as the initializer's held-out
+    loss, says nothing about the sweep); bookkeeping (steps, counts, sizes) is not a result."""
+    found = {k for r in runs for k, v in r["summary"].items()
+             if k not in STANDARD and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    keys = [k for k in EVAL_SERIES if k in found] + sorted(found - set(EVAL_SERIES)) + ["avg_loss", "final_loss"]
+    skip = lambda k: "step" in k or k.startswith("num_") or k.endswith(("_bytes", "_seconds"))  # noqa: E731
+    values = lambda k: {r["summary"].get(k) for r in runs if r["summary"].get(k) is not None}  # noqa: E731
+    return [k for k in keys if not skip(k) and len(values(k)) > 1]
 
 
-EVAL_SERIES = ("heldout_loss", "clip_i", "clip_t", "dino")
+def _sortable(value):
+    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+
+
+def plot_sweep(path: Path, runs: list[dict], keys: list[str]) -> list[str]:
+    """Each result that varies against the swept value with the most values, one panel per result (the
+    results drawn are returned); the other swept values (but the seed) are the series, each run a point,
+    each setting's mean over seeds a line."""
+    keys = [k for k in keys if k in swept_keys(runs)]
+    metrics = varying_metrics(runs)
+    if not keys or not metrics:
+        return []
+    distinct = lambda k: len({json.dumps(r["config"].get(k), default=str) for r in runs})  # noqa: E731
+    x_key = max((k for k in keys if k != "seed"), key=distinct, default=keys[0])  # the most values: the x axis
+    series_keys = [k for k in keys if k not in (x_key, "seed")]
+    values = [r["config"].get(x_key) for r in runs]
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    order = sorted(set(map(str, values)), key=lambda v: float(v) if numeric else v)
+    position = (lambda v: v) if numeric else (lambda v: order.index(str(v)))
+    groups: dict[str, list[dict]] = {}
+    for r in sorted(runs, key=lambda r: [_sortable(r["config"].get(k)) for k in series_keys]):
+        groups.setdefault(", ".join(f"{_short(k, keys)}={_value(r['config'].get(k))}" for k in series_keys)
+                          or "runs", []).append(r)
+    plt, fig, axes = _figure(len(metrics))
+    for ax, metric in zip(axes, metrics):
+        for label, members in groups.items():
+            points = sorted((position(r["config"].get(x_key)), r["summary"][metric]) for r in members
+                            if isinstance(r["summary"].get(metric), (int, float)))
+            if not points:
+                continue
+            dots = ax.scatter(*zip(*points), s=18, label=label)
+            xs = sorted({x for x, _ in points})
+            means = [sum(m for x2, m in points if x2 == x) / sum(x2 == x for x2, _ in points) for x in xs]
+            ax.plot(xs, means, color=dots.get_facecolor()[0], alpha=0.7)
+        if numeric and min(values) > 0 and max(values) / min(values) >= 10:
+            ax.set_xscale("log")
+            ax.minorticks_off()
+        if numeric:
+            ax.set_xticks(sorted(set(values)), [_value(v) for v in sorted(set(values))])
+        else:
+            ax.set_xticks(range(len(order)), order, rotation=20, ha="right")
+        ax.set_xlabel(_short(x_key, keys))
+        ax.set_title(metric + DIRECTION.get(metric, ""), fontsize=10)
+    settings = {(label, position(r["config"].get(x_key))) for label, members in groups.items() for r in members}
+    seeds = " (each seed a point, lines through their mean)" if len(settings) < len(runs) else ""
+    fig.suptitle(f"results that differ between the runs, against {_short(x_key, keys)}{seeds}", fontsize=10)
+    if series_keys:
+        _legend(fig, axes)
+    _save(plt, fig, path)
+    return metrics
 
 
 def plot_evaluation(path: Path, runs: list[dict], names: list[str]) -> bool:
-    """Each evaluation metric against the step, one panel per metric (held-out loss: the initializer's
-    dashed); nothing is written when no run has evaluation rows."""
-    series = [k for k in EVAL_SERIES if any(k in m for r in runs for m in r["metrics"])]
-    if not series:
+    """Each evaluation metric against the step, one panel per metric; the held-out loss panel also has
+    each run's initializer word's (a flat dashed line: that word does not train); nothing is written
+    when no run has evaluation rows."""
+    found = [k for k in EVAL_SERIES if any(k in m for r in runs for m in r["metrics"])]
+    if not found:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.5), dpi=100, squeeze=False)
-    for ax, key in zip(axes[0], series):
-        for name, r in zip(names, runs):
+    # a metric with one value everywhere says nothing (kept when it is all there is)
+    series = [k for k in found if len({m[k] for r in runs for m in r["metrics"] if k in m}) > 1] or found
+    plt, fig, axes = _figure(len(series))
+    for ax, key in zip(axes, series):
+        inits: set = set()
+        for (name, colour, dash), r in zip(styles(runs, names), runs):
             points = [(m["step"], m[key], m.get("heldout_loss_init")) for m in r["metrics"] if key in m]
             if not points:
                 continue
-            line, = ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=name)
-            if key == "heldout_loss" and points[0][2] is not None:
-                ax.plot([p[0] for p in points], [p[2] for p in points], color=line.get_color(), linestyle="--",
-                        alpha=0.6)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=name, color=colour,
+                    linestyle=dash)
+            init = points[0][2]
+            if key == "heldout_loss" and init is not None and round(init, 6) not in inits:
+                inits.add(round(init, 6))
+                ax.axhline(init, color="grey", linestyle=(0, (6, 3)), linewidth=1.2)
         ax.set_xlabel("step")
-        ax.set_ylabel(key + (" (dashed: initializer)" if key == "heldout_loss" else ""))
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+        ax.set_title(key + DIRECTION.get(key, "") + ("\ngrey: the initializer word's" if inits else ""),
+                     fontsize=10)
+    _legend(fig, axes)
+    _save(plt, fig, path)
     return True
 
 
-def last_validation_image(run_dir: Path) -> Path | None:
-    _, images = run_files.last_validation(run_dir)
-    return images[0] if images else None
+def validation_strip(path: Path, runs: list[dict], names: list[str], most: int = 6) -> bool:
+    """Each run's validation images over its steps (first prompt), a row per run named by its values."""
+    from .evaluation.pictures import sheet, spread
 
-
-def validation_strip(path: Path, runs: list[dict], names: list[str], size: int = 256) -> bool:
-    from PIL import Image, ImageDraw
-
-    tiles = []
-    for name, r in zip(names, runs):
-        image_path = last_validation_image(r["dir"])
-        tile = Image.new("RGB", (size, size + 20), "white")
-        if image_path is not None:
-            with Image.open(image_path) as img:
-                tile.paste(img.convert("RGB").resize((size, size)), (0, 20))
-            suffix = f" ({image_path.parent.name})"
-        else:
-            suffix = " (no image)"
-        ImageDraw.Draw(tile).text((4, 4), name[-(40 - len(suffix)):] + suffix, fill="black")
-        tiles.append(tile)
-    strip = Image.new("RGB", (size * len(tiles), size + 20), "white")
-    for i, tile in enumerate(tiles):
-        strip.paste(tile, (i * size, 0))
+    per_run = [dict(run_files.validation_steps(r["dir"])) for r in runs]
+    steps = spread(sorted({s for found in per_run for s in found}), most)
+    if not steps:
+        return False
+    rows = [(label, [run_files.prompt_images(found.get(step, []), 0) for step in steps])
+            for label, found in zip(labels(runs, names), per_run)]
+    picture = sheet(rows, [f"step {s}" for s in steps], size=96, label_width=220)
     with atomic_path(path) as tmp:
-        strip.save(tmp, format="PNG")
-    return any(last_validation_image(r["dir"]) for r in runs)
+        picture.save(tmp, format="PNG")
+    return True
 
 
 def report(paths: list[Path], out: Path | None = None) -> dict:
@@ -317,9 +403,17 @@ def report(paths: list[Path], out: Path | None = None) -> dict:
     return {"header": header, "rows": rows, "markdown": text, "out": out}
 
 
+EXAMPLES = (
+    ("python -m ti_experiments.report outputs/sweeps/DATE/TIME", "a sweep: its report, written into its folder"),
+    ("python -m ti_experiments.report outputs/runs/DATE/A outputs/runs/DATE/B", "two runs side by side"),
+    ("python -m ti_experiments.report outputs/runs/DATE --out my-report", "every run of a day, into my-report/"),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m ti_experiments.report", description=__doc__.splitlines()[0])
-    parser.add_argument("paths", nargs="+", type=Path, help="run directories or sweep directories")
+    parser = ArgumentParser(prog="python -m ti_experiments.report", usage="%(prog)s PATH... [--out DIR]",
+                            examples=EXAMPLES)
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="run directories or sweep directories")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the report (default: the one PATH given, else outputs/reports/<time>)")
     args = parser.parse_args(argv)

@@ -13,12 +13,19 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 USAGE = "usage: python -m ti_experiments.reproduce RUN_DIR [overrides...]"
+EXAMPLES = (
+    ("python -m ti_experiments.reproduce outputs/runs/DATE/TIME", "the same run again, in a new run directory"),
+    ("python -m ti_experiments.reproduce outputs/runs/DATE/TIME seed=1", "the same settings with another seed"),
+    ("python -m ti_experiments.reproduce outputs/runs/DATE/TIME hydra.run.dir=outputs/runs/again", ""),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
-        print(USAGE)
+        from .cli_help import page
+
+        print(page(USAGE, "ti_experiments.reproduce", EXAMPLES, __doc__.split("\n\n", 1)[1]))
         return 0
     from .errors import TIError, command_arguments, report_or_raise
 

@@ -119,3 +119,12 @@ def test_every_leaf_of_every_option_is_owned_and_checked_by_type_and_range():
                 assert err.value.fix, f"{name}: {key}"
                 checked += 1
     assert checked > 300
+
+
+def test_validation_and_generate_draw_at_the_models_own_guidance():
+    from ti_experiments.models.generation import base_model
+
+    assert check_config(compose("+concept=demo")).validation.guidance_scale == 4.0  # the toy world's best
+    assert check_config(compose("+concept=cat_toy")).validation.guidance_scale == 7.5  # SD 1.5's
+    assert check_config(compose("+concept=demo", "validation.guidance_scale=6")).validation.guidance_scale == 6
+    assert base_model("toyworld", []).guidance == 4.0

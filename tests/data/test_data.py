@@ -158,11 +158,15 @@ def test_16_bit_cmyk_and_exif_rotated_images_are_converted(tmp_path):
     assert px["c.jpg"][:, :4].mean() > 0.8 and px["c.jpg"][:, 4:].mean() < -0.8
 
 
-def test_small_images_are_upscaled_with_a_warning(tmp_path, caplog):
-    _img(tmp_path / "small.png", size=(4, 4))
+def test_small_images_are_upscaled_with_one_warning_for_all(tmp_path, caplog):
+    for name in ("a.png", "b.png", "c.png", "d.png", "e.png", "f.png"):
+        _img(tmp_path / name, size=(4, 4))
     with caplog.at_level(logging.WARNING):
         images = ConceptImages(tmp_path, DataSettings(resolution=16))
-    assert images.pixels.shape == (1, 3, 16, 16) and "upscaling" in caplog.text
+    assert images.pixels.shape == (6, 3, 16, 16)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == ["6 of 6 images are smaller than data.resolution=16 and are upscaled "
+                        "(a.png 4x4, b.png 4x4, c.png 4x4, ...)"]
 
 
 def test_a_huge_jpeg_is_decoded_at_a_reduced_scale(tmp_path):

@@ -24,11 +24,28 @@ def _run(tmp_path, *overrides):
 def test_images_are_saved_per_step_and_prompt(tmp_path):
     run_dir = _run(tmp_path, *FAST_VALIDATION, "train.max_steps=3",
                    "validation.prompts=['a <demo-toy> train','a photo of <demo-toy>']")
-    steps = sorted(p.name for p in (run_dir / "validation").iterdir())
+    steps = sorted(p.name for p in (run_dir / "validation").iterdir() if p.is_dir())
     assert steps == ["step-2", "step-3"]  # every 2 steps, and once at the end
     files = sorted(p.name for p in (run_dir / "validation" / "step-3").iterdir())
     assert files == ["00-00.png", "00-01.png", "01-00.png", "01-01.png"]
     assert Image.open(run_dir / "validation" / "step-3" / "00-00.png").size == (32, 32)
+    # one picture of them all: a row per prompt, a column per step, each 32 px image enlarged 4x
+    grid = Image.open(run_dir / "validation" / "grid.png").convert("RGB")
+    assert grid.width > 2 * 2 * 128 and grid.height > 2 * 128
+    first = Image.open(run_dir / "validation" / "step-2" / "00-00.png").convert("RGB")
+    assert _contains(grid, first.resize((128, 128), Image.NEAREST))
+
+
+def _contains(picture, part) -> bool:
+    """Whether `part` appears pixel for pixel somewhere in `picture` (found by its top-left pixel)."""
+    import numpy as np
+
+    big, small = np.asarray(picture), np.asarray(part)
+    h, w = small.shape[:2]
+    for y, x in zip(*np.nonzero((big == small[0, 0]).all(-1))):
+        if y + h <= big.shape[0] and x + w <= big.shape[1] and (big[y:y + h, x:x + w] == small).all():
+            return True
+    return False
 
 
 def test_validation_is_reproducible_and_does_not_change_training(tmp_path):
@@ -63,6 +80,7 @@ def test_images_reach_wandb_offline_with_their_prompt(tmp_path, monkeypatch):
     images = [(step, data["validation"]) for step, data in logged if "validation" in data]
     assert [step for step, _ in images] == [2]  # the global step, not an epoch index
     assert len(images[0][1]) == 2 and all(isinstance(i, wandb.Image) for i in images[0][1])
+    assert all(isinstance(data.get("validation_grid"), wandb.Image) for _, data in logged if "validation" in data)
     assert {i._caption for i in images[0][1]} == {"a photo of a <demo-toy>"}  # the demo concept's validation_prompt
     # the tracker's own files: the offline run stored both images
     assert len(list((run_dir / "wandb").glob("offline-run-*/files/media/images/validation_2_*.png"))) == 2
@@ -85,3 +103,4 @@ def test_images_reach_tensorboard(tmp_path):
         acc.Reload()
         tags |= set(acc.Tags()["images"])
     assert any(t.startswith("validation/00") for t in tags)
+    assert "validation/grid" in tags

@@ -28,8 +28,12 @@ def test_flatten_for_tensorboard():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": "[1, 2]", "d": "None"}
 
 
-def test_wandb_offline_run_gets_loss_and_lr(monkeypatch, tmp_path):
+def test_wandb_offline_run_gets_loss_and_lr(monkeypatch, tmp_path, capfd, caplog):
+    import logging
+
     import wandb
+
+    caplog.set_level(logging.INFO)
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -56,6 +60,11 @@ def test_wandb_offline_run_gets_loss_and_lr(monkeypatch, tmp_path):
     assert all({"loss", "lr"} <= set(data) for _, data in logged)
     assert configs[0]["mode"] == "offline" and configs[0]["dir"] == str(run_dir)
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    # W&B's own 30 lines (history, summary, sync hints) stay off the console; the run says it in one line
+    out, err = capfd.readouterr()
+    assert "wandb:" not in out + err, out + err
+    assert [r.getMessage() for r in caplog.records if "W&B" in r.getMessage()] == [
+        f"W&B ran offline; upload this run later with: wandb sync {next((run_dir / 'wandb').glob('offline-run-*'))}"]
 
 
 def test_wandb_online_with_a_server_that_never_answers_goes_offline_within_15_s(monkeypatch, tmp_path,

@@ -146,7 +146,7 @@ def check_config(cfg: DictConfig) -> RunConfig:
             checked[name] = check_concept(cfg)
         elif name == "validation":
             checked[name] = make_validation_settings(cfg.validation, checked["concept"].validation_prompt,
-                                                     checked["data"].resolution)
+                                                     checked["data"].resolution, checked["model"].guidance_scale)
         elif name == "paths":  # the run's folder is Hydra's to resolve, once the run starts
             checked[name] = PathSettings.from_node(
                 {k: OmegaConf.select(cfg.paths, k, throw_on_resolution_failure=False) for k in cfg.paths})

@@ -162,6 +162,7 @@ class ConceptImages:
         self.paths: list[Path] = []
         tensors: list[torch.Tensor] = []
         sizes: list[torch.Tensor] = []
+        small: list[str] = []
         for path in files:
             try:
                 img, real_size = _open_rgb(path, settings.resolution)
@@ -169,13 +170,15 @@ class ConceptImages:
                 log.warning("skipping %s: not a readable image (%s)", path, exc.__class__.__name__)
                 continue
             if min(img.size) < settings.resolution:
-                log.warning("%s is %dx%d, smaller than data.resolution=%d: upscaling it", path.name, *img.size,
-                            settings.resolution)
+                small.append(f"{path.name} {img.width}x{img.height}")
             sizes.append(size_conditioning(real_size, img.size, settings))
             tensors.append(_to_tensor(prepare_image(img, settings)))
             self.paths.append(path)
         if not tensors:
             raise TIError(f"no file in {str(folder)!r} is a readable image ({len(files)} skipped)", hint)
+        if small:  # one line for all of them: the fix is the same
+            log.warning("%d of %d images are smaller than data.resolution=%d and are upscaled (%s%s)", len(small),
+                        len(files), settings.resolution, ", ".join(small[:3]), ", ..." if len(small) > 3 else "")
         self.pixels = torch.stack(tensors)  # [N, 3, H, W] in [-1, 1]
         # SDXL's add_time_ids of each image [2 (as is, mirrored), N, 6], indexed like the latent cache
         self.time_ids = torch.stack(sizes, dim=1)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..errors import TIError
+from ..errors import TIError, cause
 from ..records.files import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def download_hub_dataset(repo_id: str, target_dir: str | Path, revision: str | N
                               local_dir=str(tmp), allow_patterns=IMAGE_PATTERNS)
             shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping
     except Exception as exc:  # noqa: BLE001 - every failure here has the same remedy
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        first = cause(exc)
         raise TIError(
             f"could not download the images of the Hub dataset {repo_id!r} (no network?): {first}",
             f"put the concept's images in {target_dir} or set concept.train_data_dir to a local folder",

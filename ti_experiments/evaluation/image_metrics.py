@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import TIError
+from ..errors import TIError, cause
 from ..records.files import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def locate_models(clip_model: str, dino_model: str) -> tuple[str, str]:
     try:
         kind = AutoConfig.from_pretrained(paths[0]).model_type
     except Exception as exc:  # noqa: BLE001
-        kind = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        kind = cause(exc)
     if kind != "clip":
         raise TIError(f"evaluation.clip_model {clip_model!r} is not a CLIP model ({kind})",
                       "set evaluation.clip_model to a CLIP model folder or Hub id, e.g. openai/clip-vit-base-patch32")
@@ -131,7 +131,7 @@ class EvalModels:
         except TIError:
             raise
         except Exception as exc:  # noqa: BLE001
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = cause(exc)
             raise TIError(f"could not load the evaluation models {clip_model!r} / {dino_model!r}: {first}",
                           "set evaluation.clip_model to a CLIP and evaluation.dino_model to a ViT (DINO) model "
                           "folder or Hub id") from None

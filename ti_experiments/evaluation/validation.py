@@ -14,7 +14,7 @@ import torch
 
 from ..errors import TIError
 from ..records.files import atomic_path
-from ..records.run_dir import validation_dir
+from ..records.run_dir import VALIDATION_GRID, prompt_images, validation_dir, validation_steps
 from ..config.settings import Settings, bound, node_values, seed_bound
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,41 @@ class ValidationSettings(Settings):
         return self.enabled and (step >= max_steps or bool(self.steps and step % self.steps == 0))
 
 
-def make_settings(node, concept_prompt: str | None, resolution: int) -> ValidationSettings:
-    """The node's settings; its prompts default to the concept's validation prompt."""
+def make_settings(node, concept_prompt: str | None, resolution: int, guidance_scale: float = 7.5
+                  ) -> ValidationSettings:
+    """The node's settings; its prompts default to the concept's validation prompt, its guidance to the
+    model's (`guidance_scale`)."""
     values = node_values(node)
     if not values.get("prompts"):
         values["prompts"] = [concept_prompt] if concept_prompt else []
+    if values.get("guidance_scale") is None:
+        values["guidance_scale"] = guidance_scale
     return ValidationSettings.from_node({**values, "resolution": resolution})
+
+
+GRID_COLUMNS = 10  # steps shown at most, evenly spread, the last always among them
+GRID_IMAGE = 128  # pixels per image at most: 32 px images are enlarged 4x
+
+
+def validation_grid(run_dir: Path, prompts: list[str]):
+    """One picture of the run's validation images: a row per prompt (its images in a block), a column
+    per step; None before the first validation."""
+    from .pictures import sheet, spread
+
+    steps = spread(validation_steps(run_dir), GRID_COLUMNS)
+    if not steps:
+        return None
+    rows = [(prompt, [prompt_images(images, p) for _, images in steps]) for p, prompt in enumerate(prompts)]
+    return sheet(rows, [f"step {step}" for step, _ in steps], size=GRID_IMAGE)
+
+
+def write_grid(run_dir: Path, prompts: list[str]):
+    """validation/grid.png, written whole or not at all; the picture, for the tracker."""
+    grid = validation_grid(run_dir, prompts)
+    if grid is not None:
+        with atomic_path(Path(run_dir) / VALIDATION_GRID) as tmp:
+            grid.save(tmp, format="PNG")
+    return grid
 
 
 class Validator:
@@ -124,8 +153,10 @@ class Validator:
                 for i, image in enumerate(images[prompt]):
                     with atomic_path(out_dir / f"{p:02d}-{i:02d}.png") as tmp:
                         image.save(tmp, format="PNG")
-        self.tracker.log_images(self.accelerator, step, images)
-        log.info("validation images for step %d in %s", step, out_dir)
+        grid = write_grid(self.run_dir, s.prompts)
+        self.tracker.log_images(self.accelerator, step, images, grid)
+        log.info("validation images for step %d in %s; every step so far: %s", step, out_dir,
+                 self.run_dir / VALIDATION_GRID)
         return images
 
     @torch.no_grad()

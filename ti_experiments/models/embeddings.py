@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import TIError
+from ..errors import TIError, cause
 from ..records.files import atomic_path
 
 
@@ -288,6 +288,6 @@ def load_into_pipeline(pipe, embedding: EmbeddingFile, token: str | None = None)
         try:
             pipe.load_textual_inversion(rows, token=token, tokenizer=tokenizer, text_encoder=encoder)
         except ValueError as exc:
-            raise TIError(f"could not load {embedding.path} as {token!r}: {str(exc).splitlines()[0]}",
+            raise TIError(f"could not load {embedding.path} as {token!r}: {cause(exc)}",
                           "give this embedding another token, or check the file") from None
     return tokens

@@ -103,6 +103,7 @@ class BaseModel:
     revision: str | None = None
     variant: str | None = None
     resolution: int | None = None
+    guidance: float = 7.5  # the model's own (model.guidance_scale)
 
 
 def _run_config(folder: Path):
@@ -119,7 +120,8 @@ def _from_model_node(node, resolution=None, where: str = "") -> BaseModel:
     source = str(node.pretrained_model_name_or_path)
     ensure_offline_model(source)  # the offline tiny models are rebuilt, bit-identically, where the record says
     return BaseModel(source, node.get("revision"), node.get("variant"),
-                     int(resolution or node.get("resolution") or 0) or None)
+                     int(resolution or node.get("resolution") or 0) or None,
+                     BaseModel.guidance if node.get("guidance_scale") is None else float(node.guidance_scale))
 
 
 def base_model(model: str | None, concepts: list[Concept]) -> BaseModel:
@@ -224,7 +226,7 @@ def negative_text(negative_prompt: str | None, concepts: list[Concept]) -> str |
 
 
 def generate(prompt: str, embeddings=(), *, negative_prompt: str | None = None, negative_embeddings=(),
-             model: str | None = None, num_images: int = 1, steps: int = 50, guidance: float = 7.5,
+             model: str | None = None, num_images: int = 1, steps: int = 50, guidance: float | None = None,
              width: int | None = None, height: int | None = None, seed: int | None = None,
              scheduler: str | None = None, device: str | None = None, dtype: str | None = None,
              out: str | os.PathLike | None = None, progress: bool | None = None) -> list:
@@ -233,7 +235,8 @@ def generate(prompt: str, embeddings=(), *, negative_prompt: str | None = None, 
     embeddings / negative_embeddings: run directories, embedding files (diffusers, A1111/ComfyUI, SDXL) or
     sd-concepts folders; `PATH=TOKEN` or (path, token) loads one under another token. Negative ones go into
     the negative prompt. model: a folder, Hub id or conf/model option (default: the model of the first run
-    directory). seed: image i uses seed + i (default: a random seed, recorded). out: also write
+    directory). guidance: default the model's (`model.guidance_scale`: 7.5, the toy world's 4).
+    seed: image i uses seed + i (default: a random seed, recorded). out: also write
     NNNN.png + NNNN.json there. Each image's record is also in `image.info["ti_experiments"]`.
     """
     if not isinstance(prompt, str) or not prompt.strip():
@@ -249,6 +252,7 @@ def generate(prompt: str, embeddings=(), *, negative_prompt: str | None = None, 
     base = base_model(model, concepts)
     device = pick_device(device)
     dtype_name, torch_dtype = pick_dtype(dtype, device)
+    guidance = base.guidance if guidance is None else guidance
     settings = Settings(model=base.source, steps=int(steps), guidance=float(guidance),
                         width=width or base.resolution, height=height or base.resolution, scheduler=scheduler,
                         dtype=dtype_name, device=device, revision=base.revision, variant=base.variant)
@@ -376,22 +380,20 @@ def default_out(specs) -> Path:
     return (runs[0] / run_files.GENERATED if runs else Path(run_files.GENERATED)) / stamp
 
 
-EXAMPLES = """examples:
-  python -m ti_experiments.generate outputs/runs/DATE/TIME "A <cat-toy> train" --num-images 4 --seed 0
-  python -m ti_experiments.generate outputs/runs/A outputs/runs/B "a <cat-toy> in the style of <my-style>"
-  python -m ti_experiments.generate outputs/runs/DATE/TIME "a <cat-toy> on a beach" \\
-      --negative-embedding bad-hands.safetensors --negative-prompt "blurry"
-  python -m ti_experiments.generate 'my-embedding.pt=<mine>' "a photo of <mine>" --model sd15
-"""
+EXAMPLES = (
+    ('python -m ti_experiments.generate outputs/runs/DATE/TIME "A <cat-toy> train" --num-images 4 --seed 0', ""),
+    ('python -m ti_experiments.generate outputs/runs/A outputs/runs/B "a <cat-toy> in the style of <my-style>"',
+     "two concepts in one prompt"),
+    ('python -m ti_experiments.generate outputs/runs/DATE/TIME "a <cat-toy>" --negative-embedding bad-hands.pt',
+     "an embedding in the negative prompt"),
+    ("python -m ti_experiments.generate 'my-embedding.pt=<mine>' \"a photo of <mine>\" --model sd15",
+     "a file from elsewhere, under the token <mine>"),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = ArgumentParser(
-        prog="python -m ti_experiments.generate", description=__doc__.splitlines()[0],
-        usage="%(prog)s [EMBEDDING ...] PROMPT [options]",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m ti_experiments.generate", description=__doc__.splitlines()[0],
+                            usage="%(prog)s [EMBEDDING ...] PROMPT [options]", examples=EXAMPLES)
     parser.add_argument("items", nargs="+", metavar="EMBEDDING ... PROMPT",
                         help="run directories, embedding files or concept folders (PATH=TOKEN renames one), "
                              "then the prompt")
@@ -402,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--negative-prompt", default=None)
     parser.add_argument("--num-images", type=int, default=1)
     parser.add_argument("--steps", type=int, default=50, help="inference steps (default 50)")
-    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance (default 7.5)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance (default: the model's, 7.5; the toy world's 4)")
     parser.add_argument("--width", type=int, default=None, help="default: the resolution the run trained at")
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None, help="image i uses seed + i (default: random, recorded)")

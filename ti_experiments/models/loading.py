@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import TIError
+from ..errors import TIError, cause
 from .family import ModelFamily
 from .sd import StableDiffusion
 from .sdxl import StableDiffusionXL
@@ -85,11 +85,6 @@ def family_of_pipeline(pipe) -> ModelFamily:
 REQUIRED_SUBFOLDERS = ("tokenizer", "scheduler", "text_encoder", "vae", "unet")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else exc.__class__.__name__
-
-
 def _from_pretrained(source: str, revision: str | None, variant: str | None, local_only: bool):
     from diffusers import AutoencoderKL, DDPMScheduler
 
@@ -148,7 +143,7 @@ def _deferred(load, source: str):
         try:
             return load(**kwargs)
         except Exception as exc:  # noqa: BLE001
-            raise TIError(f"could not load the UNet of {source!r}: {_first_line(exc)}",
+            raise TIError(f"could not load the UNet of {source!r}: {cause(exc)}",
                           "check the model folder (unet/ weights) or model.pretrained_model_name_or_path") from None
     return run
 
@@ -179,7 +174,7 @@ def _download(source: str, revision: str | None, variant: str | None, fix: str,
         return snapshot_download(source, revision=revision, allow_patterns=patterns or _weight_patterns(variant))
     except Exception as exc:  # noqa: BLE001
         raise TIError(f"could not download model {source!r} from the Hugging Face Hub (no network, or no "
-                      f"access?): {_first_line(exc)}", fix + " (model=tiny and model=tiny_sdxl work offline)") from None
+                      f"access?): {cause(exc)}", fix + " (model=tiny and model=tiny_sdxl work offline)") from None
 
 
 def _local_folder(source: str, fix: str) -> Path | None:
@@ -196,12 +191,13 @@ def _local_folder(source: str, fix: str) -> Path | None:
 def load_components(pretrained_model_name_or_path: str, revision: str | None = None,
                     variant: str | None = None, resolution: int = 512, architecture: str | None = None,
                     random_init: bool = False, cache_dir: str | None = None,
-                    mixed_precision: str | None = None) -> SDComponents:
+                    mixed_precision: str | None = None, guidance_scale: float | None = None) -> SDComponents:
     """Local diffusers folder, or Hub id (the local HF cache first, then the network); or, with
     random_init, the named architecture with random weights (offline, for speed and memory), written to
     a folder in the cache once and loaded from there like any other model.
-    The family (SD 1.x/2.x, SDXL) is recognised from the model itself. `mixed_precision` is the model's
-    preferred precision, which the hardware presets read from the config; loading ignores it."""
+    The family (SD 1.x/2.x, SDXL) is recognised from the model itself. `mixed_precision` and
+    `guidance_scale` are the model's preferred precision and guidance, which the hardware presets,
+    validation and generate read from the config; loading ignores them."""
     if random_init:
         from .random_init import ensure_random_model
 
@@ -217,7 +213,7 @@ def load_components(pretrained_model_name_or_path: str, revision: str | None = N
         try:
             parts = _from_pretrained(str(path), revision, variant, local_only=True)
         except Exception as exc:  # noqa: BLE001
-            raise TIError(f"could not load the model folder {source!r}: {_first_line(exc)}", fix) from None
+            raise TIError(f"could not load the model folder {source!r}: {cause(exc)}", fix) from None
     else:
         try:  # already in the local Hugging Face cache: no network needed
             cached = _cached_snapshot(source, revision, variant)
@@ -228,12 +224,12 @@ def load_components(pretrained_model_name_or_path: str, revision: str | None = N
             try:
                 parts = _from_pretrained(folder, None, variant, local_only=True)
             except Exception as exc:  # noqa: BLE001
-                raise TIError(f"could not load model {source!r}: {_first_line(exc)}", fix) from None
+                raise TIError(f"could not load model {source!r}: {cause(exc)}", fix) from None
     return SDComponents(source=source, resolution=resolution, **parts)
 
 
 def load_tiny_components(pretrained_model_name_or_path: str, resolution: int = 64,
-                         mixed_precision: str | None = None) -> SDComponents:
+                         mixed_precision: str | None = None, guidance_scale: float | None = None) -> SDComponents:
     """The offline demo models (SD and SDXL): built once, deterministically, into the cache, then loaded
     like any folder."""
     path = Path(str(pretrained_model_name_or_path)).expanduser()
@@ -290,4 +286,4 @@ def load_pipeline(pretrained_model_name_or_path: str, revision: str | None = Non
         return DiffusionPipeline.from_pretrained(folder, dtype=torch_dtype, variant=variant,
                                                  local_files_only=True, **extra)
     except Exception as exc:  # noqa: BLE001
-        raise TIError(f"could not load the pipeline of {source!r}: {_first_line(exc)}", fix) from None
+        raise TIError(f"could not load the pipeline of {source!r}: {cause(exc)}", fix) from None

@@ -28,6 +28,8 @@ class ModelSettings(FactorySettings):
     resolution: int = bound(512, minimum=8, example="512")
     # the precision the hardware presets choose for this model where the hardware can run it
     mixed_precision: Literal["no", "fp16", "bf16"] | None = None
+    # the classifier-free guidance this model draws best at: validation images and generate use it unless told
+    guidance_scale: float = bound(7.5, minimum=0, example="7.5")
 
     def __post_init__(self):
         super().__post_init__()

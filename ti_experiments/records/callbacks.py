@@ -13,6 +13,42 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 
+class NewRunFolder(Callback):
+    """Hydra makes a run's folder (and starts ti.log in it) before the run checks its settings: a run
+    refused then must not leave a folder holding only that log. This remembers which folders Hydra is
+    about to make, so that only those are removed, never one the user had."""
+
+    made: Path | None = None  # the outermost folder of the run's path that did not exist yet
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        folder, NewRunFolder.made = Path(str(config.hydra.run.dir)).absolute(), None
+        while not folder.exists():
+            NewRunFolder.made, folder = folder, folder.parent
+
+    @classmethod
+    def remove_if_unused(cls, run_dir: Path) -> None:
+        """Remove the run's folder if Hydra made it and it holds nothing but the log (and the folders
+        above it that Hydra made, once empty)."""
+        from .run_dir import LOG
+
+        run_dir = Path(run_dir).absolute()
+        if cls.made is None or not (run_dir == cls.made or cls.made in run_dir.parents) or not run_dir.is_dir() \
+                or any(p.name != LOG for p in run_dir.iterdir()):
+            return
+        for handler in logging.getLogger().handlers[:]:  # the log file is closed before it goes
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir:
+                logging.getLogger().removeHandler(handler)
+                handler.close()
+        (run_dir / LOG).unlink(missing_ok=True)
+        folder = run_dir
+        while folder == cls.made or cls.made in folder.parents:
+            try:
+                folder.rmdir()  # only an empty folder goes
+            except OSError:
+                return
+            folder = folder.parent
+
+
 class SweepReport(Callback):
     failed_jobs: list[str] = []  # read by the command line to set its exit code
 

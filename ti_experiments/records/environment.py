@@ -16,6 +16,34 @@ PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "hydra-core", "o
 SOURCE_DIR = Path(__file__).resolve().parents[2]
 
 
+# a run slowed this many times over by other work on the CPU is worth a warning at its start
+BUSY_SLOWDOWN = 3.0
+BUSY_SWITCH = "TI_EXPERIMENTS_BUSY_WARNING"  # =0: no warning (a test suite that runs many trainings at once)
+
+
+def cpu_slowdown(load: float, cores: int, threads: int) -> float:
+    """About how many times slower a CPU run with `threads` threads goes than alone, when other processes
+    keep `load` cores busy on average (the load average, this run not yet in it): the cores are shared
+    in proportion to the threads that want them."""
+    threads = max(1, min(threads, cores))
+    return max(1.0, (load + threads) / cores)
+
+
+def busy_machine_warning() -> str | None:
+    """A line saying the CPU is busy enough to slow this run several times over; None when it is not,
+    when the load cannot be read, or when TI_EXPERIMENTS_BUSY_WARNING=0."""
+    if os.environ.get(BUSY_SWITCH, "1") == "0" or not hasattr(os, "getloadavg"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    load = os.getloadavg()[0]
+    slowdown = cpu_slowdown(load, cores, torch.get_num_threads())
+    if slowdown < BUSY_SLOWDOWN:
+        return None
+    return (f"the CPU is busy: a load average of {load:.1f} on {cores} cores, so this run may take about "
+            f"{slowdown:.0f}x as long as on an idle machine; run one training at a time, or give each fewer "
+            "threads (OMP_NUM_THREADS=1), see docs/speed.md")
+
+
 def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(SOURCE_DIR), *args], capture_output=True, text=True, timeout=20)

@@ -53,6 +53,7 @@ LEGACY_EMBEDDING = "learned_embeds.bin"  # sd-concepts-library folders made befo
 TOKEN = "token_identifier.txt"
 CONCEPT_TYPE = "type_of_concept.txt"
 VALIDATION = "validation"
+VALIDATION_GRID = "validation/grid.png"  # rows: prompts, columns: steps
 GENERATED = "generated"
 TENSORBOARD = "tensorboard"
 CHECKPOINT_STATE = "trainer_state.json"  # written last: a checkpoint without it is incomplete
@@ -419,14 +420,29 @@ def list_images(folder: Path) -> list[Path]:
     return [p for p in list_image_files(folder) if p.suffix.lower() in IMAGE_SUFFIXES] if folder.is_dir() else []
 
 
-def last_validation(run_dir: Path) -> tuple[int | None, list[Path]]:
-    """The last step that has validation images, and its images in order ((None, []): none yet)."""
+def validation_steps(run_dir: Path) -> list[tuple[int, list[Path]]]:
+    """Every step that has validation images, in order, with its images (PP-II.png) in order."""
     steps = sorted((int(m.group(1)), p) for p in (Path(run_dir) / VALIDATION).glob("step-*")
                    if (m := _VALIDATION_STEP.fullmatch(p.name)) and p.is_dir())
-    for step, folder in reversed(steps):
-        if images := list_images(folder):
-            return step, images
-    return None, []
+    return [(step, images) for step, folder in steps if (images := list_images(folder))]
+
+
+def prompt_images(images: list[Path], prompt: int) -> list:
+    """The images (PIL, RGB) of prompt number `prompt` among one step's validation images (PP-II.png)."""
+    from PIL import Image
+
+    out = []
+    for path in images:
+        if path.name.startswith(f"{prompt:02d}-"):
+            with Image.open(path) as image:
+                out.append(image.convert("RGB"))
+    return out
+
+
+def last_validation(run_dir: Path) -> tuple[int | None, list[Path]]:
+    """The last step that has validation images, and its images in order ((None, []): none yet)."""
+    steps = validation_steps(run_dir)
+    return steps[-1] if steps else (None, [])
 
 
 def write_stopping_state(folder: Path, state: dict, kept: list[torch.Tensor] | None) -> None:

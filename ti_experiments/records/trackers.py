@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..errors import TIError
+from ..errors import TIError, cause
 from .files import write_text_atomic
 from .network import answers
 from .run_dir import WANDB_ID
@@ -18,6 +18,7 @@ from ..config.settings import Settings, bound
 log = logging.getLogger(__name__)
 
 TRACKERS = ("wandb", "tensorboard", "none")
+GRID_CAPTION = "rows: prompts; columns: steps"
 
 
 def wandb_has_credentials() -> bool:
@@ -88,10 +89,13 @@ class TrackerSettings(Settings):
         if self.name == "wandb":
             import wandb
 
+            mode = self.wandb_mode()
             init_kwargs["wandb"] = {
-                "dir": str(run_dir), "mode": self.wandb_mode(), "entity": self.entity,
+                "dir": str(run_dir), "mode": mode, "entity": self.entity,
                 "name": self.run_name, "group": self.group, "tags": list(self.tags),
-                "settings": wandb.Settings(init_timeout=30),
+                # W&B's own start and end (about 30 lines: history, summary, sync hints) say nothing a
+                # user acts on; the run's one line about W&B is finish()'s
+                "settings": wandb.Settings(init_timeout=30, quiet=True, silent=mode != "online"),
                 **({"reinit": "create_new"} if beside_others else {}),
             }
             if init_kwargs["wandb"]["mode"] == "online" and not answers(wandb_url()):
@@ -109,7 +113,7 @@ class TrackerSettings(Settings):
         except Exception as exc:  # noqa: BLE001 - W&B online but unreachable: keep the run, log offline
             if self.name != "wandb" or init_kwargs["wandb"]["mode"] != "online":
                 raise
-            log.warning("W&B could not start online (%s); logging offline instead", str(exc).splitlines()[0])
+            log.warning("W&B could not start online (%s); logging offline instead", cause(exc))
             accelerator.trackers = []
             init_kwargs["wandb"]["mode"] = "offline"
             self._offline_env("offline")
@@ -133,23 +137,29 @@ class TrackerSettings(Settings):
             self._saved_mode = os.environ.get("WANDB_MODE")
         os.environ["WANDB_MODE"] = "offline"
 
-    def log_images(self, accelerator, step: int, images: dict[str, list]) -> None:
-        """Validation images at the global step, captioned with their prompt."""
+    def log_images(self, accelerator, step: int, images: dict[str, list], grid=None) -> None:
+        """Validation images at the global step, captioned with their prompt; and `grid`, the run's
+        validation images so far in one picture (rows: prompts, columns: steps)."""
         if not images or not accelerator.is_main_process:
             return
+        import numpy as np
+
         for tracker in accelerator.trackers:
             if tracker.name == "wandb":
                 import wandb
 
-                tracker.log({"validation": [wandb.Image(img, caption=prompt)
-                                            for prompt, imgs in images.items() for img in imgs]}, step=step)
+                data = {"validation": [wandb.Image(img, caption=prompt)
+                                       for prompt, imgs in images.items() for img in imgs]}
+                if grid is not None:
+                    data["validation_grid"] = wandb.Image(grid, caption=GRID_CAPTION)
+                tracker.log(data, step=step)
             elif tracker.name == "tensorboard":
-                import numpy as np
-
                 for p, (prompt, imgs) in enumerate(images.items()):
                     batch = np.stack([np.asarray(img) for img in imgs])
                     tracker.writer.add_images(f"validation/{p:02d}", batch, step, dataformats="NHWC")
                     tracker.writer.add_text(f"validation/{p:02d}/prompt", prompt, step)
+                if grid is not None:
+                    tracker.writer.add_image("validation/grid", np.asarray(grid), step, dataformats="HWC")
 
     def finish(self, accelerator, failed: bool = False) -> None:
         """Finish every tracker (a failed run is marked failed in W&B); say how to upload an offline run."""

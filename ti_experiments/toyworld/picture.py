@@ -1,7 +1,9 @@
 """`python -m ti_experiments.toyworld.picture RUN_DIR [--out PNG]`: what a toy-world run learned, in one picture.
 
-Three rows: the concept's real images, "a photo of a <initializer>" and "a photo of a <token>" from the
-run's model (same seeds), drawn 4x larger, as the README shows for the demo.
+Three rows: the concept's real images, "a photo of a <initializer>" (what the token starts from, before any
+training) and "a photo of a <token>" from the run's model (same seeds), drawn 4x larger, as the README
+shows for the demo. The demo's middle row, "a photo of a circle", is a striped cross: the toy world's
+captions always name a colour, so a bare shape word is a prompt it never saw (docs/toyworld.md).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..models.embeddings import PlaceholderEmbedding
-from ..errors import TIError
+from ..errors import TIError, cause
 from ..records.run_dir import CHECKPOINT_STATE as STATE_FILE
 from ..records.run_dir import checkpoint_dir, checkpoint_step, list_checkpoints
 
@@ -102,6 +102,6 @@ def load_checkpoint(accelerator, path: Path, expected: dict) -> int:
     try:
         accelerator.load_state(str(path), strict=False)
     except Exception as exc:  # noqa: BLE001 - whatever broke in it, the remedy is the same
-        raise corrupt(str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__) from None
+        raise corrupt(cause(exc)) from None
     log.info("resumed from %s at step %d", path, state["global_step"])
     return int(state["global_step"])
