@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import options
 from .data.images import DataSettings
+from .embeddings import check_token
 from .errors import TIError
 from .evaluation.settings import EvaluationSettings
 from .models.settings import ModelSettings
@@ -47,6 +48,10 @@ class ConceptSettings(Settings):
     validation_prompt: str | None = bound(None, example="'a photo of <my-thing>'")
     # where the images come from when the folder is empty (a node with _target_), or null
     source: dict | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_token(self.placeholder_token, "concept.placeholder_token", "use one word such as '<my-thing>'")
 
 
 @dataclass

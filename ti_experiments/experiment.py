@@ -89,12 +89,14 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     from accelerate import PartialState
 
     checked = check_config(cfg)  # every setting, before the run's folder exists
-    run_dir = Path(str(cfg.paths.output_dir)).expanduser()
+    run_dir = run_files.check_run_folder(cfg.paths.output_dir)
     # With several processes (accelerate launch) only the main one holds the folder and keeps the record.
     main = PartialState(cpu=no_accelerator()).is_main_process
     try:
         with run_files.claim(run_dir, checked.train.resume_from_checkpoint) if main else nullcontext():
             return _run(cfg, run_dir, checked, overrides, main)
+    except OSError as exc:
+        raise disk_full(exc, run_dir) or exc
     finally:
         if packed.current() is None:  # a pack resets once, when all its jobs are done
             reset_accelerate()  # also when the run failed before training began (the next run starts clean)
@@ -129,6 +131,22 @@ def _run(cfg: DictConfig, run_dir: Path, checked: RunConfig, overrides: list[str
         if repo_id:  # the run is complete whatever happens to the upload; a failed upload says how to retry
             record.note(hub=publish(run_dir, repo_id, settings))
     return run_dir
+
+
+def disk_full(exc: OSError, run_dir: Path) -> TIError | None:
+    """A full disk during a run, as the line that says how to go on: resume when the run saved a
+    checkpoint, else start again (a resume of a run without one is refused)."""
+    import errno
+
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    problem = (f"no space left on the device while writing {exc.filename or run_dir} (the previous copy, if any, "
+               "is intact)")
+    if run_files.list_checkpoints(run_dir):
+        return TIError(problem, f"free disk space, then resume with hydra.run.dir={run_dir} "
+                                "train.resume_from_checkpoint=latest")
+    return TIError(problem, "free disk space, then start the run again in a new folder (this one saved no checkpoint "
+                            "to resume)")
 
 
 @dataclass

@@ -119,14 +119,13 @@ def run_training(job: TrainingJob) -> TrainResult:
         *models, optimizer, dataloader = accelerator.prepare(*job.embeddings, optimizer, dataloader)
         for encoder, wrapped in zip(job.parts.text_encoders, models):
             encoder.set_input_embeddings(wrapped)
-        accelerator.register_for_checkpointing(lr_scheduler)
-        checkpoints.register_hooks(accelerator)
-        state = resume(job, accelerator, len(dataloader))
+        trainable = checkpoints.Trainable(accelerator, models, optimizer, lr_scheduler)
+        state = resume(job, trainable, len(dataloader))
         log.info("training %s: %d steps (%d images x %d repeats, batch %d x accumulation %d x %d processes), "
                  "lr %.3g", job.placeholder_token, job.train.max_steps, len(job.dataset) // job.dataset.repeats,
                  job.dataset.repeats, job.train.batch_size, job.train.gradient_accumulation_steps,
                  accelerator.num_processes, lr)
-        end_of_step = EndOfStep(job, models, state)  # its metrics log times from here
+        end_of_step = EndOfStep(job, trainable, state)  # its metrics log times from here
         if job.evaluate is not None:  # the held-out loss draws its fixed latents from the same cache
             job.evaluate.attach(cache, placement.weight_dtype, start_step=state.global_step,
                                 max_steps=job.train.max_steps)
@@ -205,12 +204,12 @@ def batches(job: TrainingJob, device) -> tuple[EpochSampler, DataLoader]:
     return sampler, loader
 
 
-def resume(job: TrainingJob, accelerator, micro_per_epoch: int) -> LoopState:
+def resume(job: TrainingJob, trainable: checkpoints.Trainable, micro_per_epoch: int) -> LoopState:
     """The loop's starting point: step 0, or the step of the checkpoint resumed from."""
     step = 0
     path = checkpoints.resolve_resume(job.train.resume_from_checkpoint, job.run_dir)
     if path is not None:
-        step = checkpoints.load_checkpoint(accelerator, path, job.resume_state)
+        step = checkpoints.load_checkpoint(trainable, path, job.resume_state)
     steps_per_epoch = math.ceil(micro_per_epoch / job.train.gradient_accumulation_steps)
     epoch, step_in_epoch = divmod(step, steps_per_epoch)
     return LoopState(global_step=step, start_step=step, epoch=epoch, step_in_epoch=step_in_epoch)
@@ -270,8 +269,8 @@ class EndOfStep:
     """What follows each optimizer step, in order: evaluate and log (one metrics row), save the embedding,
     checkpoint, stop cleanly when asked (saving both first), validate."""
 
-    def __init__(self, job: TrainingJob, models, state: LoopState):
-        self.job, self.models, self.state = job, models, state
+    def __init__(self, job: TrainingJob, trainable: checkpoints.Trainable, state: LoopState):
+        self.job, self.trainable, self.models, self.state = job, trainable, trainable.models, state
         self.accelerator = job.accelerator
         self.metrics = job.metrics_log_factory(start_step=state.global_step)
         # A bar for a person at a terminal; CI logs, other processes and packed jobs get a line every 10%.
@@ -327,7 +326,7 @@ class EndOfStep:
                                  learned(self.accelerator, self.models))
 
     def checkpoint(self, step: int) -> None:
-        checkpoints.save_checkpoint(self.accelerator, self.job.run_dir, step, self.job.resume_state,
+        checkpoints.save_checkpoint(self.trainable, self.job.run_dir, step, self.job.resume_state,
                                     self.job.train.checkpoints_total_limit)
 
     def stop_here(self, step: int, saved: bool, checkpointed: bool) -> None:
