@@ -119,3 +119,19 @@ def test_every_leaf_of_every_option_is_owned_and_checked_by_type_and_range():
                 assert err.value.fix, f"{name}: {key}"
                 checked += 1
     assert checked > 300
+
+
+@pytest.mark.parametrize(("token", "message"), [
+    ("<" + "x" * 298 + ">", "is 300 characters long, more than 100"),
+    ("<a\x00b>", "control or unprintable character '\\\\x00'"),
+    ("<a\nb>", "empty or contains spaces"),
+    ("<a\x1bb>", "control or unprintable character"),
+    ("<a\u200bb>", "control or unprintable character"),
+])
+def test_a_placeholder_a_prompt_or_file_name_cannot_carry_is_refused_before_training(token, message):
+    from omegaconf import OmegaConf
+
+    cfg = compose(*TINY_RUN)
+    OmegaConf.update(cfg, "concept.placeholder_token", token)
+    with pytest.raises(TIError, match=rf"concept.placeholder_token .*{message}.*; fix: use one word"):
+        check_config(cfg)

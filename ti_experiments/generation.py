@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from . import run_dir as run_files
-from .embeddings import FAMILY_BY_WIDTHS, EmbeddingFile, load_into_pipeline
+from .embeddings import FAMILY_BY_WIDTHS, EmbeddingFile, check_token, load_into_pipeline
 from .run_dir import read_embedding
 from .errors import ArgumentParser, TIError, report_or_raise
 from .files import folder_lock
@@ -84,7 +84,10 @@ def read_concepts(specs, negative: bool) -> list[Concept]:
     for spec in specs:
         path, token = parse_spec(spec)
         embedding = read_embedding(path)
-        concepts.append(Concept(path, embedding, token or embedding.token or path.stem, negative))
+        name = check_token(token or embedding.token or path.stem, f"the token of {path}",
+                           "give it one word of printable characters: PATH=TOKEN on the command line, (path, token) "
+                           "in Python")
+        concepts.append(Concept(path, embedding, name, negative))
     return concepts
 
 
