@@ -89,7 +89,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     from accelerate import PartialState
 
     checked = check_config(cfg)  # every setting, before the run's folder exists
-    run_dir = run_files.check_run_folder(cfg.paths.output_dir)
+    run_dir = run_files.check_run_folder(_given_folder(cfg))
     # With several processes (accelerate launch) only the main one holds the folder and keeps the record.
     main = PartialState(cpu=no_accelerator()).is_main_process
     try:
@@ -131,6 +131,18 @@ def _run(cfg: DictConfig, run_dir: Path, checked: RunConfig, overrides: list[str
         if repo_id:  # the run is complete whatever happens to the upload; a failed upload says how to retry
             record.note(hub=publish(run_dir, repo_id, settings))
     return run_dir
+
+
+def _given_folder(cfg: DictConfig):
+    """The run's folder as the user gave it: Hydra turns an empty hydra.run.dir into the current directory."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN:
+        given = OmegaConf.select(HydraConfig.get(), "run.dir", default=None, throw_on_resolution_failure=False)
+        if given is not None and not str(given).strip():
+            return ""
+    return cfg.paths.output_dir
 
 
 def disk_full(exc: OSError, run_dir: Path) -> TIError | None:

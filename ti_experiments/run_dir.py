@@ -312,7 +312,9 @@ def load_finished_run(run_dir: Path) -> Run:
     status = run.record.get("status")
     if status not in (None, "completed"):
         raise TIError(f"{run_dir} did not complete ({RECORD} says {status!r})",
-                      "publish a completed run, or resume this one first")
+                      f"publish a completed run, or resume this one first (hydra.run.dir={run_dir} "
+                      "train.resume_from_checkpoint=latest)" if list_checkpoints(run_dir)
+                      else "publish a completed run (this one saved no checkpoint to resume)")
     return run
 
 
