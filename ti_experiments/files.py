@@ -75,8 +75,9 @@ def open_no_follow(path: str | os.PathLike, flags: int) -> int:
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:  # a FIFO, a device, or a hard link to another file
         os.close(fd)
-        raise TIError(f"{path} is not a plain file of this folder ({'a hard link' if info.st_nlink > 1 else 'a special file'}); "
-                      "nothing was written to it", f"remove it (rm {path}) or use another folder")
+        what = "a hard link" if info.st_nlink > 1 else "a special file"
+        raise TIError(f"{path} is not a plain file of this folder ({what}); nothing was written to it",
+                      f"remove it (rm {path}) or use another folder")
     return fd
 
 
@@ -179,7 +180,8 @@ def folder_held(folder: str | os.PathLike) -> bool:
     except ImportError:
         return False
     try:
-        fd = os.open(Path(folder) / LOCK_FILE, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        fd = os.open(Path(folder) / LOCK_FILE, flags)
     except OSError:
         return False
     try:

@@ -68,12 +68,19 @@ def save_checkpoint(trainable: Trainable, run_dir: Path, step: int, state: dict,
             shutil.rmtree(tmp)
         tmp.mkdir()
     accelerator.wait_for_everyone()
-    _save_rng(tmp, accelerator.process_index)
+    try:
+        _save_rng(tmp, accelerator.process_index)
+        if accelerator.is_main_process:
+            _save_state(tmp, trainable)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:  # last: a checkpoint without it is incomplete
+            write_text_atomic(tmp / STATE_FILE, json.dumps({**state, "global_step": step, "format": FORMAT},
+                                                           indent=2))
+    except BaseException:  # a full disk: no half-written checkpoint is left, the previous ones stay
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if accelerator.is_main_process:
-        _save_state(tmp, trainable)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_text_atomic(tmp / STATE_FILE, json.dumps({**state, "global_step": step, "format": FORMAT}, indent=2))
         if target.is_symlink():
             target.unlink()
         elif target.exists():
