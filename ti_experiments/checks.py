@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import options
 from .data.images import DataSettings
-from .embeddings import check_token
+from .embeddings import check_token, placeholder_tokens
 from .errors import TIError
 from .evaluation.settings import EvaluationSettings
 from .models.settings import ModelSettings
@@ -52,6 +52,16 @@ class ConceptSettings(Settings):
     def __post_init__(self):
         super().__post_init__()
         check_token(self.placeholder_token, "concept.placeholder_token", "use one word such as '<my-thing>'")
+
+    @property
+    def tokens(self) -> list[str]:
+        """`<tok>`, `<tok>_1`, ...: the tokens the concept's vectors are added as (diffusers' names)."""
+        return placeholder_tokens(self.placeholder_token, self.num_vectors)
+
+    @property
+    def placeholder_string(self) -> str:
+        """How a training prompt names the concept: every one of its tokens."""
+        return " ".join(self.tokens)
 
 
 @dataclass
