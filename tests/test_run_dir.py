@@ -223,3 +223,23 @@ def test_a_record_left_running_by_a_dead_run_reads_as_failed(tmp_path):
 
     with folder_lock(tmp_path, "a run", "wait"):
         assert run_files.read_record(tmp_path)["status"] == "running"  # held: it is running
+
+
+def test_the_command_refuses_a_concept_folder_and_an_empty_run_dir_in_one_line(tmp_path):
+    from conftest import TINY_RUN, run_cli
+
+    concept = tmp_path / "sd-concept"
+    concept.mkdir()
+    for name, text in (("token_identifier.txt", "<mine>"), ("type_of_concept.txt", "object")):
+        (concept / name).write_text(text)
+    done = run_cli(*TINY_RUN, f"hydra.run.dir={concept}")
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1 and "holds an embedding or concept" in errors[0], done.stderr
+    assert (concept / "token_identifier.txt").read_text() == "<mine>"
+    assert sorted(p.name for p in concept.iterdir()) == [".lock", "ti.log", "token_identifier.txt",
+                                                          "type_of_concept.txt"]
+    here = tmp_path / "cwd"
+    here.mkdir()
+    done = run_cli(*TINY_RUN, "hydra.run.dir=", cwd=here)
+    assert done.returncode == 2 and "hydra.run.dir, paths.output_dir) is empty" in done.stderr, done.stderr
+    assert not (here / "run.json").exists() and not (here / "resolved_config.yaml").exists()
