@@ -26,7 +26,7 @@ def test_no_concept_and_bad_property(tmp_path):
 def test_a_full_disk_suggests_a_resume_only_when_there_is_a_checkpoint(tmp_path):
     import errno
 
-    from ti_experiments import run_dir as run_files
+    from ti_experiments.records import run_dir as run_files
     from ti_experiments.experiment import disk_full
 
     exc = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run.json"))

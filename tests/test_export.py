@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TINY_RUN, compose
-from ti_experiments.embeddings import save_a1111, save_learned_embeds, save_sdxl
+from ti_experiments.models.embeddings import save_a1111, save_learned_embeds, save_sdxl
 from ti_experiments.errors import TIError
 from ti_experiments.export import export, main
-from ti_experiments.run_dir import a1111_name, read_embedding
+from ti_experiments.records.run_dir import a1111_name, read_embedding
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_an_empty_embedding_a_bad_token_and_a_full_disk_are_one_line(tmp_path, m
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    import ti_experiments.embeddings as embeddings
+    import ti_experiments.models.embeddings as embeddings
 
     monkeypatch.setattr(embeddings, "save_file", full)
     assert main([str(source), "--format", "a1111", "--out", str(tmp_path / "x.safetensors")]) == 2

@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO, TINY_RUN, compose
-from ti_experiments import run_dir as run_files
+from ti_experiments.records import run_dir as run_files
 
 
 class Payload:

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import run_dir as run_files
+from .records import run_dir as run_files
 from .config import compose
 from .errors import TIError
-from .generation import generate
+from .models.generation import generate
 
 __all__ = ["RunResult", "compose", "generate", "train"]
 
@@ -115,7 +115,7 @@ class _log_file:
         self.logger = logging.getLogger("ti_experiments")
 
     def __enter__(self):
-        from .files import NoFollowFileHandler
+        from .records.files import NoFollowFileHandler
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.handlers = [NoFollowFileHandler(self.path, encoding="utf-8", delay=True)]

@@ -25,7 +25,7 @@ def check_inputs(run_dir: Path, overrides: list[str]) -> None:
     """The recorded init_from file is the same file today (unless an override names another)."""
     from .errors import TIError
     from .records.run_record import sha256
-    from .run_dir import read_record
+    from .records.run_dir import read_record
 
     init = read_record(run_dir).get("init_from") or {}
     if not isinstance(init, dict) or not init.get("sha256") or any(o.startswith("concept.init_from=")
@@ -43,7 +43,7 @@ def check_inputs(run_dir: Path, overrides: list[str]) -> None:
 def checked_config(run_dir: Path):
     """The run's composed config, read as data."""
     from .errors import TIError
-    from .run_dir import COMPOSED_CONFIG, read_config
+    from .records.run_dir import COMPOSED_CONFIG, read_config
 
     if not (run_dir / COMPOSED_CONFIG).is_file():
         raise TIError(f"{run_dir} has no {COMPOSED_CONFIG}, so it is not a run directory",

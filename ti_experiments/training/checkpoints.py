@@ -26,9 +26,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import TIError
-from ..files import atomic_path, write_text_atomic
-from ..run_dir import CHECKPOINT_STATE as STATE_FILE
-from ..run_dir import checkpoint_dir, checkpoint_step, list_checkpoints
+from ..records.files import atomic_path, write_text_atomic
+from ..records.run_dir import CHECKPOINT_STATE as STATE_FILE
+from ..records.run_dir import checkpoint_dir, checkpoint_step, list_checkpoints
 
 log = logging.getLogger(__name__)
 

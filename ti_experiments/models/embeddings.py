@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import TIError
-from .files import atomic_path
+from ..errors import TIError
+from ..records.files import atomic_path
 
 
 # a token names files (`<token>.safetensors`, `...-steps-N.safetensors`): well below a file name's 255 bytes
@@ -94,9 +94,8 @@ def add_placeholder_tokens(
     init_vectors: torch.Tensor | None = None,
 ) -> PlaceholderEmbedding:
     """Add the tokens, start every new row as a copy of the initializer's row (or, given `init_vectors`,
-    as those rows: a warm start from an earlier embedding), and splice them in."""
-    if not isinstance(num_vectors, int) or num_vectors < 1:
-        raise TIError(f"concept.num_vectors is {num_vectors}", "set concept.num_vectors to an integer >= 1")
+    as those rows: a warm start from an earlier embedding), and splice them in. `num_vectors` is checked
+    where the concept's settings declare it (`ConceptSettings`)."""
     check_token(placeholder_token, "concept.placeholder_token", "use one word such as '<my-concept>'")
     tokens = placeholder_tokens(placeholder_token, num_vectors)
     taken = [t for t in tokens if _vocab_has(tokenizer, t)]
@@ -279,7 +278,7 @@ def read_embedding_file(path: Path) -> EmbeddingFile:
 def text_encoder_pairs(pipe) -> list[tuple]:
     """(tokenizer, text encoder) of a pipeline, in the order of `EmbeddingFile.vectors`: one per encoder of
     the pipeline's model family (SDXL: two)."""
-    from .models.loading import family_of_pipeline
+    from .loading import family_of_pipeline
 
     return [(getattr(pipe, t), getattr(pipe, e)) for t, e in family_of_pipeline(pipe).component_folders]
 

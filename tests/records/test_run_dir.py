@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ti_experiments import run_dir as run_files
+from ti_experiments.records import run_dir as run_files
 from ti_experiments.errors import TIError
 from ti_experiments.export import export, main
 
@@ -219,7 +219,7 @@ def test_an_empty_run_folder_or_one_inside_the_package_is_refused(given):
 def test_a_record_left_running_by_a_dead_run_reads_as_failed(tmp_path):
     run_files.write_json(tmp_path / run_files.RECORD, {"status": "running"})
     assert run_files.read_record(tmp_path)["status"] == "failed"
-    from ti_experiments.files import folder_lock
+    from ti_experiments.records.files import folder_lock
 
     with folder_lock(tmp_path, "a run", "wait"):
         assert run_files.read_record(tmp_path)["status"] == "running"  # held: it is running

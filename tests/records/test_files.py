@@ -11,9 +11,9 @@ import sys
 import pytest
 
 from ti_experiments.errors import TIError
-from ti_experiments.files import atomic_dir, atomic_path, folder_lock, write_text_atomic
+from ti_experiments.records.files import atomic_dir, atomic_path, folder_lock, write_text_atomic
 
-HOLD = "import sys, time; from ti_experiments.files import folder_lock\n" \
+HOLD = "import sys, time; from ti_experiments.records.files import folder_lock\n" \
        "with folder_lock(sys.argv[1], 'a test', 'wait'):\n    print('held', flush=True); time.sleep(600)"
 
 
@@ -109,7 +109,7 @@ def test_an_atomic_write_onto_a_link_is_refused(tmp_path):
 def test_the_log_handler_never_writes_through_a_link(tmp_path):
     import logging
 
-    from ti_experiments.files import NoFollowFileHandler
+    from ti_experiments.records.files import NoFollowFileHandler
 
     victim, folder = _victim(tmp_path)
     (folder / "ti.log").symlink_to(victim)
@@ -127,7 +127,7 @@ def test_the_log_handler_never_writes_through_a_link(tmp_path):
 def test_files_written_get_the_users_umask_safetensors_too(tmp_path, umask):
     import torch
 
-    from ti_experiments.embeddings import save_learned_embeds
+    from ti_experiments.models.embeddings import save_learned_embeds
 
     old = os.umask(umask)
     try:

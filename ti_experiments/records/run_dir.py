@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from .embeddings import EmbeddingFile, read_embedding_file, save_learned_embeds, save_tensors
-from .errors import TIError
+from ..models.embeddings import EmbeddingFile, read_embedding_file, save_learned_embeds, save_tensors
+from ..errors import TIError
 from .files import LOCK_FILE, folder_held, folder_lock, open_no_follow, refuse_link, write_text_atomic
 
 HYDRA_DIR = ".hydra"
@@ -172,7 +172,7 @@ def _refuse_others(run_dir: Path) -> None:
 def check_run_folder(given) -> Path:
     """The run's folder as given (paths.output_dir, from hydra.run.dir): not empty (the current directory,
     with everything in it), and not inside the package (a run folder in conf/ becomes a config option)."""
-    from .config import CONF_DIR, SWEEPS_DIR
+    from ..config import CONF_DIR, SWEEPS_DIR
 
     if given is None or not str(given).strip():
         raise TIError("the run's folder (hydra.run.dir, paths.output_dir) is empty, so the run would write into "
@@ -180,7 +180,7 @@ def check_run_folder(given) -> Path:
                       "hydra.run.dir out for a fresh timestamped one")
     run_dir = Path(str(given)).expanduser()
     where = run_dir.resolve()
-    for inside in (Path(__file__).resolve().parent, CONF_DIR.resolve(), SWEEPS_DIR.resolve()):
+    for inside in (Path(__file__).resolve().parent.parent, CONF_DIR.resolve(), SWEEPS_DIR.resolve()):
         if where == inside or inside in where.parents:
             raise TIError(f"the run's folder {run_dir} is inside the package ({inside}), whose files it would "
                           "mix with", "name a folder outside it, e.g. hydra.run.dir=outputs/runs/my-run")
@@ -247,7 +247,7 @@ def read_config(run_dir: Path, composed: bool = True):
 
     A run folder may come from anyone: the config is data. It builds only the project's own targets
     (`config.check_targets`), and a broken file is one line naming it."""
-    from .config import load_yaml_config
+    from ..config import load_yaml_config
 
     run_dir = Path(run_dir)
     names = (COMPOSED_CONFIG, RESOLVED_CONFIG) if composed else (RESOLVED_CONFIG,)
@@ -331,7 +331,7 @@ def a1111_name(token: str) -> str:
 def save_for_other_tools(path: str | Path, vectors: list[torch.Tensor]) -> Path:
     """The A1111/ComfyUI file, in the layout of the model family with as many text encoders
     (`emb_params` for SD 1.x/2.x, `clip_l` + `clip_g` for SDXL)."""
-    from .models.loading import family_for_encoders
+    from ..models.loading import family_for_encoders
 
     return save_tensors(path, family_for_encoders(len(vectors)).a1111_tensors(vectors))
 
@@ -464,7 +464,7 @@ def validation_dir(run_dir: Path, step: int) -> Path:
 
 def list_images(folder: Path) -> list[Path]:
     """The pictures of a folder (validation images, a concept's training images) in order; none if missing."""
-    from .data.images import list_image_files
+    from ..data.images import list_image_files
 
     folder = Path(folder)
     return [p for p in list_image_files(folder) if p.suffix.lower() in IMAGE_SUFFIXES] if folder.is_dir() else []
