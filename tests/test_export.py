@@ -124,3 +124,28 @@ def test_an_export_never_replaces_another_embedding(tmp_path):
     with pytest.raises(TIError, match="already holds another embedding"):
         export(source, "diffusers", out=folder, token="<b>")
     assert read_embedding(folder).token == "<a>"
+
+
+def test_an_empty_embedding_a_bad_token_and_a_full_disk_are_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from safetensors.torch import save_file
+
+    empty = tmp_path / "empty.safetensors"
+    save_file({"<e>": torch.zeros(0, 32)}, str(empty))
+    with pytest.raises(TIError, match="holds no vectors"):
+        export(empty, "a1111", out=tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+    source = save_learned_embeds(tmp_path / "src.safetensors", "<a>", torch.ones(1, 32))
+    with pytest.raises(TIError, match=r"--token '<a\\x00b>' contains the control"):
+        export(source, "diffusers", out=tmp_path / "c", token="<a\x00b>")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    import ti_experiments.models.embeddings as embeddings
+
+    monkeypatch.setattr(embeddings, "save_file", full)
+    assert main([str(source), "--format", "a1111", "--out", str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on the device" in err and "resume" not in err and "run the command again" in err

@@ -278,7 +278,9 @@ def test_a_folder_being_written_by_another_generate_is_refused_and_numbering_goe
     (dict(seed=2**32 - 1, num_images=2), r"between 0 and 4294967294 \(image i uses seed \+ i"),
     (dict(seed="3"), "seed='3' is not an integer"),
     (dict(guidance=float("nan")), "guidance=nan is not a finite number"),
-    (dict(width=1 << 20, height=1 << 20), r"a 1048576x1048576 image needs at least \d+\.\d GiB of memory"),
+    (dict(width=1 << 20, height=1 << 20), r"width=1048576 is not a multiple of 8 between 8 and 8192"),
+    (dict(height=100000), "height=100000 is not a multiple of 8 between 8 and 8192"),
+    (dict(steps=1001), "steps=1001 is more than any model's 1000 timesteps"),
 ])
 def test_values_out_of_range_are_refused_before_the_model_loads(run_dir, tmp_path, monkeypatch, kwargs, message):
     import ti_experiments.models.loading as loading
@@ -299,3 +301,35 @@ def test_cli_huge_seed_and_nan_guidance_are_one_line(run_dir, tmp_path, capsys):
         assert code == 2
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and "; fix: " in err, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("token,message", [("<a\x07b>", "contains the control or unprintable character"),
+                                           ("<a\x00b>", "contains the control or unprintable character"),
+                                           ("<" + "x" * 300 + ">", "is 302 characters long, more than 100")])
+def test_a_token_a_prompt_or_file_name_cannot_carry_is_refused_before_the_model_loads(run_dir, monkeypatch, token,
+                                                                                       message):
+    import ti_experiments.models.loading as loading
+
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(TIError, match=message):
+        generate("a photo", [(run_dir, token)], **FAST)
+
+
+def test_an_embedding_with_no_vectors_is_refused(run_dir, tmp_path, monkeypatch):
+    import ti_experiments.models.loading as loading
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    empty = tmp_path / "empty.safetensors"
+    save_file({"<e>": torch.zeros(0, 32)}, str(empty))
+    with pytest.raises(TIError, match=r"'<e>' holds no vectors \(shape \(0, 32\)\); fix: use another"):
+        generate("a photo of <e>", empty, model=str(run_dir), **FAST)
+
+
+@pytest.mark.parametrize("text", ["model: [unclosed\n", "model:\n  _target_: os.system\n"])
+def test_a_broken_or_crafted_config_in_a_run_folder_is_one_line(run_dir, tmp_path, capsys, text):
+    moved = shutil.copytree(run_dir, tmp_path / "run")
+    (moved / "resolved_config.yaml").write_text(text)
+    with pytest.raises(TIError, match="resolved_config.yaml (is not a readable run config|names model._target_)"):
+        generate("a <demo-toy>", moved, **FAST)
+    assert_one_line(capsys, main([str(moved), "a <demo-toy>", "--out", str(tmp_path / "o")]), "resolved_config.yaml")

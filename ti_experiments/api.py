@@ -115,8 +115,10 @@ class _log_file:
         self.logger = logging.getLogger("ti_experiments")
 
     def __enter__(self):
+        from .records.files import NoFollowFileHandler
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handlers = [logging.FileHandler(self.path, encoding="utf-8", delay=True)]
+        self.handlers = [NoFollowFileHandler(self.path, encoding="utf-8", delay=True)]
         if not self.logger.handlers and not logging.getLogger().handlers:
             self.handlers.append(logging.StreamHandler())
         for handler in self.handlers:

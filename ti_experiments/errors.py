@@ -47,7 +47,7 @@ def user_message(exc: BaseException) -> str | None:
         return f"error: {exc}"
     if isinstance(exc, OSError) and exc.filename and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return (f"error: no space left on the device while writing {exc.filename} (the previous copy, if any, "
-                "is intact); fix: free disk space, then resume with train.resume_from_checkpoint=latest")
+                "is intact); fix: free disk space, then run the command again")
     if isinstance(exc, OSError) and exc.filename:  # a path the user gave: unwritable, not a folder, disk full
         return (f"error: cannot write {exc.filename} ({exc.strerror or exc.__class__.__name__}); fix: choose a "
                 "writable place with free space (a run: hydra.run.dir or TI_OUTPUT_ROOT; a command: its --out)")

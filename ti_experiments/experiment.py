@@ -105,7 +105,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     from accelerate import PartialState
 
     checked = check_config(cfg)  # every setting, before the run's folder exists
-    run_dir = Path(str(checked.paths.output_dir)).expanduser()
+    run_dir = run_files.check_run_folder(_given_folder(checked.paths.output_dir))
     # With several processes (accelerate launch) only the main one holds the folder and keeps the record.
     main = PartialState(cpu=no_accelerator()).is_main_process
     if main and no_accelerator():
@@ -115,6 +115,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
             run_dir.mkdir(parents=True, exist_ok=True)
             record = start_record(run_dir, cfg, overrides) if main else None
             return _run(checked, run_dir, record, OmegaConf.to_container(cfg, resolve=True))
+    except OSError as exc:
+        raise disk_full(exc, run_dir) or exc
     finally:
         if packed.current() is None:  # a pack resets once, when all its jobs are done
             reset_accelerate()  # also when the run failed before training began (the next run starts clean)
@@ -151,6 +153,34 @@ def _run(settings: RunConfig, run_dir: Path, record: RunRecord | None, config: d
         if repo_id:  # the run is complete whatever happens to the upload; a failed upload says how to retry
             record.note(hub=publish(run_dir, repo_id, hub))
     return run_dir
+
+
+def _given_folder(output_dir):
+    """The run's folder as the user gave it: Hydra turns an empty hydra.run.dir into the current directory."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN:
+        given = OmegaConf.select(HydraConfig.get(), "run.dir", default=None, throw_on_resolution_failure=False)
+        if given is not None and not str(given).strip():
+            return ""
+    return output_dir
+
+
+def disk_full(exc: OSError, run_dir: Path) -> TIError | None:
+    """A full disk during a run, as the line that says how to go on: resume when the run saved a
+    checkpoint, else start again (a resume of a run without one is refused)."""
+    import errno
+
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    problem = (f"no space left on the device while writing {exc.filename or run_dir} (the previous copy, if any, "
+               "is intact)")
+    if run_files.list_checkpoints(run_dir):
+        return TIError(problem, f"free disk space, then resume with hydra.run.dir={run_dir} "
+                                "train.resume_from_checkpoint=latest")
+    return TIError(problem, "free disk space, then start the run again in a new folder (this one saved no checkpoint "
+                            "to resume)")
 
 
 @dataclass

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .records import run_dir as run_files
-from .models.embeddings import save_learned_embeds
+from .models.embeddings import check_token, save_learned_embeds
 from .errors import ArgumentParser, TIError, report_or_raise
 
 FORMATS = ("a1111", "diffusers")
@@ -23,6 +23,8 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, step: in
     """Write the concept at `source` in format `fmt`; return what was written (a file, or a folder for diffusers)."""
     if fmt not in FORMATS:
         raise TIError(f"--format {fmt!r} is unknown", f"use {' or '.join(FORMATS)}")
+    if token is not None:
+        check_token(token, "--token", "use one word of printable characters, e.g. --token '<my-thing>'")
     source = Path(source).expanduser()
     if not source.exists():
         raise TIError(f"{source} does not exist", "pass a run directory, a concept folder or an embedding file")

@@ -301,3 +301,19 @@ def test_placeholder_vectors_that_cannot_reach_the_text_encoder_are_refused(tiny
     with pytest.raises(TIError, match=rf"only {fit} of concept.num_vectors=100 .* 77 positions.*"
                                       rf"fix: use concept.num_vectors={fit} or fewer"):
         check_room(dataset(100), 100, captions=False)
+
+
+def test_32_bit_float_tiffs_are_scaled_or_refused(tmp_path):
+    import numpy as np
+
+    Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32)).save(tmp_path / "unit.tif")  # [0, 1]: the usual
+    Image.fromarray(np.full((8, 8), 200.0, dtype=np.float32)).save(tmp_path / "bytes.tif")  # [0, 255]
+    images = ConceptImages(tmp_path, DataSettings(resolution=8))
+    px = {p.name: images.pixels[i] for i, p in enumerate(images.paths)}
+    assert abs(px["unit.tif"].mean().item() - (128 / 127.5 - 1)) < 0.01  # grey, not black
+    assert abs(px["bytes.tif"].mean().item() - (200 / 127.5 - 1)) < 0.01
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    Image.fromarray(np.full((8, 8), -40.0, dtype=np.float32)).save(odd / "hdr.tif")
+    with pytest.raises(TIError, match=r"hdr.tif is a floating-point image whose values \(-40 to -40\).*; fix: save it"):
+        ConceptImages(odd, DataSettings(resolution=8))

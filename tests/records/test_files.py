@@ -66,3 +66,74 @@ def test_the_lock_is_held_against_the_same_process_too_and_released_after_the_bl
                 pass
     with folder_lock(tmp_path, "x", "y"):
         pass
+
+
+# --- nothing is written through a link; files get the user's umask ------------------------------------------
+
+
+def _victim(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's file\n")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    return victim, folder
+
+
+def test_a_planted_lock_link_is_refused_and_its_target_untouched(tmp_path):
+    victim, folder = _victim(tmp_path)
+    (folder / ".lock").symlink_to(victim)
+    with pytest.raises(TIError, match=r"\.lock is a symbolic link.*nothing was written through it; fix: remove"):
+        with folder_lock(folder, "a test", "wait"):
+            pass
+    assert victim.read_text() == "the user's file\n"
+
+
+def test_a_hard_linked_lock_is_refused_and_its_file_untouched(tmp_path):
+    victim, folder = _victim(tmp_path)
+    os.link(victim, folder / ".lock")
+    with pytest.raises(TIError, match="is not a plain file of this folder \\(a hard link\\)"):
+        with folder_lock(folder, "a test", "wait"):
+            pass
+    assert victim.read_text() == "the user's file\n"
+
+
+def test_an_atomic_write_onto_a_link_is_refused(tmp_path):
+    victim, folder = _victim(tmp_path)
+    (folder / "run.json").symlink_to(victim)
+    with pytest.raises(TIError, match="run.json is a symbolic link"):
+        write_text_atomic(folder / "run.json", "{}")
+    assert victim.read_text() == "the user's file\n" and (folder / "run.json").is_symlink()
+    assert not list(folder.glob(".*tmp"))
+
+
+def test_the_log_handler_never_writes_through_a_link(tmp_path):
+    import logging
+
+    from ti_experiments.records.files import NoFollowFileHandler
+
+    victim, folder = _victim(tmp_path)
+    (folder / "ti.log").symlink_to(victim)
+    handler = NoFollowFileHandler(folder / "ti.log")
+    handler.emit(logging.makeLogRecord({"msg": "a line"}))
+    handler.close()
+    assert victim.read_text() == "the user's file\n"
+    plain = NoFollowFileHandler(folder / "own.log")
+    plain.emit(logging.makeLogRecord({"msg": "a line"}))
+    plain.close()
+    assert (folder / "own.log").read_text() == "a line\n"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_files_written_get_the_users_umask_safetensors_too(tmp_path, umask):
+    import torch
+
+    from ti_experiments.models.embeddings import save_learned_embeds
+
+    old = os.umask(umask)
+    try:
+        save_learned_embeds(tmp_path / "e.safetensors", "<t>", torch.ones(1, 4))
+        write_text_atomic(tmp_path / "t.txt", "x")
+    finally:
+        os.umask(old)
+    for name in ("e.safetensors", "t.txt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask

@@ -137,3 +137,109 @@ def test_a_held_run_folder_is_refused_before_its_contents_are_looked_at(tmp_path
         with pytest.raises(TIError, match=r"is in use by a run \(process \d+\); fix: wait for it to end"):
             with run_files.claim(tmp_path):
                 pass
+
+
+# --- a received run folder is data; a folder of the user's is never a run folder -----------------------------
+
+CRAFTED = {
+    "nested torch.load": "model:\n  _target_: ti_experiments.models.load_tiny_components\n  extra:\n"
+                         "    _target_: torch.load\n    f: payload.pt\n    weights_only: false\n",
+    "os.system in _args_": "optimizer:\n  _target_: torch.optim.AdamW\n  _args_:\n    - _target_: os.system\n"
+                           "      _args_: ['touch pwned']\n",
+    "target by interpolation": "x: os.system\nmodel:\n  _target_: ${x}\n",
+    "node made from text": "model: \"${oc.create:'{_target_: os.system}'}\"\n",
+    "builtins eval": "lr_scheduler:\n  _target_: builtins.eval\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_a_config_naming_code_the_project_does_not_ship_is_refused(tmp_path, case):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / run_files.COMPOSED_CONFIG).write_text(CRAFTED[case])
+    with pytest.raises(TIError, match=r"(not one of the project's targets|makes a config node from text).*fix: "):
+        run_files.read_config(tmp_path)
+
+
+def test_the_project_s_own_configs_pass_the_check(tmp_path):
+    from omegaconf import OmegaConf
+
+    from conftest import compose
+
+    cfg = compose("+concept=demo", "model=tiny", "optimizer=sgd", "lr_scheduler=cosine", "logger=tensorboard",
+                  "optimizer._target_=torch.optim.RAdam", output_dir=tmp_path)
+    (tmp_path / run_files.RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg))
+    assert run_files.read_config(tmp_path, composed=False).optimizer._target_ == "torch.optim.RAdam"
+
+
+@pytest.mark.parametrize("text", ["model: [unclosed\n", "- just\n- a list\n", "\x00\x01binary"])
+def test_a_broken_config_in_a_run_folder_is_one_line(tmp_path, text):
+    (tmp_path / run_files.RESOLVED_CONFIG).write_text(text)
+    with pytest.raises(TIError, match=r"resolved_config.yaml is not a.*; fix: restore the file"):
+        run_files.read_config(tmp_path)
+
+
+@pytest.mark.parametrize("files", [("learned_embeds.safetensors",), ("token_identifier.txt", "type_of_concept.txt"),
+                                   ("learned_embeds.bin",), ("cat-toy.safetensors",), ("notes.txt",), ("photos",)])
+def test_a_folder_of_the_users_own_files_is_never_a_run_folder(tmp_path, files):
+    for name in files:
+        (tmp_path / name).mkdir() if name == "photos" else (tmp_path / name).write_text("mine")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(TIError, match=r"holds (an embedding or concept|files this run did not write).*fix: start "
+                                      r"the run in a new folder"):
+        with run_files.claim(tmp_path):
+            pass
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
+def test_a_link_in_a_run_folder_is_refused_even_on_resume(tmp_path):
+    _finished_run(tmp_path, checkpoint=True)
+    victim = tmp_path.parent / f"{tmp_path.name}-victim"
+    victim.write_text("mine")
+    (tmp_path / run_files.METRICS).symlink_to(victim)
+    with pytest.raises(TIError, match="metrics.jsonl is a symbolic link"):
+        with run_files.claim(tmp_path, "latest"):
+            pass
+    with pytest.raises(TIError, match="metrics.jsonl is a symbolic link"):
+        run_files.append_metrics(tmp_path, {"step": 1})
+    assert victim.read_text() == "mine"
+
+
+@pytest.mark.parametrize("given", ["", "  ", None, "PACKAGE", "CONF"])
+def test_an_empty_run_folder_or_one_inside_the_package_is_refused(given):
+    from ti_experiments.config import CONF_DIR
+
+    import ti_experiments
+
+    given = {"PACKAGE": str(ti_experiments.__file__).rsplit("/", 1)[0] + "/runs/x",
+             "CONF": str(CONF_DIR / "concept" / "mine")}.get(given, given)
+    with pytest.raises(TIError, match=r"(is empty|inside the package).*fix: name a"):
+        run_files.check_run_folder(given)
+
+
+def test_a_record_left_running_by_a_dead_run_reads_as_failed(tmp_path):
+    run_files.write_json(tmp_path / run_files.RECORD, {"status": "running"})
+    assert run_files.read_record(tmp_path)["status"] == "failed"
+    from ti_experiments.records.files import folder_lock
+
+    with folder_lock(tmp_path, "a run", "wait"):
+        assert run_files.read_record(tmp_path)["status"] == "running"  # held: it is running
+
+
+def test_the_command_refuses_a_concept_folder_and_an_empty_run_dir_in_one_line(tmp_path):
+    from conftest import TINY_RUN, run_cli
+
+    concept = tmp_path / "sd-concept"
+    concept.mkdir()
+    for name, text in (("token_identifier.txt", "<mine>"), ("type_of_concept.txt", "object")):
+        (concept / name).write_text(text)
+    done = run_cli(*TINY_RUN, f"hydra.run.dir={concept}")
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1 and "holds an embedding or concept" in errors[0], done.stderr
+    assert (concept / "token_identifier.txt").read_text() == "<mine>"
+    assert sorted(p.name for p in concept.iterdir()) == [".lock", "ti.log", "token_identifier.txt",
+                                                          "type_of_concept.txt"]
+    here = tmp_path / "cwd"
+    here.mkdir()
+    done = run_cli(*TINY_RUN, "hydra.run.dir=", cwd=here)
+    assert done.returncode == 2 and "hydra.run.dir, paths.output_dir) is empty" in done.stderr, done.stderr
+    assert not (here / "run.json").exists() and not (here / "resolved_config.yaml").exists()

@@ -76,7 +76,7 @@ def test_kill_9_leaves_only_complete_files_and_resume_finishes(tmp_path):
     for path in run_dir.glob("learned_embeds-steps-*.safetensors"):
         assert load_file(path)["<demo-toy>"].shape == (1, 32)  # every file with a final name is whole
     for checkpoint in run_dir.glob("checkpoint-*"):
-        assert (checkpoint / "trainer_state.json").exists() and (checkpoint / "model.safetensors").exists()
+        assert (checkpoint / "trainer_state.json").exists() and (checkpoint / "state.safetensors").exists()
     resumed = run_cli(*args, f"hydra.run.dir={run_dir}", "train.resume_from_checkpoint=latest")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 30

@@ -93,8 +93,8 @@ def test_sdxl_run_writes_both_layouts_and_the_size_conditioning_reaches_the_unet
         assert load_file(run_dir / f"learned_embeds-steps-{step}.safetensors")["<demo-toy>"].shape == (2, 32)
         assert load_file(run_dir / f"learned_embeds_2-steps-{step}.safetensors")["<demo-toy>"].shape == (2, 64)
     checkpoint = run_dir / "checkpoint-4"
-    assert load_file(checkpoint / "model.safetensors")["vectors"].shape == (2, 32)
-    assert load_file(checkpoint / "model_1.safetensors")["vectors"].shape == (2, 64)
+    assert load_file(checkpoint / "state.safetensors")["vectors.0"].shape == (2, 32)
+    assert load_file(checkpoint / "state.safetensors")["vectors.1"].shape == (2, 64)
 
 
 def test_sdxl_resume_continues_to_the_same_embeddings(tmp_path):

@@ -76,7 +76,7 @@ def test_checkpoint_limit_keeps_the_newest(tmp_path):
     run_dir = _train(tmp_path, "train.max_steps=3", "train.checkpointing_steps=1",
                      "train.checkpoints_total_limit=2")
     assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
-    assert (run_dir / "checkpoint-3" / "model.safetensors").stat().st_size < 10_000  # rows only
+    assert (run_dir / "checkpoint-3" / "state.safetensors").stat().st_size < 10_000  # rows only
 
 
 def test_resume_continues_to_the_same_embedding(tmp_path):
@@ -211,7 +211,7 @@ def test_a_corrupt_checkpoint_is_refused_and_the_previous_one_named(tmp_path):
     from ti_experiments.errors import TIError
 
     _train(tmp_path, "train.checkpointing_steps=1", "train.max_steps=2")
-    (tmp_path / "checkpoint-2" / "optimizer.bin").write_bytes(b"garbage")
+    (tmp_path / "checkpoint-2" / "state.json").write_bytes(b"garbage")
     with pytest.raises(TIError, match=r"checkpoint-2 is corrupt.*checkpoint-1"):
         _train(tmp_path, "train.max_steps=3", "train.resume_from_checkpoint=latest")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import hydra_error
+from ..errors import TIError, hydra_error
 from .settings import build  # noqa: F401 - `config.build`: one way to instantiate a node, kept in settings
 from ..toyworld import shipped as _toyworld  # noqa: F401 - registers ${ti.toyworld:...} for every config
 
@@ -64,3 +64,98 @@ def hydra_choices() -> dict:
     if not HydraConfig.initialized():
         return {}
     return {k: v for k, v in HydraConfig.get().runtime.choices.items() if v and not k.startswith("hydra")}
+
+
+# --- configs read back from disk: data, never code ---------------------------------------------------------
+
+# resolvers that turn a string into a config node (and so could make a `_target_` the check never saw)
+_NODE_MAKERS = ("oc.create", "oc.decode")
+
+
+def project_targets() -> frozenset[str]:
+    """The `_target_`s the project's own configs name (conf/ and sweeps/): what a config read back from a
+    run folder may build."""
+    import yaml
+
+    found: set[str] = set()
+
+    def walk(value) -> None:
+        if isinstance(value, dict):
+            target = value.get("_target_")
+            if isinstance(target, str):
+                found.add(target)
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    for folder in (CONF_DIR, SWEEPS_DIR):
+        for path in sorted(folder.rglob("*.yaml")) if folder.is_dir() else []:
+            try:
+                walk(yaml.safe_load(path.read_text(encoding="utf-8")))
+            except (OSError, yaml.YAMLError):
+                continue
+    return frozenset(found)
+
+
+def _torch_optim_class(target: str) -> bool:
+    """An optimizer or LR schedule class of torch.optim (a user's `optimizer._target_=torch.optim.RAdam`),
+    found by attribute lookup alone: nothing is imported for it."""
+    import torch
+
+    if not target.startswith("torch.optim."):
+        return False
+    obj = torch.optim
+    for name in target.split(".")[2:]:
+        obj = getattr(obj, name, None)
+        if obj is None or name.startswith("_"):
+            return False
+    bases = (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
+    return isinstance(obj, type) and issubclass(obj, bases) and obj not in bases
+
+
+def check_targets(node, where) -> None:
+    """Refuse a config read from disk that names code the project does not ship: every `_target_`, nested
+    ones and those in `_args_` included, must be one of the project's own (or a torch.optim class), as a
+    plain string (an interpolation could name anything). Hydra 1.4's way: an allow-list, not a blocklist."""
+    from omegaconf import OmegaConf
+
+    allowed = project_targets()
+    fix = (f"use a run folder this project wrote, or edit {where} so every _target_ is one of the project's "
+           f"(e.g. {sorted(allowed)[0] if allowed else 'torch.optim.AdamW'})")
+
+    def walk(value, key: str) -> None:
+        if isinstance(value, dict):
+            for name, item in value.items():
+                here = f"{key}.{name}" if key else str(name)
+                if name == "_target_" and not (isinstance(item, str) and (item in allowed or _torch_optim_class(item))):
+                    raise TIError(f"{where} names {here}={item!r}, which is not one of the project's targets "
+                                  "(a config read from a folder builds only those)", fix)
+                walk(item, here)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{key}[{i}]")
+        elif isinstance(value, str) and any(f"{maker}:" in value.replace(" ", "") for maker in _NODE_MAKERS):
+            raise TIError(f"{where} makes a config node from text at {key} ({value[:60]!r}), which could name "
+                          "any code", fix)
+
+    walk(OmegaConf.to_container(node, resolve=False) if OmegaConf.is_config(node) else node, "")
+
+
+def load_yaml_config(path, what: str = "config"):
+    """A YAML config from disk (a run folder's) as a DictConfig whose targets are all the project's; a file
+    that YAML cannot read, or that is no mapping, is one line naming it."""
+    from omegaconf import DictConfig, OmegaConf
+
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # noqa: BLE001 - yaml's, OmegaConf's and OSError: all mean the file is broken
+        detail = " ".join(str(exc).split())[:120]
+        raise TIError(f"{path} is not a readable {what} ({type(exc).__name__}: {detail})",
+                      "restore the file from a copy of the run, or pass the directory of another run") from None
+    if not isinstance(cfg, DictConfig):
+        raise TIError(f"{path} is not a {what} (it holds a {type(cfg).__name__}, not a mapping)",
+                      "restore the file from a copy of the run, or pass the directory of another run")
+    check_targets(cfg, path)
+    return cfg

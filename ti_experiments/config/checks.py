@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import options
 from ..data.images import DataSettings
-from ..models.embeddings import placeholder_tokens
+from ..models.embeddings import check_token, placeholder_tokens
 from ..errors import TIError
 from ..evaluation.settings import EvaluationSettings
 from ..models.settings import ModelSettings
@@ -48,6 +48,7 @@ class ConceptSettings(Settings):
 
     def __post_init__(self):
         super().__post_init__()
+<<<<<<< HEAD
         if isinstance(self.initializer_token, list):
             if not self.initializer_token or any(not w.strip() for w in self.initializer_token):
                 raise TIError(f"concept.initializer_token={self.initializer_token!r} is an empty list or holds an "
@@ -60,6 +61,9 @@ class ConceptSettings(Settings):
         if self.initializer_token == "auto":
             return None
         return self.initializer_token if isinstance(self.initializer_token, list) else [self.initializer_token]
+=======
+        check_token(self.placeholder_token, "concept.placeholder_token", "use one word such as '<my-thing>'")
+>>>>>>> issue-32
 
     @property
     def tokens(self) -> list[str]:

@@ -81,7 +81,21 @@ def _open_rgb(path: Path, resolution: int) -> tuple[Image.Image, tuple[int, int]
             arr = np.asarray(img, dtype=np.float64)
             top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
             img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), mode="L")
+        elif img.mode == "F":  # 32-bit float grayscale (TIFF): PIL's own conversion clips it to black
+            img = Image.fromarray(_float_to_8bit(np.asarray(img, dtype=np.float64), path), mode="L")
         return img.convert("RGB"), (width, height)
+
+
+def _float_to_8bit(arr: np.ndarray, path: Path) -> np.ndarray:
+    """A float image's values as 0-255: [0, 1] (the usual range of float images) or [0, 255] as they are;
+    anything else has no meaning this code can guess, so it is refused rather than trained on as black."""
+    finite = arr[np.isfinite(arr)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, -1.0)
+    if finite.size != arr.size or low < 0 or high > 255:
+        raise TIError(f"{path} is a floating-point image whose values ({low:g} to {high:g}) are not in [0, 1] or "
+                      "[0, 255] (or are not finite)", "save it as an 8- or 16-bit PNG or JPEG")
+    scale = 255.0 if high <= 1.0 else 1.0
+    return np.clip(np.round(arr * scale), 0, 255).astype(np.uint8)
 
 
 def _to_tensor(img: Image.Image) -> torch.Tensor:

@@ -46,10 +46,23 @@ class ValidationSettings(Settings):
         return self.enabled and (step >= max_steps or bool(self.steps and step % self.steps == 0))
 
 
+<<<<<<< HEAD
 def make_settings(node, concept_prompt: str | None, resolution: int, guidance_scale: float = 7.5
                   ) -> ValidationSettings:
     """The node's settings; its prompts default to the concept's validation prompt, its guidance to the
     model's (`guidance_scale`)."""
+=======
+def check_sampling_steps(steps: int, train_timesteps: int, key: str, example: str) -> None:
+    """A sampler takes at most as many steps as the model has training timesteps (more: an IndexError deep
+    in the scheduler, after all of training)."""
+    if steps > int(train_timesteps):
+        raise TIError(f"{key}={steps} is more than the model's {train_timesteps} timesteps",
+                      f"use at most {train_timesteps}, e.g. {example}")
+
+
+def make_settings(node, concept_prompt: str | None, resolution: int) -> ValidationSettings:
+    """The node's settings; its prompts default to the concept's validation prompt."""
+>>>>>>> issue-32
     values = node_values(node)
     if not values.get("prompts"):
         values["prompts"] = [concept_prompt] if concept_prompt else []
@@ -93,6 +106,8 @@ class Validator:
         self.accelerator = accelerator
         self.tracker = tracker
         self.run_dir = Path(run_dir)
+        check_sampling_steps(settings.num_inference_steps, parts.noise_scheduler.config.num_train_timesteps,
+                             "validation.num_inference_steps", "validation.num_inference_steps=25")
 
     def _pipeline(self):
         """The model family's pipeline over the modules being trained (no second copy of the model)."""

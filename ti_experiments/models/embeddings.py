@@ -20,6 +20,27 @@ from ..errors import TIError, cause
 from ..records.files import atomic_path
 
 
+# a token names files (`<token>.safetensors`, `...-steps-N.safetensors`): well below a file name's 255 bytes
+MAX_TOKEN_LENGTH = 100
+
+
+def check_token(token, key: str, fix: str) -> str:
+    """A token a prompt can carry and a file can be named after: one word of printable characters (no
+    spaces, control characters or NUL) of at most MAX_TOKEN_LENGTH characters."""
+    import unicodedata
+
+    text = token if isinstance(token, str) else ""
+    if not text or any(c.isspace() for c in text):
+        raise TIError(f"{key} {token!r} is empty or contains spaces", fix)
+    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn")), None)
+    if bad is not None:
+        raise TIError(f"{key} {token!r} contains the control or unprintable character {bad!r}", fix)
+    if len(text) > MAX_TOKEN_LENGTH:
+        raise TIError(f"{key} is {len(text)} characters long, more than {MAX_TOKEN_LENGTH} (it names the "
+                      "embedding's files)", fix)
+    return text
+
+
 def placeholder_tokens(placeholder: str, num_vectors: int) -> list[str]:
     """`<tok>`, `<tok>_1`, ... : the names diffusers' loader gives a multi-vector embedding."""
     return [placeholder] + [f"{placeholder}_{i}" for i in range(1, num_vectors)]
@@ -75,11 +96,7 @@ def add_placeholder_tokens(
     """Add the tokens, start every new row as a copy of the initializer's row (or, given `init_vectors`,
     as those rows: a warm start from an earlier embedding), and splice them in. `num_vectors` is checked
     where the concept's settings declare it (`ConceptSettings`)."""
-    if not placeholder_token or any(c.isspace() for c in str(placeholder_token)):
-        raise TIError(
-            f"concept.placeholder_token {placeholder_token!r} is empty or contains spaces",
-            "use one word such as '<my-concept>'",
-        )
+    check_token(placeholder_token, "concept.placeholder_token", "use one word such as '<my-concept>'")
     tokens = placeholder_tokens(placeholder_token, num_vectors)
     taken = [t for t in tokens if _vocab_has(tokenizer, t)]
     if taken:
@@ -142,6 +159,9 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> P
     out = {}
     for key, vectors in tensors.items():
         tensor = vectors.detach().to("cpu", torch.float32).contiguous()
+        if tensor.numel() == 0:
+            raise TIError(f"the embedding {key!r} for {path} holds no vectors; nothing was saved",
+                          "save an embedding with at least one vector")
         if not torch.isfinite(tensor).all():
             raise TIError(f"the embedding {key!r} for {path} is not finite (NaN or inf); nothing was saved",
                           "lower optimizer.lr or use hardware.mixed_precision=bf16")
@@ -201,6 +221,9 @@ def _as_rows(value, path: Path, key: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor) or value.ndim not in (1, 2) or not value.is_floating_point():
         raise TIError(f"{path}: {key!r} is not a 1-D or 2-D float tensor", "pass a textual-inversion embedding file")
     tensor = value.detach().to(torch.float32)
+    if tensor.numel() == 0:
+        raise TIError(f"{path}: {key!r} holds no vectors (shape {tuple(tensor.shape)})",
+                      "use another embedding file: this one is empty (a broken export, or a cut copy)")
     if not torch.isfinite(tensor).all():  # a broken file, named here, not blamed later on the learning rate
         raise TIError(f"{path}: {key!r} holds values that are not finite (NaN or inf)",
                       "use another embedding file: this one is broken (a run that diverged, or a cut copy)")
@@ -270,9 +293,8 @@ def load_into_pipeline(pipe, embedding: EmbeddingFile, token: str | None = None)
     pairs = text_encoder_pairs(pipe)
     check_fits(embedding, [encoder.get_input_embeddings().weight.shape[1] for _, encoder in pairs])
     token = token or embedding.token
-    if not token or any(c.isspace() for c in token):
-        raise TIError(f"{embedding.path} needs a token without spaces (it names {token!r})",
-                      "give it one: PATH=TOKEN on the command line, (path, token) in Python")
+    check_token(token, f"the token of {embedding.path}",
+                "give it one word of printable characters: PATH=TOKEN on the command line, (path, token) in Python")
     tokens = placeholder_tokens(token, embedding.num_vectors)
     for tokenizer, _ in pairs:
         taken = [t for t in tokens if _vocab_has(tokenizer, t)]

@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..records import run_dir as run_files
-from .embeddings import FAMILY_BY_WIDTHS, EmbeddingFile, load_into_pipeline
+from .embeddings import FAMILY_BY_WIDTHS, EmbeddingFile, check_token, load_into_pipeline
 from ..records.run_dir import read_embedding
 from ..errors import ArgumentParser, TIError, report_or_raise
 from ..records.files import folder_lock
@@ -42,6 +42,9 @@ SCHEDULERS = {
     "pndm": "PNDMScheduler",
 }
 DTYPES = ("fp32", "fp16", "bf16")
+# bounds that hold for every model: its timesteps (1000 for SD 1.x/2.x/SDXL), and an image's side
+MAX_STEPS = 1000
+MAX_SIDE = 8192
 # A bare embedding file names no model; these are the ones the message suggests, by family.
 SUGGESTED_MODELS = {"SD 1.x": "stable-diffusion-v1-5/stable-diffusion-v1-5",
                     "SD 2.x": "stabilityai/stable-diffusion-2-1",
@@ -81,7 +84,10 @@ def read_concepts(specs, negative: bool) -> list[Concept]:
     for spec in specs:
         path, token = parse_spec(spec)
         embedding = read_embedding(path)
-        concepts.append(Concept(path, embedding, token or embedding.token or path.stem, negative))
+        name = check_token(token or embedding.token or path.stem, f"the token of {path}",
+                           "give it one word of printable characters: PATH=TOKEN on the command line, (path, token) "
+                           "in Python")
+        concepts.append(Concept(path, embedding, name, negative))
     return concepts
 
 
@@ -189,15 +195,25 @@ class Settings:
             raise TIError(f"steps={self.steps} must be >= 1", "use e.g. --steps 30")
         if not math.isfinite(self.guidance):
             raise TIError(f"guidance={self.guidance} is not a finite number", "use e.g. --guidance 7.5")
+        if self.steps > MAX_STEPS:
+            raise TIError(f"steps={self.steps} is more than any model's {MAX_STEPS} timesteps", "use e.g. --steps 30")
         for name in ("width", "height"):
             value = getattr(self, name)
-            if value is not None and (value < 8 or value % 8):
-                raise TIError(f"{name}={value} is not a positive multiple of 8", f"use e.g. --{name} 512")
+            if value is not None and (value < 8 or value % 8 or value > MAX_SIDE):
+                raise TIError(f"{name}={value} is not a multiple of 8 between 8 and {MAX_SIDE}",
+                              f"use e.g. --{name} 512")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise TIError(f"scheduler {self.scheduler!r} is unknown", f"use one of {', '.join(SCHEDULERS)}")
-        if self.width and self.height:  # the decoded image as floats alone (the VAE needs more)
-            refuse_beyond_memory(self.width * self.height * 3 * 4, f"a {self.width}x{self.height} image",
+        if self.width or self.height:  # the decoded image as floats alone (the VAE needs more)
+            width, height = self.width or self.height, self.height or self.width
+            refuse_beyond_memory(width * height * 3 * 4, f"a {width}x{height} image",
                                  "use the model's resolution, e.g. --width 512 --height 512")
+
+    def check_steps(self, train_timesteps: int) -> None:
+        """The sampler's steps against the model's own timesteps (known once its scheduler is read)."""
+        from ..evaluation.validation import check_sampling_steps
+
+        check_sampling_steps(self.steps, train_timesteps, "steps", "--steps 30")
 
 
 def check_seed(seed, num_images: int) -> None:
@@ -284,6 +300,7 @@ def _generate(prompt, negatives: tuple, concepts, base, settings: Settings, torc
     from .loading import load_pipeline
 
     pipe = load_pipeline(base.source, base.revision, base.variant, torch_dtype)
+    settings.check_steps(pipe.scheduler.config.num_train_timesteps)
     for concept in concepts:
         load_into_pipeline(pipe, concept.embedding, concept.token)
     set_scheduler(pipe, settings.scheduler)

@@ -34,7 +34,11 @@ import torch
 
 from ..models.embeddings import EmbeddingFile, read_embedding_file, save_learned_embeds, save_tensors
 from ..errors import TIError
+<<<<<<< HEAD
 from .files import atomic_path, folder_lock, write_text_atomic
+=======
+from .files import LOCK_FILE, folder_held, folder_lock, open_no_follow, refuse_link, write_text_atomic
+>>>>>>> issue-32
 
 HYDRA_DIR = ".hydra"
 COMPOSED_CONFIG = f"{HYDRA_DIR}/config.yaml"
@@ -93,7 +97,14 @@ def write_summary(run_dir: Path, summary: dict) -> None:
 
 
 def read_record(run_dir: Path) -> dict:
-    return read_json(Path(run_dir) / RECORD)
+    """run.json; a record that still says "running" while no process holds the folder is of a run that
+    ended without writing how (killed with -9, or its disk was full): it reads as failed."""
+    record = read_json(Path(run_dir) / RECORD)
+    if record.get("status") == "running" and not folder_held(run_dir):
+        record["status"] = "failed"
+        record["error"] = record.get("error") or {
+            "type": "unrecorded", "message": "the run ended without recording how (killed, or its disk was full)"}
+    return record
 
 
 def is_run(path: Path) -> bool:
@@ -105,7 +116,7 @@ def is_run(path: Path) -> bool:
 def holds_run(path: Path) -> bool:
     """Anything a run leaves (even one killed early): a new run here would overwrite or mix with it."""
     path = Path(path)
-    marks = (RECORD, RESOLVED_CONFIG, COMPOSED_CONFIG, METRICS, SUMMARY, EMBEDDING)
+    marks = (RECORD, RESOLVED_CONFIG, COMPOSED_CONFIG, METRICS, SUMMARY)  # an embedding alone: a concept folder
     return path.is_dir() and (any((path / m).exists() for m in marks) or bool(saved_steps(path))
                               or any(checkpoint_step(p) >= 0 for p in path.glob("checkpoint-*")))
 
@@ -128,7 +139,8 @@ def claim(run_dir: Path, resume_from: str | None = None) -> Iterator[Path]:
     run_dir = Path(run_dir)
     with folder_lock(run_dir, "a run", "wait for it to end, or start this run in a new folder "
                      "(another hydra.run.dir, or none for a fresh timestamped one)"):
-        if holds_run(run_dir) and not resumes(run_dir, resume_from):
+        own = resumes(run_dir, resume_from)
+        if holds_run(run_dir) and not own:
             status = read_record(run_dir).get("status") or "unknown status"
             fix = ("start in a new folder (another hydra.run.dir, or none for a fresh timestamped one), "
                    "or continue that run with train.resume_from_checkpoint=latest" if list_checkpoints(run_dir)
@@ -136,7 +148,49 @@ def claim(run_dir: Path, resume_from: str | None = None) -> Iterator[Path]:
                    "that run has no checkpoint to resume")
             raise TIError(f"{run_dir} already holds a run ({RECORD}: {status}); a new run there would overwrite it",
                           fix)
+        for entry in sorted(run_dir.iterdir()):  # even a run's own folder: no file of it may be a link
+            refuse_link(entry)
+        if not own:
+            _refuse_others(run_dir)
         yield run_dir
+
+
+# what a folder holds before the run that is starting holds it: its lock, and the log Hydra opened
+_BEFORE_THE_RUN = (LOCK_FILE, LOG)
+_CONCEPT_FILES = (*EMBEDDINGS, LEGACY_EMBEDDING, TOKEN, CONCEPT_TYPE)
+
+
+def _refuse_others(run_dir: Path) -> None:
+    """A new run's folder holds nothing but what the run writes: a folder of the user's own files (an
+    embedding, an sd-concepts concept, anything) is never written into, so nothing in it is replaced or
+    hidden by the run's files."""
+    others = [p.name for p in sorted(run_dir.iterdir()) if p.name not in _BEFORE_THE_RUN]
+    if not others:
+        return
+    concept = [n for n in others if n in _CONCEPT_FILES or n.endswith((".safetensors", ".pt", ".bin"))]
+    shown = ", ".join((concept or others)[:3]) + (", ..." if len(concept or others) > 3 else "")
+    what = f"an embedding or concept ({shown})" if concept else f"files this run did not write ({shown})"
+    raise TIError(f"{run_dir} holds {what}; a run writes only into a new or empty folder, so nothing of yours "
+                  "is replaced", "start the run in a new folder (another hydra.run.dir, or none for a fresh "
+                  "timestamped one)")
+
+
+def check_run_folder(given) -> Path:
+    """The run's folder as given (paths.output_dir, from hydra.run.dir): not empty (the current directory,
+    with everything in it), and not inside the package (a run folder in conf/ becomes a config option)."""
+    from ..config import CONF_DIR, SWEEPS_DIR
+
+    if given is None or not str(given).strip():
+        raise TIError("the run's folder (hydra.run.dir, paths.output_dir) is empty, so the run would write into "
+                      "the current directory", "name a new folder, e.g. hydra.run.dir=outputs/runs/my-run, or leave "
+                      "hydra.run.dir out for a fresh timestamped one")
+    run_dir = Path(str(given)).expanduser()
+    where = run_dir.resolve()
+    for inside in (Path(__file__).resolve().parent.parent, CONF_DIR.resolve(), SWEEPS_DIR.resolve()):
+        if where == inside or inside in where.parents:
+            raise TIError(f"the run's folder {run_dir} is inside the package ({inside}), whose files it would "
+                          "mix with", "name a folder outside it, e.g. hydra.run.dir=outputs/runs/my-run")
+    return run_dir
 
 
 # --- metrics.jsonl ----------------------------------------------------------------------------------------
@@ -146,7 +200,7 @@ def append_metrics(run_dir: Path, row: dict) -> None:
     """One write() of the whole line to an O_APPEND file: a process killed at any moment leaves whole
     lines (only a full disk can cut one short, and readers skip a cut line)."""
     path = Path(run_dir) / METRICS
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    fd = open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         data = (json.dumps(row) + "\n").encode("utf-8")
         written = os.write(fd, data)
@@ -195,13 +249,16 @@ def write_configs(run_dir: Path, cfg, overrides: list[str] | None = None, compos
 
 def read_config(run_dir: Path, composed: bool = True):
     """The run's config as a DictConfig: the composed one (interpolations kept, e.g. the cache as it is
-    today) when there is one and `composed`, else the resolved one; None for a folder that is no run."""
-    from omegaconf import OmegaConf
+    today) when there is one and `composed`, else the resolved one; None for a folder that is no run.
+
+    A run folder may come from anyone: the config is data. It builds only the project's own targets
+    (`config.check_targets`), and a broken file is one line naming it."""
+    from ..config import load_yaml_config
 
     run_dir = Path(run_dir)
     names = (COMPOSED_CONFIG, RESOLVED_CONFIG) if composed else (RESOLVED_CONFIG,)
     path = next((run_dir / n for n in names if (run_dir / n).is_file()), None)
-    return OmegaConf.load(path) if path is not None else None
+    return load_yaml_config(path, "run config") if path is not None else None
 
 
 def read_overrides(run_dir: Path) -> list[str]:
@@ -210,7 +267,14 @@ def read_overrides(run_dir: Path) -> list[str]:
 
     path = Path(run_dir) / OVERRIDES
     if path.is_file():
-        return [str(o) for o in yaml.safe_load(path.read_text()) or []]
+        try:
+            given = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise TIError(f"{path} is not a readable list of overrides ({type(exc).__name__})",
+                          "restore the file from a copy of the run, or delete it (run.json keeps them too)") from None
+        if not isinstance(given, list):
+            raise TIError(f"{path} is not a list of overrides", "restore the file from a copy of the run, or delete it")
+        return [str(o) for o in given]
     return [str(o) for o in read_record(run_dir).get("overrides") or []]
 
 
@@ -264,7 +328,9 @@ def load_finished_run(run_dir: Path) -> Run:
     status = run.record.get("status")
     if status not in (None, "completed"):
         raise TIError(f"{run_dir} did not complete ({RECORD} says {status!r})",
-                      "publish a completed run, or resume this one first")
+                      f"publish a completed run, or resume this one first (hydra.run.dir={run_dir} "
+                      "train.resume_from_checkpoint=latest)" if list_checkpoints(run_dir)
+                      else "publish a completed run (this one saved no checkpoint to resume)")
     return run
 
 

@@ -133,8 +133,7 @@ def run_training(job: TrainingJob) -> TrainResult:
         *models, optimizer, dataloader = accelerator.prepare(*job.embeddings, optimizer, dataloader)
         for encoder, wrapped in zip(job.parts.text_encoders, models):
             encoder.set_input_embeddings(wrapped)
-        accelerator.register_for_checkpointing(lr_scheduler)
-        checkpoints.register_hooks(accelerator)
+        trainable = checkpoints.Trainable(accelerator, models, optimizer, lr_scheduler)
         if job.evaluate is not None:  # the held-out loss draws its fixed latents from the same cache
             job.evaluate.attach(cache, placement.weight_dtype, max_steps=job.train.max_steps,
                                 items_per_step=job.train.batch_size * job.train.gradient_accumulation_steps
@@ -142,7 +141,7 @@ def run_training(job: TrainingJob) -> TrainResult:
         # several initializer words: each scored by the held-out loss, the best starts (a resume then
         # replaces the rows; the scoring is repeated so the record and heldout_loss_init name the same word)
         initializer = choose_initializer(job, models) if job.initializers else None
-        state = resume(job, accelerator, len(dataloader))
+        state = resume(job, trainable, len(dataloader))
         stopping = Stopping(job.train, watching=job.evaluate is not None)
         if state.resumed_from is not None:
             stopping.load(state.resumed_from)
@@ -150,7 +149,7 @@ def run_training(job: TrainingJob) -> TrainResult:
                  "lr %.3g", job.placeholder_token, job.train.max_steps, len(job.dataset) // job.dataset.repeats,
                  job.dataset.repeats, job.train.batch_size, job.train.gradient_accumulation_steps,
                  accelerator.num_processes, lr)
-        end_of_step = EndOfStep(job, models, state, stopping)  # its metrics log times from here
+        end_of_step = EndOfStep(job, trainable, state, stopping)  # its metrics log times from here
         # in a pack the signals are the pack's: only the main thread can receive them
         with (contextlib.nullcontext(slot.pack.stop) if slot else StopRequests()) as stop, end_of_step.watching(stop):
             state.started = time.perf_counter()
@@ -228,12 +227,12 @@ def batches(job: TrainingJob, device) -> tuple[EpochSampler, DataLoader]:
     return sampler, loader
 
 
-def resume(job: TrainingJob, accelerator, micro_per_epoch: int) -> LoopState:
+def resume(job: TrainingJob, trainable: checkpoints.Trainable, micro_per_epoch: int) -> LoopState:
     """The loop's starting point: step 0, or the step of the checkpoint resumed from."""
     step = 0
     path = checkpoints.resolve_resume(job.train.resume_from_checkpoint, job.run_dir)
     if path is not None:
-        step = checkpoints.load_checkpoint(accelerator, path, job.resume_state)
+        step = checkpoints.load_checkpoint(trainable, path, job.resume_state)
     steps_per_epoch = math.ceil(micro_per_epoch / job.train.gradient_accumulation_steps)
     epoch, step_in_epoch = divmod(step, steps_per_epoch)
     return LoopState(global_step=step, start_step=step, epoch=epoch, step_in_epoch=step_in_epoch,
@@ -298,8 +297,9 @@ class EndOfStep:
     sees the held-out loss), save the embedding, checkpoint (with the rule's state), stop cleanly when
     asked (saving both first), validate; and, when the rule says so, end the run here."""
 
-    def __init__(self, job: TrainingJob, models, state: LoopState, stopping: Stopping):
-        self.job, self.models, self.state, self.stopping = job, models, state, stopping
+    def __init__(self, job: TrainingJob, trainable: checkpoints.Trainable, state: LoopState, stopping: Stopping):
+        self.job, self.trainable, self.models, self.state = job, trainable, trainable.models, state
+        self.stopping = stopping
         self.accelerator = job.accelerator
         self.metrics = job.metrics_log_factory(start_step=state.global_step)
         # A bar for a person at a terminal; CI logs, other processes and packed jobs get a line every 10%.
@@ -363,7 +363,7 @@ class EndOfStep:
                                  learned(self.accelerator, self.models))
 
     def checkpoint(self, step: int) -> None:
-        checkpoints.save_checkpoint(self.accelerator, self.job.run_dir, step, self.job.resume_state,
+        checkpoints.save_checkpoint(self.trainable, self.job.run_dir, step, self.job.resume_state,
                                     self.job.train.checkpoints_total_limit, extra=self.stopping.save)
 
     def stop_here(self, step: int, saved: bool, checkpointed: bool) -> None:

@@ -150,7 +150,9 @@ class _job_log:
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handler = logging.FileHandler(self.path, mode="a")
+        from ..records.files import NoFollowFileHandler
+
+        self.handler = NoFollowFileHandler(self.path, mode="a")
         self.handler.setFormatter(logging.Formatter(self.format))
         ident = threading.get_ident()
         self.handler.addFilter(lambda record: record.thread == ident)
