@@ -17,15 +17,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-<<<<<<< HEAD
-USAGE = "usage: python -m ti_experiments.reproduce RUN_DIR [overrides...]"
+USAGE = "usage: python -m ti_experiments.reproduce RUN_DIR [--accept-changed-inputs] [overrides...]"
 EXAMPLES = (
     ("python -m ti_experiments.reproduce outputs/runs/DATE/TIME", "the same run again, in a new run directory"),
     ("python -m ti_experiments.reproduce outputs/runs/DATE/TIME seed=1", "the same settings with another seed"),
     ("python -m ti_experiments.reproduce outputs/runs/DATE/TIME hydra.run.dir=outputs/runs/again", ""),
 )
-=======
-USAGE = "usage: python -m ti_experiments.reproduce RUN_DIR [--accept-changed-inputs] [overrides...]"
 ACCEPT = "--accept-changed-inputs"
 
 
@@ -62,7 +59,6 @@ def checked_config(run_dir: Path):
         raise TIError(f"{run_dir / COMPOSED_CONFIG} sets {own[0]}, which a run's config never holds (it would "
                       "change what Hydra does)", "use a run folder this project wrote, or remove that key")
     return cfg
->>>>>>> issue-32
 
 
 def main(argv: list[str] | None = None) -> int:

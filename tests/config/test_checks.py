@@ -121,7 +121,6 @@ def test_every_leaf_of_every_option_is_owned_and_checked_by_type_and_range():
     assert checked > 300
 
 
-<<<<<<< HEAD
 def test_validation_and_generate_draw_at_the_models_own_guidance():
     from ti_experiments.models.generation import base_model
 
@@ -129,7 +128,8 @@ def test_validation_and_generate_draw_at_the_models_own_guidance():
     assert check_config(compose("+concept=cat_toy")).validation.guidance_scale == 7.5  # SD 1.5's
     assert check_config(compose("+concept=demo", "validation.guidance_scale=6")).validation.guidance_scale == 6
     assert base_model("toyworld", []).guidance == 4.0
-=======
+
+
 @pytest.mark.parametrize(("token", "message"), [
     ("<" + "x" * 298 + ">", "is 300 characters long, more than 100"),
     ("<a\x00b>", "control or unprintable character '\\\\x00'"),
@@ -144,4 +144,3 @@ def test_a_placeholder_a_prompt_or_file_name_cannot_carry_is_refused_before_trai
     OmegaConf.update(cfg, "concept.placeholder_token", token)
     with pytest.raises(TIError, match=rf"concept.placeholder_token .*{message}.*; fix: use one word"):
         check_config(cfg)
->>>>>>> issue-32

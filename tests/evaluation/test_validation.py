@@ -103,9 +103,7 @@ def test_images_reach_tensorboard(tmp_path):
         acc.Reload()
         tags |= set(acc.Tags()["images"])
     assert any(t.startswith("validation/00") for t in tags)
-<<<<<<< HEAD
     assert "validation/grid" in tags
-=======
 
 
 def test_more_sampling_steps_than_the_model_has_timesteps_is_refused_before_training(tmp_path):
@@ -116,4 +114,3 @@ def test_more_sampling_steps_than_the_model_has_timesteps_is_refused_before_trai
         _run(tmp_path, *FAST_VALIDATION, "validation.num_inference_steps=2000")
     assert not (tmp_path / "metrics.jsonl").exists()  # not one step was trained
     assert json.loads((tmp_path / "run.json").read_text())["status"] == "failed"
->>>>>>> issue-32

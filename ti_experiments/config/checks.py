@@ -48,7 +48,7 @@ class ConceptSettings(Settings):
 
     def __post_init__(self):
         super().__post_init__()
-<<<<<<< HEAD
+        check_token(self.placeholder_token, "concept.placeholder_token", "use one word such as '<my-thing>'")
         if isinstance(self.initializer_token, list):
             if not self.initializer_token or any(not w.strip() for w in self.initializer_token):
                 raise TIError(f"concept.initializer_token={self.initializer_token!r} is an empty list or holds an "
@@ -61,9 +61,6 @@ class ConceptSettings(Settings):
         if self.initializer_token == "auto":
             return None
         return self.initializer_token if isinstance(self.initializer_token, list) else [self.initializer_token]
-=======
-        check_token(self.placeholder_token, "concept.placeholder_token", "use one word such as '<my-thing>'")
->>>>>>> issue-32
 
     @property
     def tokens(self) -> list[str]:

@@ -46,12 +46,6 @@ class ValidationSettings(Settings):
         return self.enabled and (step >= max_steps or bool(self.steps and step % self.steps == 0))
 
 
-<<<<<<< HEAD
-def make_settings(node, concept_prompt: str | None, resolution: int, guidance_scale: float = 7.5
-                  ) -> ValidationSettings:
-    """The node's settings; its prompts default to the concept's validation prompt, its guidance to the
-    model's (`guidance_scale`)."""
-=======
 def check_sampling_steps(steps: int, train_timesteps: int, key: str, example: str) -> None:
     """A sampler takes at most as many steps as the model has training timesteps (more: an IndexError deep
     in the scheduler, after all of training)."""
@@ -60,9 +54,10 @@ def check_sampling_steps(steps: int, train_timesteps: int, key: str, example: st
                       f"use at most {train_timesteps}, e.g. {example}")
 
 
-def make_settings(node, concept_prompt: str | None, resolution: int) -> ValidationSettings:
-    """The node's settings; its prompts default to the concept's validation prompt."""
->>>>>>> issue-32
+def make_settings(node, concept_prompt: str | None, resolution: int, guidance_scale: float = 7.5
+                  ) -> ValidationSettings:
+    """The node's settings; its prompts default to the concept's validation prompt, its guidance to the
+    model's (`guidance_scale`)."""
     values = node_values(node)
     if not values.get("prompts"):
         values["prompts"] = [concept_prompt] if concept_prompt else []

@@ -34,11 +34,7 @@ import torch
 
 from ..models.embeddings import EmbeddingFile, read_embedding_file, save_learned_embeds, save_tensors
 from ..errors import TIError
-<<<<<<< HEAD
-from .files import atomic_path, folder_lock, write_text_atomic
-=======
-from .files import LOCK_FILE, folder_held, folder_lock, open_no_follow, refuse_link, write_text_atomic
->>>>>>> issue-32
+from .files import LOCK_FILE, atomic_path, folder_held, folder_lock, open_no_follow, refuse_link, write_text_atomic
 
 HYDRA_DIR = ".hydra"
 COMPOSED_CONFIG = f"{HYDRA_DIR}/config.yaml"
