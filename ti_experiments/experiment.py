@@ -6,7 +6,7 @@ import gc
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -18,11 +18,12 @@ from .config import build, hydra_choices
 from .data import ConceptImages, TextualInversionDataset
 from .data.images import list_image_files
 from . import run_dir as run_files
+from . import slurm
 from .embeddings import EmbeddingFile, add_placeholder_tokens, check_fits, placeholder_tokens, unsplice
 from .errors import TIError
 from .publish import check_can_push, publish
 from .records.run_record import MetricsLog, RunRecord, write_summary
-from .training import TrainingJob, packed, run_training
+from .training import TrainingJob, checkpoints, packed, run_training
 from .training.settings import HardwareSettings, TrainSettings
 from .validation import Validator
 
@@ -90,24 +91,40 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
 
     checked = check_config(cfg)  # every setting, before the run's folder exists
     run_dir = Path(str(cfg.paths.output_dir)).expanduser()
+    earlier = slurm.own_record(run_dir)  # SLURM runs a requeued job again: this run, interrupted
+    if earlier is not None:
+        if earlier.get("status") == "completed":
+            log.info("%s: this SLURM job completed here before it was requeued; nothing is rerun", run_dir)
+            return run_dir
+        checked = continue_run(checked)
     # With several processes (accelerate launch) only the main one holds the folder and keeps the record.
     main = PartialState(cpu=no_accelerator()).is_main_process
     try:
-        with run_files.claim(run_dir, checked.train.resume_from_checkpoint) if main else nullcontext():
-            return _run(cfg, run_dir, checked, overrides, main)
+        with run_files.claim(run_dir, checked.train.resume_from_checkpoint, own=earlier is not None) \
+                if main else nullcontext():
+            return _run(cfg, run_dir, checked, overrides, main, continues=earlier is not None)
     finally:
         if packed.current() is None:  # a pack resets once, when all its jobs are done
             reset_accelerate()  # also when the run failed before training began (the next run starts clean)
 
 
-def _run(cfg: DictConfig, run_dir: Path, checked: RunConfig, overrides: list[str] | None, main: bool) -> Path:
+def continue_run(checked: RunConfig) -> RunConfig:
+    """The same run, resuming from its latest checkpoint (none yet: it starts over). The configs it wrote
+    stay those of the command."""
+    if checked.train.resume_from_checkpoint:
+        return checked
+    return replace(checked, train=replace(checked.train, resume_from_checkpoint="latest"))
+
+
+def _run(cfg: DictConfig, run_dir: Path, checked: RunConfig, overrides: list[str] | None, main: bool,
+         continues: bool = False) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()  # a sweep's previous job must not count here
     record = None
     if main:
         run_files.write_configs(run_dir, cfg, overrides, composed=True)  # what Hydra would, once the folder is ours
-        record = RunRecord(run_dir, cfg, overrides)
+        record = RunRecord(run_dir, cfg, overrides, continues=continues)
         slot = packed.current()
         if slot is not None:
             record.note(packed=slot.pack.describe(slot.index))
@@ -115,8 +132,11 @@ def _run(cfg: DictConfig, run_dir: Path, checked: RunConfig, overrides: list[str
         # token, network and repository are checked before anything is trained, on the main process
         settings = checked.hub if record else None
         repo_id = check_can_push(settings, cfg.concept.placeholder_token) if settings and settings.push else None
+        if record and (continues or checked.train.resume_from_checkpoint):
+            start = checkpoints.resolve_resume(checked.train.resume_from_checkpoint, run_dir)
+            record.note(resumed_from=str(start) if start is not None else None)  # None: it starts over
         _train(cfg, run_dir, record, checked)
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, SystemExit) as exc:  # a signal: Ctrl-C, SLURM's, submitit's requeue and exit
         if record:
             record.finish("interrupted", exc)
         raise
@@ -308,7 +328,7 @@ def _train(cfg: DictConfig, run_dir: Path, record: RunRecord | None = None, sett
     failed = True
     try:
         p.tracker.start(accelerator, run_dir, OmegaConf.to_container(cfg, resolve=True),
-                        resuming=bool(cfg.train.resume_from_checkpoint), beside_others=packed.current() is not None)
+                        resuming=bool(p.train.resume_from_checkpoint), beside_others=packed.current() is not None)
         validator = (Validator(p.validation, p.parts, p.parts.text_encoder, accelerator, p.tracker, run_dir)
                      if p.validation.enabled else None)
         evaluator = make_evaluator(p, accelerator, validator)
