@@ -145,18 +145,22 @@ start() {
     say "already running ($SLURM_CONF)"
     return 0
   fi
-  stop > /dev/null 2>&1 || true  # a half-started cluster: end what of it runs, keep its state
+  # only the daemons that are not running start (e.g. a slurmd that died); the others keep their jobs
   mkdir -p "$DIR"/{pids,log,run,state,spool,munge}
   chmod 755 "$DIR/munge"
-  write_configs
-  start_munge
-  start_mariadb
-  launch slurmdbd slurmdbd -D
-  wait_for 30 slurmdbd sacctmgr -n list cluster
-  sacctmgr -i -Q add cluster "$CLUSTER" > /dev/null 2>&1 || true
-  launch slurmctld slurmctld -D -i
-  wait_for 30 slurmctld scontrol ping
-  launch slurmd slurmd -D -N "$NODE"
+  [ -f "$DIR/slurm.conf" ] || write_configs
+  pid_of munged > /dev/null || start_munge
+  pid_of mariadbd > /dev/null || start_mariadb
+  if ! pid_of slurmdbd > /dev/null; then
+    launch slurmdbd slurmdbd -D
+    wait_for 30 slurmdbd sacctmgr -n list cluster
+    sacctmgr -i -Q add cluster "$CLUSTER" > /dev/null 2>&1 || true
+  fi
+  if ! pid_of slurmctld > /dev/null; then
+    launch slurmctld slurmctld -D -i
+    wait_for 30 slurmctld scontrol ping
+  fi
+  pid_of slurmd > /dev/null || launch slurmd slurmd -D -N "$NODE"
   wait_for 30 "the node" node_takes_jobs
   say "started ($SLURM_CONF); for the commands: eval \"\$($0 env)\""
 }
