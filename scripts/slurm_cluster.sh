@@ -52,7 +52,9 @@ wait_for() {  # wait_for SECONDS WHAT COMMAND...: until COMMAND succeeds
 
 write_configs() {
   local cpus mem host
-  cpus=$(nproc)
+  # at least 4 CPUs, whatever the machine has (config_overrides): the tests' jobs mostly wait (for a
+  # requeue, for each other), and a 2-core machine then runs 4 of them at once
+  cpus=$(( $(nproc) > 4 ? $(nproc) : 4 ))
   mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
   host=$(hostname -s)
   cat > "$DIR/slurm.conf" <<EOF
@@ -88,6 +90,7 @@ AccountingStoragePort=$((PORT + 2))
 AccountingStoragePass=$DIR/munge/munge.socket
 JobCompType=jobcomp/none
 ReturnToService=2
+SlurmdParameters=config_overrides
 SlurmdTimeout=20
 KillWait=10
 MinJobAge=60
@@ -148,7 +151,7 @@ start() {
   # only the daemons that are not running start (e.g. a slurmd that died); the others keep their jobs
   mkdir -p "$DIR"/{pids,log,run,state,spool,munge}
   chmod 755 "$DIR/munge"
-  [ -f "$DIR/slurm.conf" ] || write_configs
+  pid_of slurmctld > /dev/null || write_configs
   pid_of munged > /dev/null || start_munge
   pid_of mariadbd > /dev/null || start_mariadb
   if ! pid_of slurmdbd > /dev/null; then
