@@ -51,9 +51,9 @@ class Sweep:
 
     def __init__(self, sweep_dir: Path, *args: str):
         self.dir = sweep_dir
-        self.process = subprocess.Popen([sys.executable, "-m", "ti_experiments", "-m", *args,
-                                         f"hydra.sweep.dir={sweep_dir}"], cwd=REPO, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        command = [sys.executable, "-m", "ti_experiments", "-m", *args, f"hydra.sweep.dir={sweep_dir}"]
+        self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
     def __enter__(self):
         return self
@@ -63,19 +63,14 @@ class Sweep:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-        jobs = {p.name.split("_")[0] for p in (self.dir / ".submitit").glob("*_*")}
+        jobs = {p.name.split("_")[0] for p in (self.dir / ".submitit").glob("[0-9]*") if p.is_dir()}
         if jobs:
             subprocess.run(["scancel", *sorted(jobs)], capture_output=True, timeout=60)
 
     def job_id(self, num: int) -> str:
-        """SLURM's id of job #num (an array task; a sweep of one job is a plain job), once submitit has written
-        the job's folder."""
-        def found():
-            names = [p.name for p in (self.dir / ".submitit").glob("*") if p.is_dir()]
-            return next((n for n in names if n.endswith(f"_{num}") or (num == 0 and n.isdigit() and
-                                                                        not any("_" in m for m in names))), None)
-
-        return self.wait_for(found, f"job {num} submitted")
+        """SLURM's id of job #num (an array task), once submitit has written the job's folder."""
+        found = self.wait_for(lambda: sorted((self.dir / ".submitit").glob(f"*_{num}")), f"job {num} submitted")
+        return found[0].name
 
     def wait_for(self, condition, what: str, timeout: float = 240):
         start = time.monotonic()
@@ -120,6 +115,11 @@ def _not_training_yet(run_dir: Path) -> bool:
     return (run_dir / "run.json").is_file() and not (run_dir / "metrics.jsonl").exists()
 
 
+def _leaves(run_dir: Path) -> list[str]:
+    """What a run leaves, but checkpoints and step files (an interruption adds one of each)."""
+    return sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("checkpoint-") and "-steps-" not in p.name)
+
+
 def _slurm(*args: str) -> str:
     return subprocess.run(list(args), capture_output=True, text=True, check=True, timeout=60).stdout
 
@@ -159,8 +159,7 @@ def test_a_slurm_sweep_is_the_local_sweep_and_jobs_taken_away_resume_bit_for_bit
         assert _record(sweep, num)["status"] == "completed"
         assert _states(ids[num])[-1] == "COMPLETED"
     assert all(len(_states(i)) >= 2 and _states(i)[0] == "REQUEUED" for i in ids)  # each ran twice, in sacct
-    names = lambda d: sorted(p.name for p in d.iterdir() if not p.name.startswith("checkpoint-") and "-steps-" not in p.name)
-    assert names(sweep / "1") == names(local / "1")
+    assert _leaves(sweep / "1") == _leaves(local / "1")
     assert (sweep / "report.md").read_text().count("| completed |") == 3
 
     requeued, preempted, early = (_record(sweep, n) for n in range(3))
@@ -202,10 +201,11 @@ def test_a_job_at_its_time_limit_stops_cleanly_is_requeued_and_resumes(tmp_path,
     endless = [a for a in RUN if not a.startswith(("train.max_steps", "train.checkpointing"))]
     with Sweep(sweep, *endless, "train.max_steps=1000000", "train.checkpointing_steps=1000", *ON_SLURM,
                "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30", "concept.num_vectors=1") as run:
-        job = run.job_id(0)
         resumed = run.wait_for(lambda: _record(sweep, 0).get("resumed_from") if (sweep / "0" / "run.json").is_file()
                                else None, "the job resumed after its time limit", timeout=300)
-    [attempt] = _record(sweep, 0)["attempts"]
+    record = _record(sweep, 0)
+    job = record["slurm"]["job_id"]  # a sweep of one job is a plain job, not an array
+    [attempt] = record["attempts"]
     assert attempt["status"] == "interrupted" and "stopped by SIGUSR2" in attempt["error"], attempt
     assert resumed.endswith("checkpoint-" + attempt["error"].split("at step ")[1].split(";")[0])
     assert "this job is timed-out" in (sweep / ".submitit" / job / f"{job}_0_log.err").read_text()

@@ -73,8 +73,9 @@ if _SubmititSlurm is not None:
                     value = worst(key)
                 else:  # the run had completed before SLURM ended the job: its result stands
                     value = objective(run_dir, key)
-                return JobReturn(overrides=overrides, working_dir=str(run_dir), task_name=str(self.config.hydra.job.name),
-                                 status=JobStatus.COMPLETED, _return_value=value)
+                return JobReturn(overrides=overrides, working_dir=str(run_dir),
+                                 task_name=str(self.config.hydra.job.name), status=JobStatus.COMPLETED,
+                                 _return_value=value)
 
         def _run_dir(self, overrides: list[str], num: int) -> Path:
             """The job's run directory, as the job itself names it (hydra.sweep.dir / hydra.sweep.subdir)."""
