@@ -172,13 +172,20 @@ def test_a_slurm_sweep_is_the_local_sweep_and_jobs_taken_away_resume_bit_for_bit
 
 
 def test_jobs_slurm_ends_are_failed_jobs_with_their_reason_and_log(tmp_path, slurm_env):
-    """A job that raises and a cancelled job are failed in run.json, the report and the exit code; the
-    completed job's result is kept, and the sweep does not wait for the cancelled one."""
-    sweep = tmp_path / "sweep"
-    with Sweep(sweep, *RUN, *ON_SLURM, "concept.initializer_token=toy,zqxvbn,cat") as run:
+    """A job that raises, a cancelled job and a job over its memory are failed in run.json, the report and
+    the exit code; the completed job's result is kept, and the sweep does not wait for the ones SLURM ended."""
+    sweep, greedy = tmp_path / "sweep", tmp_path / "greedy"
+    # beside it, a job with 200 MB for a run that needs about 500 MB: SLURM kills it
+    with Sweep(sweep, *RUN, *ON_SLURM, "concept.initializer_token=toy,zqxvbn,cat") as run, \
+            Sweep(greedy, *RUN, *ON_SLURM, "hydra.launcher.mem_gb=null",
+                  "+hydra.launcher.additional_parameters.mem=200M") as over_memory:
         cancelled = run.job_id(0)
         run.take_away({0: (_checkpointed, lambda job: ["scancel", job])})
         code, output = run.finish()
+        oom_code, oom_output = over_memory.finish()
+    assert oom_code == 1 and "1 job(s) of the sweep failed: 0" in oom_output, oom_output[-4000:]
+    oom = _record(greedy, 0)["error"]
+    assert "ended FAILED: Exceeded job memory limit" in oom["message"] and Path(oom["log"]).is_file()
     assert code == 1, output[-4000:]
     assert "2 job(s) of the sweep failed: 0, 1" in output
     assert [_record(sweep, n)["status"] for n in range(3)] == ["failed", "failed", "completed"]

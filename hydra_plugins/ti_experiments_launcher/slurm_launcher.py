@@ -66,7 +66,7 @@ if _SubmititSlurm is not None:
             except Exception as exc:  # noqa: BLE001 - submitit's UncompletedJobError / FailedJobError
                 key = str(self.config.objective)
                 run_dir = self._run_dir(overrides, num)
-                cause = _cause(exc)
+                cause = _cause(exc, Path(job.paths.stderr))
                 reason = f"SLURM job {job.job_id} ended {job.state}" + (f": {cause}" if cause else "")
                 if record_failure(run_dir, reason, log=str(job.paths.stderr), overrides=overrides):
                     log.error("job #%d failed: %s (log: %s)", num, reason, job.paths.stderr)
@@ -85,13 +85,20 @@ if _SubmititSlurm is not None:
             return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
 
 
-def _cause(exc: BaseException) -> str:
-    """The last line of the job's traceback when its process raised (submitit's FailedJobError); SLURM's
-    state says the rest."""
+def _cause(exc: BaseException, log_file: Path) -> str:
+    """Why the job ended, beyond SLURM's state: the last line of its traceback when its process raised
+    (submitit's FailedJobError), else SLURM's own last word in the job's log (e.g. "Exceeded job memory
+    limit": without cgroups an over-memory job ends FAILED, not OUT_OF_MEMORY)."""
     import submitit
 
-    if not isinstance(exc, submitit.core.utils.FailedJobError):
+    if isinstance(exc, submitit.core.utils.FailedJobError):
+        trace = str(exc).split("-" * 22)
+        lines = [line.strip() for line in (trace[1] if len(trace) > 2 else str(exc)).splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+    try:
+        text = log_file.read_text(errors="replace")
+    except OSError:
         return ""
-    trace = str(exc).split("-" * 22)
-    lines = [line.strip() for line in (trace[1] if len(trace) > 2 else str(exc)).splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+    said = [line.split("error:", 1)[1].strip() for line in text.splitlines()
+            if line.startswith("slurmstepd") and "error:" in line and "***" not in line]
+    return said[-1] if said else ""
