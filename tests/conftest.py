@@ -14,6 +14,9 @@ _SESSION_CACHE = Path(tempfile.mkdtemp(prefix="ti-test-cache-"))
 os.environ.setdefault("TI_EXPERIMENTS_CACHE", str(_SESSION_CACHE))
 os.environ["WANDB_MODE"] = "disabled"
 os.environ["HF_HUB_OFFLINE"] = "1"
+# the workshop (ti_experiments_dev) is run from the checkout, not installed: subprocesses find it too
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                         os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Under pytest-xdist (`-n 2`) each worker process gets one torch thread, and so do the subprocesses it
 # starts: OpenMP threads of two processes spinning on the same cores slow both down many times over.

@@ -235,10 +235,10 @@ def test_a_resolution_beyond_memory_is_refused_before_any_image_is_decoded(tmp_p
 
 # ---------------------------------------------------------------- argument errors of every command
 
-@pytest.mark.parametrize("command", ["ti_experiments", "ti_experiments.pretrain", "ti_experiments.generate",
+@pytest.mark.parametrize("command", ["ti_experiments", "ti_experiments_dev.pretrain", "ti_experiments.generate",
                                      "ti_experiments.report", "ti_experiments.export", "ti_experiments.publish",
                                      "ti_experiments.evaluate", "ti_experiments.reproduce", "ti_experiments.bench",
-                                     "ti_experiments.toyworld.quality", "ti_experiments.toyworld.picture"])
+                                     "ti_experiments_dev.quality", "ti_experiments.toyworld.picture"])
 def test_an_unknown_option_is_one_error_line_of_every_command(tmp_path, command):
     result = subprocess.run([sys.executable, "-m", command, "--no-such-option"], capture_output=True, text=True,
                             timeout=120, cwd=tmp_path)

@@ -77,6 +77,17 @@ def test_the_package_has_no_import_cycles():
     assert cycles(graph) == []
 
 
+def test_the_product_never_imports_the_workshop():
+    """ti_experiments_dev (pretraining, quality) imports the product; the product, shipped without it, must not."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "ti_experiments_dev"]
+    assert offenders == []
+
+
 def test_a_cycle_is_found():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 import ti_experiments.experiment as experiment
 from conftest import TINY_RUN, compose
+from ti_experiments.checks import check_config
 from ti_experiments.embeddings import save_a1111, save_learned_embeds
 from ti_experiments.errors import TIError
 
@@ -60,8 +61,8 @@ def test_the_first_step_starts_from_the_file(tmp_path, monkeypatch, tiny_model_p
     starts = _capture_start(monkeypatch)
     cfg = compose(*TINY_RUN, f"concept.num_vectors={n}", f"concept.init_from={path}",
                   output_dir=tmp_path / "run")
-    p = experiment.prepare(cfg, tmp_path / "run")
-    assert torch.equal(starts[0], rows) and torch.equal(p.embedding.vectors.detach(), rows)
+    p = experiment.prepare(check_config(cfg), tmp_path / "run")
+    assert torch.equal(starts[0], rows) and torch.equal(p.embeddings[0].vectors.detach(), rows)
     assert p.init_from["format"] == ("diffusers" if fmt == "sd-concepts" else fmt)
     assert p.init_from["num_vectors"] == n and len(p.init_from["sha256"]) == 64
 

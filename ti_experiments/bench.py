@@ -19,12 +19,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .config import compose
 from .errors import ArgumentParser, TIError, report_or_raise
-from .training.conditioning import text_conditioning
-from .training.loss import prediction_target
+from .training.loss import text_conditioning, training_inputs, unet_losses
 from .training.placement import Placement
 
 PHASES = ("data", "latents (cache)", "text encoder fwd", "unet fwd", "unet bwd", "text encoder bwd",
@@ -53,9 +51,10 @@ class StepTimes:
 
 
 def time_phases(p, state, accelerator, n: int) -> list[dict]:
-    """Each phase of a training step, one at a time, synchronised; the same work as the loop's step."""
+    """Each phase of a training step, one at a time, synchronised: the loop's own functions (the item
+    draws, the text conditioning, the UNet's loss), with the UNet's inputs cut from the text encoders'
+    graph so that the two backward passes are timed apart."""
     parts, device = p.parts, accelerator.device
-    text_encoder, unet, scheduler = parts.text_encoder, parts.unet, parts.noise_scheduler
     cache, optimizer, dtype = state["cache"], state["optimizer"], state["weight_dtype"]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     batches = iter(state["dataloader"])
@@ -76,19 +75,15 @@ def time_phases(p, state, accelerator, n: int) -> list[dict]:
             batch = next(batches)
         now = tick(t, "data", now)
         with accelerator.autocast():
-            latents = cache.sample(batch["image_index"], batch["flipped"]).to(dtype)
-            noise = torch.randn_like(latents)
-            steps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=device)
-            noisy = scheduler.add_noise(latents, noise, steps)
+            latents, noise, steps = training_inputs(parts, cache, batch, dtype, device)
             now = tick(t, "latents (cache)", now)
-            hidden, added = text_conditioning(parts, text_encoder, batch, dtype, device)
+            hidden, added = text_conditioning(parts, parts.text_encoder, batch, dtype, device)
             now = tick(t, "text encoder fwd", now)
             # the UNet's inputs as leaves, so its backward and the text encoders' are timed apart
             outputs = [hidden] + ([added["text_embeds"]] if added else [])
             leaves = [o.detach().requires_grad_(True) for o in outputs]
             added_leaves = {**added, "text_embeds": leaves[1]} if added else None
-            pred = unet(noisy, steps, leaves[0], added_cond_kwargs=added_leaves).sample
-            loss = F.mse_loss(pred.float(), prediction_target(scheduler, latents, noise, steps).float())
+            loss = unet_losses(parts, latents, noise, steps, leaves[0], added_leaves).mean()
             now = tick(t, "unet fwd", now)
         accelerator.backward(loss)
         now = tick(t, "unet bwd", now)
@@ -109,24 +104,23 @@ def _fresh_vae(p, placement: Placement):
     return placement.put(vae).requires_grad_(False).eval()
 
 
-def time_reference(p, accelerator, cfg, n: int, warmup: int) -> list[float]:
+def time_reference(p, accelerator, n: int, warmup: int) -> list[float]:
     """Optimizer steps computed the way the diffusers examples compute them, on the same model and
-    batch: VAE encode every micro-step, AdamW over each whole embedding matrix (SDXL: both encoders'),
-    frozen rows restored."""
+    batch: VAE encode every micro-step, the configured optimizer over each whole embedding matrix (SDXL:
+    both encoders'), frozen rows restored."""
     import random
 
     from .data.templates import TEMPLATES
     from .embeddings import unsplice
     from .training.memory import plain_backward
 
-    parts, device = p.parts, accelerator.device
-    placement = Placement.of(accelerator, p.hardware)
+    parts, device, s = p.parts, accelerator.device, p.settings
+    placement = Placement.of(accelerator, s.hardware)
     dtype = placement.weight_dtype
-    unet, scheduler = parts.unet, parts.noise_scheduler
     vae = _fresh_vae(p, placement)
-    plain_backward(unet)  # autograd's own layers, as the example has
+    plain_backward(parts.unet)  # autograd's own layers, as the example has
     weights, originals, frozen = [], [], []
-    for encoder, embedding in zip(parts.text_encoders, (p.embedding, p.embedding_2)):
+    for encoder, embedding in zip(parts.text_encoders, p.embeddings):
         unsplice(encoder)
         weight = encoder.get_input_embeddings().weight
         weight.requires_grad_(True)
@@ -135,38 +129,27 @@ def time_reference(p, accelerator, cfg, n: int, warmup: int) -> list[float]:
         weights.append(weight)
         originals.append(weight.detach().clone())
         frozen.append(no_updates)
-    o = cfg.optimizer
-    optimizer = torch.optim.AdamW(weights, lr=float(o.lr), betas=tuple(o.get("betas", (0.9, 0.999))),
-                                  weight_decay=float(o.get("weight_decay", 1e-2)), eps=float(o.get("eps", 1e-8)))
+    optimizer = s.optimizer.build(params=weights)
     rng = random.Random(0)
-    templates = TEMPLATES[cfg.concept.learnable_property]
-    placeholder = " ".join(p.tokens)
-    bs, ga = p.train.batch_size, p.train.gradient_accumulation_steps
+    templates = TEMPLATES[s.concept.learnable_property]
+    bs, ga = s.train.batch_size, s.train.gradient_accumulation_steps
     pixels = p.images.pixels
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def tokens(tokenizer, prompts):
-        return tokenizer(prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
-                         return_tensors="pt").input_ids
-
     ends = []
     for _ in range(warmup + n):
         for _micro in range(ga):
             idx = [rng.randrange(len(pixels)) for _ in range(bs)]
-            flips = [rng.random() < p.data_settings.flip_p for _ in idx]
+            flips = [rng.random() < s.data.flip_p for _ in idx]
             images = torch.stack([pixels[i].flip(-1) if f else pixels[i] for i, f in zip(idx, flips)])
-            prompts = [rng.choice(templates).format(placeholder) for _ in idx]
-            batch = {"input_ids": tokens(parts.tokenizer, prompts)}
-            if parts.is_sdxl:
-                batch["input_ids_2"] = tokens(parts.tokenizer_2, prompts)
-                batch["time_ids"] = p.images.time_ids[torch.tensor(flips).long(), torch.tensor(idx)]
+            prompts = [rng.choice(templates).format(s.concept.placeholder_string) for _ in idx]
+            batch = {**parts.family.prompt_fields(parts.tokenizers, prompts),
+                     **parts.family.image_fields(p.images.time_ids, torch.tensor(idx), torch.tensor(flips))}
             with accelerator.autocast():
                 latents = vae.encode(images.to(device, dtype)).latent_dist.sample() * vae.config.scaling_factor
                 noise = torch.randn_like(latents)
-                t = torch.randint(0, scheduler.config.num_train_timesteps, (bs,), device=device)
+                t = torch.randint(0, parts.noise_scheduler.config.num_train_timesteps, (bs,), device=device)
                 hidden, added = text_conditioning(parts, parts.text_encoder, batch, dtype, device)
-                pred = unet(scheduler.add_noise(latents, noise, t), t, hidden, added_cond_kwargs=added).sample
-                loss = F.mse_loss(pred.float(), prediction_target(scheduler, latents, noise, t).float()) / ga
+                loss = unet_losses(parts, latents, noise, t, hidden, added).mean() / ga
             loss.backward()
             optimizer.step()  # the example steps (and restores) every micro-step; Accelerate skips
             optimizer.zero_grad()  # the non-final ones, so here only the last one of each group steps
@@ -185,18 +168,19 @@ def time_evaluation(p, accelerator, state: dict) -> dict:
 
     from .evaluation import Evaluator
 
-    if p.evaluation is None or not p.evaluation.enabled or p.parts.is_sdxl:  # as runs: SDXL has no evaluation yet
+    settings = p.settings.evaluation
+    if settings is None or not settings.enabled:
         return {}
-    evaluator = Evaluator(replace(p.evaluation, image_metrics=False), parts=p.parts, text_encoder=p.parts.text_encoder,
-                          accelerator=accelerator, run_dir=p.run_dir, concept=p.cfg.concept,
-                          image_paths=p.images.paths, generator=None)
+    evaluator = Evaluator(replace(settings, image_metrics=False), parts=p.parts, text_encoder=p.parts.text_encoder,
+                          accelerator=accelerator, run_dir=p.run_dir, concept=p.settings.concept,
+                          image_paths=p.images.paths, generator=None, images=p.images)
     evaluator.attach(state["cache"], state["weight_dtype"])
     seconds = []
     for _ in range(2):
         start = time.perf_counter()
         evaluator.score(0, images=False)
         seconds.append(time.perf_counter() - start)
-    return {"evaluation_first_s": seconds[0], "evaluation_s": seconds[1], "evaluation_every": p.evaluation.steps}
+    return {"evaluation_first_s": seconds[0], "evaluation_s": seconds[1], "evaluation_every": settings.steps}
 
 
 def _memory(device) -> dict:
@@ -234,11 +218,13 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
     cfg = compose([*overrides, *forced, f"paths.output_dir={run_dir}"])
     settings = check_config(cfg)
     marks["config"] = time.time()
-    p = prepare(cfg, run_dir, settings)
+    from omegaconf import OmegaConf
+
+    p = prepare(settings, run_dir, OmegaConf.to_container(cfg, resolve=True))
     marks["text encoder, VAE, images"] = time.time()
-    accelerator = make_accelerator(p.hardware, p.tracker, run_dir)
+    accelerator = make_accelerator(settings.hardware, settings.logger, run_dir)
     try:
-        Placement.of(accelerator, p.hardware).load_unet(p.parts)  # as the run does when training starts
+        Placement.of(accelerator, settings.hardware).load_unet(p.parts)  # as the run does when training starts
         marks["UNet"] = time.time()
         loaded_peak = peak_memory_bytes("cpu") / 2**30
         times = StepTimes()
@@ -258,7 +244,7 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
         evaluation = time_evaluation(p, accelerator, result.state)
         if evaluation:
             evaluation["peak_rss_with_evaluation_gib"] = _memory(device)["peak_rss_gib"]
-        reference_steps = time_reference(p, accelerator, cfg, steps, warmup) if reference else None
+        reference_steps = time_reference(p, accelerator, steps, warmup) if reference else None
     finally:
         reset_accelerate()
     names = list(marks)
@@ -271,12 +257,13 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
     median_step = statistics.median(step_seconds)
     phase_medians = {name: statistics.median(r[name] for r in phases) for name in PHASES}
     unavoidable = statistics.median(sum(r[n] for n in UNAVOIDABLE) for r in phases)
-    batch = p.train.batch_size * p.train.gradient_accumulation_steps
+    train, hardware = settings.train, settings.hardware
+    batch = train.batch_size * train.gradient_accumulation_steps
     phase_medians["other"] = max(0.0, median_step - sum(phase_medians.values()))
     return {
-        "model": p.parts.source, "resolution": p.data_settings.resolution, "batch_size": p.train.batch_size,
-        "gradient_accumulation_steps": p.train.gradient_accumulation_steps,
-        "mixed_precision": p.hardware.mixed_precision, "gradient_checkpointing": p.hardware.gradient_checkpointing,
+        "model": p.parts.source, "resolution": settings.data.resolution, "batch_size": train.batch_size,
+        "gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "mixed_precision": hardware.mixed_precision, "gradient_checkpointing": hardware.gradient_checkpointing,
         "device": str(device), "threads": torch.get_num_threads(),
         "warmup_steps": warmup, "timed_steps": len(step_seconds), "phase_steps": phase_steps,
         "median_step_s": median_step, "images_per_s": batch / median_step,

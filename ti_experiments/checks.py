@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import options
 from .data.images import DataSettings
+from .embeddings import placeholder_tokens
 from .errors import TIError
 from .evaluation.settings import EvaluationSettings
 from .models.settings import ModelSettings
@@ -47,6 +48,16 @@ class ConceptSettings(Settings):
     validation_prompt: str | None = bound(None, example="'a photo of <my-thing>'")
     # where the images come from when the folder is empty (a node with _target_), or null
     source: dict | None = None
+
+    @property
+    def tokens(self) -> list[str]:
+        """`<tok>`, `<tok>_1`, ...: the tokens the concept's vectors are added as (diffusers' names)."""
+        return placeholder_tokens(self.placeholder_token, self.num_vectors)
+
+    @property
+    def placeholder_string(self) -> str:
+        """How a training prompt names the concept: every one of its tokens."""
+        return " ".join(self.tokens)
 
 
 @dataclass

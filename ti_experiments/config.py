@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import TIError, hydra_error
+from .errors import hydra_error
+from .settings import build  # noqa: F401 - `config.build`: one way to instantiate a node, kept in settings
 from .toyworld import shipped as _toyworld  # noqa: F401 - registers ${ti.toyworld:...} for every config
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -63,19 +64,3 @@ def hydra_choices() -> dict:
     if not HydraConfig.initialized():
         return {}
     return {k: v for k, v in HydraConfig.get().runtime.choices.items() if v and not k.startswith("hydra")}
-
-
-def build(node, **kwargs):
-    """`instantiate`, but a user error raised by the target reaches the user as itself, not wrapped."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as exc:
-        cause = exc.__cause__
-        while cause is not None and not isinstance(cause, TIError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise

@@ -126,20 +126,20 @@ def unsplice(text_encoder) -> None:
 
 def save_learned_embeds(path: str | os.PathLike, placeholder_token: str, vectors: torch.Tensor) -> Path:
     """The diffusers layout: one key, the placeholder, a [num_vectors, dim] fp32 tensor."""
-    return _save_tensors(path, {placeholder_token: vectors})
+    return save_tensors(path, {placeholder_token: vectors})
 
 
 def save_a1111(path: str | os.PathLike, vectors: torch.Tensor) -> Path:
     """AUTOMATIC1111 / ComfyUI / kohya layout for SD 1.x/2.x: one `emb_params` key; the file name is the token."""
-    return _save_tensors(path, {"emb_params": vectors})
+    return save_tensors(path, {"emb_params": vectors})
 
 
 def save_sdxl(path: str | os.PathLike, clip_l: torch.Tensor, clip_g: torch.Tensor) -> Path:
     """The SDXL layout A1111 and ComfyUI read: `clip_l` (first encoder) and `clip_g` (second) in one file."""
-    return _save_tensors(path, {"clip_l": clip_l, "clip_g": clip_g})
+    return save_tensors(path, {"clip_l": clip_l, "clip_g": clip_g})
 
 
-def _save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> Path:
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> Path:
     out = {}
     for key, vectors in tensors.items():
         tensor = vectors.detach().to("cpu", torch.float32).contiguous()
@@ -254,12 +254,11 @@ def read_embedding_file(path: Path) -> EmbeddingFile:
 
 
 def text_encoder_pairs(pipe) -> list[tuple]:
-    """(tokenizer, text encoder) of a pipeline, in the order of `EmbeddingFile.vectors`: one for SD 1.x/2.x,
-    two for SDXL (the second is tokenizer_2/text_encoder_2)."""
-    pairs = [(pipe.tokenizer, pipe.text_encoder)]
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        pairs.append((pipe.tokenizer_2, pipe.text_encoder_2))
-    return pairs
+    """(tokenizer, text encoder) of a pipeline, in the order of `EmbeddingFile.vectors`: one per encoder of
+    the pipeline's model family (SDXL: two)."""
+    from .models.loading import family_of_pipeline
+
+    return [(getattr(pipe, t), getattr(pipe, e)) for t, e in family_of_pipeline(pipe).component_folders]
 
 
 def load_into_pipeline(pipe, embedding: EmbeddingFile, token: str | None = None) -> list[str]:

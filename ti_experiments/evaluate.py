@@ -62,7 +62,6 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict:
     from accelerate import Accelerator
 
     from .checks import check_config
-    from .config import build
     from .data import ConceptImages
     from .embeddings import add_placeholder_tokens
     from .evaluation import Evaluator
@@ -77,13 +76,13 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict:
     settings = checked.evaluation
     if settings is None or not settings.enabled:
         raise TIError("evaluation.enabled is false", "drop evaluation=none / evaluation.enabled=false")
-    concept = cfg.concept
-    hardware, validation = checked.hardware, checked.validation
+    concept, hardware, validation = checked.concept, checked.hardware, checked.validation
     check_precision(hardware)
     images = ConceptImages(ensure_concept_images(concept, Path(checked.paths.cache_dir)), checked.data)
-    parts = build(cfg.model)
-    embedding = add_placeholder_tokens(parts.tokenizer, parts.text_encoder, concept.placeholder_token,
-                                       concept.initializer_token, concept.num_vectors)
+    parts = checked.model.build()
+    embeddings = [add_placeholder_tokens(tokenizer, encoder, concept.placeholder_token, concept.initializer_token,
+                                         concept.num_vectors)
+                  for tokenizer, encoder in zip(parts.tokenizers, parts.text_encoders)]
     accelerator = Accelerator(cpu=no_accelerator(), mixed_precision=hardware.mixed_precision)
     placement = Placement.of(accelerator, hardware)
     try:
@@ -91,12 +90,13 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict:
             cache = _place(parts, images, placement)
             validator = Validator(validation, parts, parts.text_encoder, accelerator, None, run_dir)
             evaluator = Evaluator(settings, parts=parts, text_encoder=parts.text_encoder, accelerator=accelerator,
-                                  run_dir=run_dir, concept=concept, image_paths=images.paths, generator=validator)
+                                  run_dir=run_dir, concept=concept, image_paths=images.paths, generator=validator,
+                                  images=images)
             summary = run_files.read_summary(run_dir)
             last_step = max([s for s, _ in files if s is not None] + [0])
             final_step = int(summary.get("steps") or last_step)
             evaluator.attach(cache, placement.weight_dtype, start_step=0, max_steps=final_step)
-            entries = score_files(evaluator, embedding, files, final_step)
+            entries = score_files(evaluator, embeddings, files, final_step)
         result = {"run_dir": str(run_dir), "settings": OmegaConf.to_container(cfg.evaluation, resolve=True),
                   "embeddings": entries, **evaluator.summary()}
         run_files.write_json(run_dir / run_files.EVALUATION, result)
@@ -116,30 +116,32 @@ def _place(parts, images, placement):
     cache = LatentCache.build(parts.vae, images.pixels, with_flips=False, device=placement.device, dtype=dtype)
     placement.release_vae(parts, keep_decoder=True)
     placement.place_unet(placement.load_unet(parts), training=False)
-    placement.place_text_encoders([parts.text_encoder.requires_grad_(False)], training=False)
+    placement.place_text_encoders([e.requires_grad_(False) for e in parts.text_encoders], training=False)
     return cache
 
 
-def score_files(evaluator, embedding, files: list, final_step: int) -> list[dict]:
-    """One entry per embedding file, in order; the final embedding counts at the run's last step."""
+def score_files(evaluator, embeddings: list, files: list, final_step: int) -> list[dict]:
+    """One entry per embedding file, in order; the final embedding counts at the run's last step.
+    `embeddings`: the placeholder rows of each text encoder, which each file's vectors replace in turn."""
     from .embeddings import check_fits
 
     entries, seen = [], {}
+    num_vectors = embeddings[0].vectors.shape[0]
     for step, path in files:
         found = run_files.read_embedding(path)
-        check_fits(found, [embedding.embedding_dim])
-        if found.num_vectors != embedding.vectors.shape[0]:
+        check_fits(found, [e.embedding_dim for e in embeddings])
+        if found.num_vectors != num_vectors:
             raise TIError(f"{path.name} has {found.num_vectors} vectors, the run's concept.num_vectors is "
-                          f"{embedding.vectors.shape[0]}", "pass the run directory the file belongs to")
-        vectors = found.vectors[0]
+                          f"{num_vectors}", "pass the run directory the file belongs to")
         step = final_step if step is None else step
-        key = (step, vectors.numpy().tobytes())
+        key = (step, b"".join(v.numpy().tobytes() for v in found.vectors))
         if key in seen:  # the final embedding is often the last saved one: score it once
             entries.append({**seen[key], "file": path.name})
             continue
         with torch.no_grad():
-            embedding.vectors.copy_(vectors.to(embedding.vectors.device))
-        values = evaluator(step, vectors, images=evaluator.images_on)
+            for embedding, vectors in zip(embeddings, found.vectors):
+                embedding.vectors.copy_(vectors.to(embedding.vectors.device))
+        values = evaluator(step, found.vectors[0], images=evaluator.images_on)
         seen[key] = {"step": step, "file": path.name, **values}
         entries.append(seen[key])
     return entries

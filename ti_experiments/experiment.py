@@ -13,31 +13,31 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checks import RunConfig, check_config
+from .checks import ConceptSettings, RunConfig, check_config
 from .config import build, hydra_choices
 from .data import ConceptImages, TextualInversionDataset
 from .data.images import list_image_files
 from . import run_dir as run_files
 from . import slurm
-from .embeddings import EmbeddingFile, add_placeholder_tokens, check_fits, placeholder_tokens, unsplice
+from .embeddings import EmbeddingFile, add_placeholder_tokens, check_fits, unsplice
 from .errors import TIError
 from .publish import check_can_push, publish
 from .records.run_record import MetricsLog, RunRecord, write_summary
 from .training import TrainingJob, checkpoints, packed, run_training
-from .training.settings import HardwareSettings, TrainSettings
+from .training.settings import HardwareSettings
 from .validation import Validator
 
 log = logging.getLogger(__name__)
 
-def ensure_concept_images(concept: DictConfig, cache_dir: Path) -> Path:
+def ensure_concept_images(concept: ConceptSettings, cache_dir: Path) -> Path:
     """The concept's folder, filled from its source (Hub download, demo drawing) when missing or empty.
 
     Only folders inside the cache are filled: a mistyped path of the user's own is an error, not a
     place to download into or draw demo pictures in.
     """
-    folder = Path(str(concept.train_data_dir)).expanduser().resolve()
+    folder = Path(concept.train_data_dir).expanduser().resolve()
     empty = not folder.is_dir() or not list_image_files(folder)
-    if empty and concept.get("source") is not None and folder.is_relative_to(cache_dir.expanduser().resolve()):
+    if empty and concept.source is not None and folder.is_relative_to(Path(cache_dir).expanduser().resolve()):
         build(concept.source, target_dir=folder)
     return folder
 
@@ -86,11 +86,14 @@ def make_accelerator(hardware: HardwareSettings, tracker, run_dir: Path):
 
 
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
-    """Train one concept; return the run directory. run.json says how it ended, whatever happens."""
+    """Train one concept; return the run directory. run.json says how it ended, whatever happens.
+
+    The composed config stops here: it is checked into typed settings (`RunConfig`), which are all that
+    travels on, and written into the run's folder with the record."""
     from accelerate import PartialState
 
     checked = check_config(cfg)  # every setting, before the run's folder exists
-    run_dir = Path(str(cfg.paths.output_dir)).expanduser()
+    run_dir = Path(str(checked.paths.output_dir)).expanduser()
     earlier = slurm.own_record(run_dir)  # SLURM runs a requeued job again: this run, interrupted
     if earlier is not None:
         if earlier.get("status") == "completed":
@@ -102,7 +105,9 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
     try:
         with run_files.claim(run_dir, checked.train.resume_from_checkpoint, own=earlier is not None) \
                 if main else nullcontext():
-            return _run(cfg, run_dir, checked, overrides, main, continues=earlier is not None)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            record = start_record(run_dir, cfg, overrides, continues=earlier is not None) if main else None
+            return _run(checked, run_dir, record, OmegaConf.to_container(cfg, resolve=True))
     finally:
         if packed.current() is None:  # a pack resets once, when all its jobs are done
             reset_accelerate()  # also when the run failed before training began (the next run starts clean)
@@ -116,26 +121,29 @@ def continue_run(checked: RunConfig) -> RunConfig:
     return replace(checked, train=replace(checked.train, resume_from_checkpoint="latest"))
 
 
-def _run(cfg: DictConfig, run_dir: Path, checked: RunConfig, overrides: list[str] | None, main: bool,
-         continues: bool = False) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
+def start_record(run_dir: Path, cfg: DictConfig, overrides: list[str] | None, continues: bool = False) -> RunRecord:
+    """What Hydra would write, once the folder is ours, and run.json (`continues`: after the attempts of this
+    run that the folder holds)."""
+    run_files.write_configs(run_dir, cfg, overrides, composed=True)
+    record = RunRecord(run_dir, cfg, overrides, continues=continues)
+    slot = packed.current()
+    if slot is not None:
+        record.note(packed=slot.pack.describe(slot.index))
+    return record
+
+
+def _run(settings: RunConfig, run_dir: Path, record: RunRecord | None, config: dict) -> Path:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()  # a sweep's previous job must not count here
-    record = None
-    if main:
-        run_files.write_configs(run_dir, cfg, overrides, composed=True)  # what Hydra would, once the folder is ours
-        record = RunRecord(run_dir, cfg, overrides, continues=continues)
-        slot = packed.current()
-        if slot is not None:
-            record.note(packed=slot.pack.describe(slot.index))
     try:
         # token, network and repository are checked before anything is trained, on the main process
-        settings = checked.hub if record else None
-        repo_id = check_can_push(settings, cfg.concept.placeholder_token) if settings and settings.push else None
-        if record and (continues or checked.train.resume_from_checkpoint):
-            start = checkpoints.resolve_resume(checked.train.resume_from_checkpoint, run_dir)
+        hub = settings.hub if record else None
+        repo_id = check_can_push(hub, settings.concept.placeholder_token) if hub and hub.push else None
+        resume_from = settings.train.resume_from_checkpoint
+        if record and resume_from:
+            start = checkpoints.resolve_resume(resume_from, run_dir)
             record.note(resumed_from=str(start) if start is not None else None)  # None: it starts over
-        _train(cfg, run_dir, record, checked)
+        _train(settings, run_dir, record, config)
     except (KeyboardInterrupt, SystemExit) as exc:  # a signal: Ctrl-C, SLURM's, submitit's requeue and exit
         if record:
             record.finish("interrupted", exc)
@@ -147,7 +155,7 @@ def _run(cfg: DictConfig, run_dir: Path, checked: RunConfig, overrides: list[str
     if record:
         record.finish("completed")
         if repo_id:  # the run is complete whatever happens to the upload; a failed upload says how to retry
-            record.note(hub=publish(run_dir, repo_id, settings))
+            record.note(hub=publish(run_dir, repo_id, hub))
     return run_dir
 
 
@@ -155,79 +163,53 @@ def _run(cfg: DictConfig, run_dir: Path, checked: RunConfig, overrides: list[str
 class Prepared:
     """Everything a run needs before Accelerate starts: checked settings, images, model, tokens."""
 
-    cfg: DictConfig
     settings: RunConfig
     run_dir: Path
     images: ConceptImages
     parts: object
-    embedding: object
-    tokens: list
+    embeddings: list  # the placeholder rows of each text encoder (SDXL: two)
     dataset: TextualInversionDataset
-    embedding_2: object = None  # SDXL: the second text encoder's placeholder rows
     init_from: dict | None = None
-
-    @property
-    def train(self) -> TrainSettings:
-        return self.settings.train
-
-    @property
-    def hardware(self) -> HardwareSettings:
-        return self.settings.hardware
-
-    @property
-    def data_settings(self):
-        return self.settings.data
-
-    @property
-    def validation(self):
-        return self.settings.validation
-
-    @property
-    def tracker(self):
-        return self.settings.logger
-
-    @property
-    def evaluation(self):
-        return self.settings.evaluation
+    # the resolved config as plain data: what the tracker shows and a resumed run compares
+    config: dict | None = None
 
 
-def prepare(cfg: DictConfig, run_dir: Path, settings: RunConfig | None = None) -> Prepared:
-    """Check cheap things first (every setting, unless `run` already did; precision, data), then load the
-    model and add the tokens."""
-    concept = cfg.concept
+def prepare(settings: RunConfig, run_dir: Path, config: dict | None = None) -> Prepared:
+    """Check cheap things first (precision, data), then load the model and add the tokens."""
     from accelerate.utils import set_seed
 
-    settings = settings or check_config(cfg)
+    concept, data = settings.concept, settings.data
     set_seed(settings.run.seed)
     check_precision(settings.hardware)
-    data_settings = settings.data
-    images = ConceptImages(ensure_concept_images(concept, Path(settings.paths.cache_dir)), data_settings)
+    images = ConceptImages(ensure_concept_images(concept, Path(settings.paths.cache_dir)), data)
     settings.logger.identify(run_dir, **hydra_identity())
-
-    init = start_embedding(cfg)
-    slot = packed.current()  # a packed sweep's jobs share the model; each gets its own tokenizer and lookup
-    parts = slot.pack.parts_for(lambda: build(cfg.model), settings.hardware.channels_last) if slot else build(cfg.model)
-    factor = parts.vae_scale_factor
-    if data_settings.resolution % factor or data_settings.resolution < 8 * factor:
-        raise TIError(f"data.resolution={data_settings.resolution} does not fit this model's VAE, which needs "
-                      f"a multiple of {factor} of at least {8 * factor}",
-                      f"use e.g. data.resolution={parts.resolution}")
+    init = start_embedding(concept, resuming=bool(settings.train.resume_from_checkpoint))
+    slot = packed.current()  # a packed sweep's jobs share the model; each gets its own tokenizers and lookups
+    parts = slot.pack.parts_for(settings.model.build, settings.hardware.channels_last) if slot \
+        else settings.model.build()
+    check_resolution(data.resolution, parts)
     if init:
         check_fits(init, [encoder.get_input_embeddings().embedding_dim for encoder in parts.text_encoders])
-    # SDXL: the same tokens in both tokenizers, each encoder's rows from its own initializer row (or file rows)
-    embedding, *embedding_2 = [add_placeholder_tokens(tokenizer, encoder, concept.placeholder_token,
-                                                      concept.initializer_token, concept.num_vectors,
-                                                      init_vectors=init.vectors[i] if init else None)
-                               for i, (tokenizer, encoder) in enumerate(zip(parts.tokenizers, parts.text_encoders))]
-    tokens = placeholder_tokens(concept.placeholder_token, concept.num_vectors)
-    sdxl = dict(tokenizer_2=parts.tokenizer_2, time_ids=images.time_ids) if parts.is_sdxl else {}
-    dataset = TextualInversionDataset(len(images), data_settings.repeats, parts.tokenizer, " ".join(tokens),
-                                      concept.learnable_property, data_settings.flip_p, **sdxl,
-                                      captions=images.captions, caption_mode=data_settings.captions,
-                                      templates=data_settings.templates)
-    check_room(dataset, concept.num_vectors, data_settings.captions != "none")
-    return Prepared(cfg, settings, run_dir, images, parts, embedding, tokens, dataset,
-                    embedding_2[0] if embedding_2 else None, init_from=describe_init(init) if init else None)
+    # the same tokens in every tokenizer, each encoder's rows from its own initializer row (or file rows)
+    embeddings = [add_placeholder_tokens(tokenizer, encoder, concept.placeholder_token, concept.initializer_token,
+                                         concept.num_vectors, init_vectors=init.vectors[i] if init else None)
+                  for i, (tokenizer, encoder) in enumerate(zip(parts.tokenizers, parts.text_encoders))]
+    dataset = TextualInversionDataset(len(images), data.repeats, parts.tokenizer, concept.placeholder_string,
+                                      concept.learnable_property, data.flip_p,
+                                      fields=parts.family.item_fields(parts.tokenizers, images.time_ids),
+                                      captions=images.captions, caption_mode=data.captions, templates=data.templates)
+    check_room(dataset, concept.num_vectors, data.captions != "none")
+    return Prepared(settings, run_dir, images, parts, embeddings, dataset,
+                    init_from=describe_init(init) if init else None, config=config)
+
+
+def check_resolution(resolution: int, parts) -> None:
+    """The images' size must fit the model's VAE (a multiple of its downsampling, large enough for the UNet)."""
+    factor = parts.vae_scale_factor
+    if resolution % factor or resolution < 8 * factor:
+        raise TIError(f"data.resolution={resolution} does not fit this model's VAE, which needs "
+                      f"a multiple of {factor} of at least {8 * factor}",
+                      f"use e.g. data.resolution={parts.resolution}")
 
 
 def check_room(dataset: TextualInversionDataset, num_vectors: int, captions: bool) -> None:
@@ -246,19 +228,17 @@ def check_room(dataset: TextualInversionDataset, num_vectors: int, captions: boo
                   f"{limit} positions with the training prompt {shown!r}", fix)
 
 
-def start_embedding(cfg: DictConfig):
+def start_embedding(concept: ConceptSettings, resuming: bool = False):
     """`concept.init_from`: the embedding whose vectors the new rows start from (None: the initializer's row).
 
     A checkpoint to resume wins: its rows replace these once the loop loads it, as they would replace
     the initializer's; the file is still read and checked, because the resumed run is the same run.
     """
-    path = cfg.concept.get("init_from")
-    if not path:
+    if not concept.init_from:
         return None
-    init = read_init(path, cfg.concept.num_vectors)
+    init = read_init(concept.init_from, concept.num_vectors)
     log.info("the placeholder rows start from %s (%s, token %r, %d vectors)%s", init.path, init.format, init.token,
-             init.num_vectors, "; a checkpoint to resume from replaces them" if cfg.train.resume_from_checkpoint
-             else "")
+             init.num_vectors, "; a checkpoint to resume from replaces them" if resuming else "")
     return init
 
 
@@ -282,24 +262,25 @@ def describe_init(init) -> dict:
             "vectors_sha256": [tensor_sha256(v) for v in init.vectors]}
 
 
-def comparable_settings(cfg: DictConfig) -> dict:
+def comparable_settings(config: dict | None) -> dict:
     """The resolved settings a resumed run compares with its checkpoint's (paths and resume excluded)."""
     from .records.trackers import flatten
 
-    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+    flat = flatten(config or {})
     return {k: v for k, v in flat.items() if not k.startswith(("paths.", "train.resume_from_checkpoint",
                                                                 "reproduced_from"))}
 
 
 def fit(p: Prepared, accelerator, metrics_log_factory, validator=None, evaluator=None):
     """The training loop on a prepared run (the experiment and the benchmark both come through here)."""
-    cfg = p.cfg
+    s = p.settings
     return run_training(TrainingJob(
-        accelerator=accelerator, parts=p.parts, embeddings=[e for e in (p.embedding, p.embedding_2) if e is not None],
-        placeholder_token=cfg.concept.placeholder_token, pixels=p.images.pixels, dataset=p.dataset,
-        make_optimizer=build(cfg.optimizer), base_lr=p.settings.optimizer.lr, make_scheduler=build(cfg.lr_scheduler),
-        train=p.train, hardware=p.hardware, data=p.data_settings, run_dir=p.run_dir, seed=p.settings.run.seed,
-        resume_state={"placeholder_tokens": p.tokens, "model": p.parts.source, "config": comparable_settings(cfg)},
+        accelerator=accelerator, parts=p.parts, embeddings=p.embeddings,
+        placeholder_token=s.concept.placeholder_token, pixels=p.images.pixels, dataset=p.dataset,
+        optimizer=s.optimizer, lr_scheduler=s.lr_scheduler,
+        train=s.train, hardware=s.hardware, data=s.data, run_dir=p.run_dir, seed=s.run.seed,
+        resume_state={"placeholder_tokens": s.concept.tokens, "model": p.parts.source,
+                      "config": comparable_settings(p.config)},
         metrics_log_factory=metrics_log_factory, validate=validator, evaluate=evaluator,
     ))
 
@@ -308,53 +289,52 @@ def make_evaluator(p: Prepared, accelerator, validator):
     """The run's evaluator, or None when evaluation is off; it generates images like the validator."""
     from .evaluation import Evaluator
 
-    if p.evaluation is None or not p.evaluation.enabled:
+    s = p.settings
+    if s.evaluation is None or not s.evaluation.enabled:
         return None
-    if p.parts.is_sdxl:
-        log.warning("evaluation (held-out loss, CLIP/DINO scores) is not implemented for SDXL yet; skipped")
-        return None
-    generator = validator or Validator(p.validation, p.parts, p.parts.text_encoder, accelerator, p.tracker,
-                                       p.run_dir)
-    return Evaluator(p.evaluation, parts=p.parts, text_encoder=p.parts.text_encoder, accelerator=accelerator,
-                     run_dir=p.run_dir, concept=p.cfg.concept, image_paths=p.images.paths, generator=generator)
+    generator = validator or Validator(s.validation, p.parts, p.parts.text_encoder, accelerator, s.logger, p.run_dir)
+    return Evaluator(s.evaluation, parts=p.parts, text_encoder=p.parts.text_encoder, accelerator=accelerator,
+                     run_dir=p.run_dir, concept=s.concept, image_paths=p.images.paths, generator=generator,
+                     images=p.images)
 
 
-def _train(cfg: DictConfig, run_dir: Path, record: RunRecord | None = None, settings: RunConfig | None = None) -> None:
+def _train(settings: RunConfig, run_dir: Path, record: RunRecord | None, config: dict) -> None:
     started = time.perf_counter()
-    p = prepare(cfg, run_dir, settings)
+    p = prepare(settings, run_dir, config)
     if record and p.init_from:
         record.note(init_from=p.init_from)
-    accelerator = make_accelerator(p.hardware, p.tracker, run_dir)
+    accelerator = make_accelerator(settings.hardware, settings.logger, run_dir)
     failed = True
     try:
-        p.tracker.start(accelerator, run_dir, OmegaConf.to_container(cfg, resolve=True),
-                        resuming=bool(p.train.resume_from_checkpoint), beside_others=packed.current() is not None)
-        validator = (Validator(p.validation, p.parts, p.parts.text_encoder, accelerator, p.tracker, run_dir)
-                     if p.validation.enabled else None)
+        settings.logger.start(accelerator, run_dir, config, resuming=bool(settings.train.resume_from_checkpoint),
+                              beside_others=packed.current() is not None)
+        validator = (Validator(settings.validation, p.parts, p.parts.text_encoder, accelerator, settings.logger,
+                               run_dir) if settings.validation.enabled else None)
         evaluator = make_evaluator(p, accelerator, validator)
         result = fit(p, accelerator, partial(MetricsLog, run_dir, accelerator, accelerator.device), validator,
                      evaluator)
-        log.info("process %d of %d: learned embedding sha256 %s", accelerator.process_index,
-                 accelerator.num_processes, tensor_sha256(result.vectors))
-        if result.vectors_2 is not None:
-            log.info("process %d of %d: second text encoder's embedding sha256 %s", accelerator.process_index,
-                     accelerator.num_processes, tensor_sha256(result.vectors_2))
+        for i, vectors in enumerate(result.vectors):
+            log.info("process %d of %d: text encoder %d's learned embedding sha256 %s", accelerator.process_index,
+                     accelerator.num_processes, i + 1, tensor_sha256(vectors))
         if accelerator.is_main_process:
-            run_files.write_concept(run_dir, cfg.concept.placeholder_token,
-                                [v for v in (result.vectors, result.vectors_2) if v is not None],
-                                cfg.concept.learnable_property, other_tools=True)
-            for encoder in p.parts.text_encoders:
-                unsplice(encoder)
-            write_summary(run_dir, final_loss=result.final_loss, steps=result.global_step,
-                          wall_seconds=time.perf_counter() - started, train_seconds=result.seconds,
-                          steps_trained=result.steps_trained, device=accelerator.device,
-                          extra={"num_images": len(p.images), **(evaluator.summary() if evaluator else {})})
-            log.info("done: %d steps in %.1fs, final loss %s; embedding in %s", result.global_step,
-                     result.seconds, f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a",
-                     run_dir / run_files.EMBEDDING)
+            finish_run(p, result, evaluator, accelerator, time.perf_counter() - started)
         failed = False
     finally:
-        p.tracker.finish(accelerator, failed=failed)  # run() then resets Accelerate
+        settings.logger.finish(accelerator, failed=failed)  # run() then resets Accelerate
+
+
+def finish_run(p: Prepared, result, evaluator, accelerator, wall_seconds: float) -> None:
+    """The concept's files and summary.json, on the main process."""
+    concept, run_dir = p.settings.concept, p.run_dir
+    run_files.write_concept(run_dir, concept.placeholder_token, result.vectors, concept.learnable_property,
+                            other_tools=True)
+    for encoder in p.parts.text_encoders:
+        unsplice(encoder)
+    write_summary(run_dir, final_loss=result.final_loss, steps=result.global_step, wall_seconds=wall_seconds,
+                  train_seconds=result.seconds, steps_trained=result.steps_trained, device=accelerator.device,
+                  extra={"num_images": len(p.images), **(evaluator.summary() if evaluator else {})})
+    log.info("done: %d steps in %.1fs, final loss %s; embedding in %s", result.global_step, result.seconds,
+             f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a", run_dir / run_files.EMBEDDING)
 
 
 def tensor_sha256(tensor: torch.Tensor) -> str:

@@ -154,8 +154,13 @@ def build_model_card(run_dir: Path, config: dict, summary: dict, repo_id: str | 
     with safe_open(str(run_dir / run_files.EMBEDDING), "pt") as f:
         num_vectors, width = f.get_slice(next(iter(f.keys()))).get_shape()
     a1111 = a1111_name(placeholder)
-    sdxl = (run_dir / run_files.EMBEDDINGS[1]).is_file()  # both text encoders must get the token
-    pipeline = "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline"
+    from .models.loading import family_for_encoders
+
+    # every text encoder of the family must get the token: one diffusers file each
+    family = family_for_encoders(sum((run_dir / name).is_file() for name in run_files.EMBEDDINGS))
+    pipeline = family.pipeline_class
+    others = list(zip(run_files.EMBEDDINGS[1:], family.component_folders[1:]))
+    a1111_keys = " and ".join(f"`{key}`" for key in family.a1111_tensors([None] * family.num_encoders))
     repo = repo_id or "USER/REPO"
     prompt = concept.get("validation_prompt") or (f"a photo of {placeholder}" if kind == "object"
                                                    else f"a house in the style of {placeholder}")
@@ -195,16 +200,17 @@ def build_model_card(run_dir: Path, config: dict, summary: dict, repo_id: str | 
         f"from diffusers import {pipeline}", "",
         f'pipe = {pipeline}.from_pretrained("{base or "BASE_MODEL"}", torch_dtype=torch.float16).to("cuda")',
         f'pipe.load_textual_inversion("{repo}")',
-        *([f'pipe.load_textual_inversion("{repo}", weight_name="learned_embeds_2.safetensors", '
-           "text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)"] if sdxl else []),
+        *[f'pipe.load_textual_inversion("{repo}", weight_name="{name}", text_encoder=pipe.{encoder}, '
+          f"tokenizer=pipe.{tokenizer})" for name, (tokenizer, encoder) in others],
         f'image = pipe("{prompt}").images[0]', "```", "",
         f"With AUTOMATIC1111 or ComfyUI: put `{a1111}.safetensors` into the `embeddings` folder; these tools take the "
         f"word from the file name, so the prompt says `{a1111}` (ComfyUI: `embedding:{a1111}`).", "",
         "## Files", "", "| file | what it is |", "| --- | --- |",
         f"| `learned_embeds.safetensors` | diffusers format: one key, `{placeholder}`, a [{num_vectors}, {width}] fp32 tensor |",
-        *(["| `learned_embeds_2.safetensors` | diffusers format for the second text encoder (SDXL) |"] if sdxl else []),
+        *[f"| `{name}` | diffusers format for the text encoder `{encoder}` ({family.label}) |"
+          for name, (_, encoder) in others],
         f"| `{a1111}.safetensors` | AUTOMATIC1111 / ComfyUI format: "
-        f"{'keys `clip_l` and `clip_g`' if sdxl else 'one key, `emb_params`'} |",
+        f"{'key' if family.num_encoders == 1 else 'keys'} {a1111_keys} |",
         "| `token_identifier.txt`, `type_of_concept.txt` | the placeholder and the concept type (sd-concepts layout) |",
         "", "## Training settings", "", "| setting | value |", "| --- | --- |",
         *[f"| {k} | {_fmt(v)} |" for k, v in settings], "", "## Results", "", "| metric | value |", "| --- | --- |",

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .embeddings import EmbeddingFile, read_embedding_file, save_a1111, save_learned_embeds, save_sdxl
+from .embeddings import EmbeddingFile, read_embedding_file, save_learned_embeds, save_tensors
 from .errors import TIError
 from .files import folder_lock, write_text_atomic
 
@@ -268,12 +268,11 @@ def a1111_name(token: str) -> str:
 
 
 def save_for_other_tools(path: str | Path, vectors: list[torch.Tensor]) -> Path:
-    """The A1111/ComfyUI file: `emb_params` for one text encoder, `clip_l` + `clip_g` for SDXL's two."""
-    if len(vectors) == 1:
-        return save_a1111(path, vectors[0])
-    if len(vectors) == 2:
-        return save_sdxl(path, vectors[0], vectors[1])
-    raise TIError(f"an embedding for {len(vectors)} text encoders has no A1111 layout", "export SD or SDXL embeddings")
+    """The A1111/ComfyUI file, in the layout of the model family with as many text encoders
+    (`emb_params` for SD 1.x/2.x, `clip_l` + `clip_g` for SDXL)."""
+    from .models.loading import family_for_encoders
+
+    return save_tensors(path, family_for_encoders(len(vectors)).a1111_tensors(vectors))
 
 
 def write_concept(folder: str | Path, token: str, vectors: list[torch.Tensor], learnable_property: str | None = None,

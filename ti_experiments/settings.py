@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal, get_args, get_origin
 
 from .errors import TIError
 
-__all__ = ["FactorySettings", "Literal", "Settings", "bound", "node_values"]
+__all__ = ["FactorySettings", "Literal", "Settings", "bound", "build", "node_values"]
 
 
 def bound(default: Any = MISSING, *, factory: Any = MISSING, minimum: float | None = None, positive: bool = False,
@@ -94,6 +94,15 @@ class FactorySettings(Settings):
     # arguments the code fills in (the parameters, the optimizer, the number of steps)
     SUPPLIED: ClassVar[tuple[str, ...]] = ()
 
+    # the callable the node names (`_target_`), and every argument it gives, declared above or not
+    target: str = bound("", example="torch.optim.AdamW")
+    arguments: dict = bound(factory=dict, example="{...}")
+
+    def build(self, **supplied):
+        """The object these settings describe: the target called with the node's arguments and what the
+        code supplies (parameters, an optimizer, a number of steps), which wins over the node."""
+        return build({"_target_": self.target, "_partial_": True, **self.arguments})(**supplied)
+
     @classmethod
     def from_node(cls, node):
         import inspect
@@ -107,7 +116,7 @@ class FactorySettings(Settings):
             raise TIError(f"{cls.key('_target_')}={target!r} cannot be imported",
                           f"use a callable's full path, e.g. {cls.key('_target_')}={cls.EXAMPLE_TARGET}") from None
         open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-        declared = {f.name for f in fields(cls)}
+        declared = {f.name for f in fields(cls)} - {"target", "arguments"}
         for name, value in values.items():
             if name not in parameters and not open_ended:
                 accepted = [n for n, p in parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.KEYWORD_ONLY]
@@ -117,7 +126,7 @@ class FactorySettings(Settings):
             if name not in declared and isinstance(default, (bool, int, float, str)):
                 _check(cls.key(name), value, type(default), {"example": repr(default).lower()
                                                                if isinstance(default, bool) else repr(default)})
-        return cls(**{k: v for k, v in values.items() if k in declared})
+        return cls(**{k: v for k, v in values.items() if k in declared}, target=target, arguments=values)
 
 
 def _locate(path: str):
@@ -193,3 +202,19 @@ def _check_kind(key: str, value, kind, meta, null: str) -> None:
     elif kind is dict or get_origin(kind) is dict:
         if not isinstance(value, dict):
             raise TIError(f"{key}={value!r} is not a config node{null}", f"use e.g. {key}={example or '{...}'}")
+
+
+def build(node, **kwargs):
+    """`instantiate`, but a user error raised by the target reaches the user as itself, not wrapped."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, TIError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise

@@ -66,34 +66,24 @@ class Validator:
         self.run_dir = Path(run_dir)
 
     def _pipeline(self):
-        from diffusers import (
-            DPMSolverMultistepScheduler,
-            StableDiffusionPipeline,
-            StableDiffusionXLPipeline,
-        )
+        """The model family's pipeline over the modules being trained (no second copy of the model)."""
+        from diffusers import DPMSolverMultistepScheduler
 
         scheduler = DPMSolverMultistepScheduler.from_config(self.parts.noise_scheduler.config)
-        if self.parts.is_sdxl:
-            pipe = StableDiffusionXLPipeline(
-                vae=self.parts.vae, text_encoder=self.text_encoder, text_encoder_2=self.parts.text_encoder_2,
-                tokenizer=self.parts.tokenizer, tokenizer_2=self.parts.tokenizer_2, unet=self.parts.unet,
-                scheduler=scheduler, add_watermarker=False,
-            )
-        else:
-            pipe = StableDiffusionPipeline(
-                vae=self.parts.vae, text_encoder=self.text_encoder, tokenizer=self.parts.tokenizer,
-                unet=self.parts.unet, scheduler=scheduler,
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-            )
+        pipe = self.parts.family.pipeline(self.parts, self._encoders(), scheduler)
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+    def _encoders(self) -> list:
+        """The text encoders: the (possibly Accelerate-wrapped) first one given, then the parts' others."""
+        return [self.text_encoder, *self.parts.text_encoders[1:]]
 
     @contextlib.contextmanager
     def _generating(self):
         """The pipeline, with the VAE on the device, eval modes and a forked RNG; all restored after."""
         device = self.accelerator.device
         vae_device = next(self.parts.vae.parameters()).device
-        encoders = [self.text_encoder] + ([self.parts.text_encoder_2] if self.parts.is_sdxl else [])
+        encoders = self._encoders()
         modes = (self.parts.unet.training, [e.training for e in encoders])
         self.parts.vae.to(device)
         self.parts.unet.eval()

@@ -204,7 +204,10 @@ def test_time_ids_use_the_upright_real_size_of_rotated_and_huge_photos(tmp_path)
 def test_sdxl_items_carry_both_tokenizations_and_their_images_time_ids():
     tok, tok_2 = _Tok(), _Tok()
     time_ids = torch.arange(2 * 3 * 6, dtype=torch.float32).view(2, 3, 6)
-    ds = TextualInversionDataset(3, 5, tok, "<x>", "object", 0.5, tokenizer_2=tok_2, time_ids=time_ids)
+    from ti_experiments.models.sdxl import StableDiffusionXL
+
+    ds = TextualInversionDataset(3, 5, tok, "<x>", "object", 0.5,
+                                 fields=StableDiffusionXL().item_fields([tok, tok_2], time_ids))
     for seed in range(20):
         item = ds[(7, seed)]
         assert tok.last == tok_2.last  # one prompt, two tokenizers

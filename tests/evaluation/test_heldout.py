@@ -33,12 +33,14 @@ def test_heldout_set_and_loss_are_exactly_reproducible_and_leave_the_global_rng_
     cfg = compose(*TINY_RUN, output_dir=tmp_path)
     parts, cache = _parts_and_cache(cfg)
     init = str(cfg.concept.initializer_token)
-    make = lambda seed: build_heldout_set(cache, parts.tokenizer, 1000, "<demo-toy>", init, "object", 8, seed)  # noqa: E731
+    make = lambda seed: build_heldout_set(cache, parts, "<demo-toy>", init, "object", 8, seed)  # noqa: E731
     state = torch.random.get_rng_state()
     a, b, other = make(0), make(0), make(1)
     assert torch.equal(torch.random.get_rng_state(), state)
-    for field in ("latents", "noise", "timesteps", "learned_ids", "init_ids"):
+    for field in ("latents", "noise", "timesteps"):
         assert torch.equal(getattr(a, field), getattr(b, field))
+    for which in ("learned", "init"):
+        assert torch.equal(a.prompts[which]["input_ids"], b.prompts[which]["input_ids"])
     assert not torch.equal(a.noise, other.noise)
     assert sorted(a.timesteps.tolist()) == a.timesteps.tolist() and a.timesteps.max() < 1000  # one per stratum
     parts.unet.eval()
@@ -53,8 +55,7 @@ def test_heldout_set_and_loss_are_exactly_reproducible_and_leave_the_global_rng_
 def test_the_loss_is_the_same_scored_one_triple_at_a_time_or_in_batches(tmp_path):
     cfg = compose(*TINY_RUN, output_dir=tmp_path)
     parts, cache = _parts_and_cache(cfg)
-    held = build_heldout_set(cache, parts.tokenizer, 1000, "<demo-toy>", str(cfg.concept.initializer_token),
-                             "object", 16, 0)
+    held = build_heldout_set(cache, parts, "<demo-toy>", str(cfg.concept.initializer_token), "object", 16, 0)
     parts.unet.eval()
     parts.text_encoder.eval()
     with torch.no_grad():

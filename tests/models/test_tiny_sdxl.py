@@ -41,16 +41,16 @@ def test_ensure_builds_into_the_versioned_cache_folder(tmp_path, monkeypatch):
 
 def test_it_has_sdxl_structure_and_loads_as_sdxl(tiny_sdxl_path):
     parts = load_tiny_components(str(tiny_sdxl_path))
-    assert parts.is_sdxl and len(parts.text_encoders) == 2 and len(parts.tokenizers) == 2
-    te1, te2, unet = parts.text_encoder, parts.text_encoder_2, parts.unet
+    assert parts.family.name == "sdxl" and len(parts.text_encoders) == 2 and len(parts.tokenizers) == 2
+    (te1, te2), unet = parts.text_encoders, parts.unet
     assert type(te1).__name__ == "CLIPTextModel" and type(te2).__name__ == "CLIPTextModelWithProjection"
     assert (te1.config.hidden_size, te2.config.hidden_size) == (32, 64)  # a swapped clip_l/clip_g never fits
     assert unet.config.addition_embed_type == "text_time"
     assert unet.config.cross_attention_dim == te1.config.hidden_size + te2.config.hidden_size
     assert unet.config.projection_class_embeddings_input_dim == 6 * unet.config.addition_time_embed_dim + \
         te2.config.projection_dim
-    assert parts.tokenizer.get_vocab() == parts.tokenizer_2.get_vocab()
-    assert parts.tokenizer.pad_token == "<|endoftext|>" and parts.tokenizer_2.pad_token == "!"  # as in SDXL
+    assert parts.tokenizers[0].get_vocab() == parts.tokenizers[1].get_vocab()
+    assert parts.tokenizers[0].pad_token == "<|endoftext|>" and parts.tokenizers[1].pad_token == "!"  # as in SDXL
     for te in (te1, te2):
         assert te.config.vocab_size == len(parts.tokenizer)
         assert te.config.eos_token_id == parts.tokenizer.eos_token_id  # pooling finds the end token

@@ -18,7 +18,7 @@ from ti_experiments.toyworld import shipped, world
 
 pytestmark = [pytest.mark.train,
               pytest.mark.skipif(not (shipped.WEIGHTS_DIR / "manifest.json").exists(),
-                                 reason="the toy world's weights are not built (python -m ti_experiments.pretrain)")]
+                                 reason="the toy world's weights are not built (python -m ti_experiments_dev.pretrain)")]
 
 TOY_RUN = ["+concept=demo", "logger=none", "validation.enabled=false", "train.max_steps=80",
            "evaluation.steps=40", "evaluation.image_metrics=false", "train.save_steps=40",

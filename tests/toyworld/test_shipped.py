@@ -12,7 +12,7 @@ import torch
 from ti_experiments.toyworld import shipped, world
 
 pytestmark = pytest.mark.skipif(not (shipped.WEIGHTS_DIR / "manifest.json").exists(),
-                                reason="the toy world's weights are not built (python -m ti_experiments.pretrain)")
+                                reason="the toy world's weights are not built (python -m ti_experiments_dev.pretrain)")
 
 
 def test_every_file_matches_its_sha256_and_all_fit_in_25_mb():
@@ -37,14 +37,6 @@ def test_diffusers_loads_the_model_like_sd15_and_draws_32px_images():
     # the background is the gray one asked for (the world's backgrounds are far apart)
     corners = torch.tensor(image[[0, 0, -1, -1], [0, -1, 0, -1]] * 255)
     assert (corners - torch.tensor(world.BACKGROUNDS["gray"])).abs().mean() < 40
-
-
-def test_the_judge_names_every_attribute_of_fresh_renders():
-    from ti_experiments.toyworld.judge import Judge
-    from ti_experiments.toyworld.quality import judge_figures
-
-    accuracy = judge_figures(Judge(), count=300, seed=7)
-    assert min(accuracy.values()) >= 0.9, accuracy
 
 
 def test_model_toyworld_composes_the_shipped_folder_and_its_judge():

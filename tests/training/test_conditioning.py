@@ -8,7 +8,7 @@ from PIL import Image
 from ti_experiments.data import ConceptImages, DataSettings, TextualInversionDataset
 from ti_experiments.embeddings import add_placeholder_tokens, unsplice
 from ti_experiments.models import load_tiny_components
-from ti_experiments.training.conditioning import text_conditioning
+from ti_experiments.training.loss import text_conditioning
 
 
 def _prepared(path, num_vectors=2):
@@ -27,7 +27,7 @@ def test_sdxl_conditioning_equals_the_sdxl_pipeline(tiny_sdxl_path, tmp_path):
     images = ConceptImages(tmp_path, DataSettings(resolution=16, center_crop=True))
     parts = _prepared(tiny_sdxl_path)
     ds = TextualInversionDataset(1, 1, parts.tokenizer, "<t> <t>_1", "object", 1.0,
-                                 tokenizer_2=parts.tokenizer_2, time_ids=images.time_ids,
+                                 fields=parts.family.item_fields(parts.tokenizers, images.time_ids),
                                  templates=["a photo of a {}"])
     item = ds[(0, 3)]
     batch = {k: (v.unsqueeze(0) if isinstance(v, torch.Tensor) else v) for k, v in item.items()}
@@ -36,9 +36,9 @@ def test_sdxl_conditioning_equals_the_sdxl_pipeline(tiny_sdxl_path, tmp_path):
 
     for encoder in parts.text_encoders:
         unsplice(encoder)
-    pipe = StableDiffusionXLPipeline(vae=parts.vae, text_encoder=parts.text_encoder,
-                                     text_encoder_2=parts.text_encoder_2, tokenizer=parts.tokenizer,
-                                     tokenizer_2=parts.tokenizer_2, unet=parts.unet,
+    pipe = StableDiffusionXLPipeline(vae=parts.vae, text_encoder=parts.text_encoders[0],
+                                     text_encoder_2=parts.text_encoders[1], tokenizer=parts.tokenizers[0],
+                                     tokenizer_2=parts.tokenizers[1], unet=parts.unet,
                                      scheduler=parts.noise_scheduler, add_watermarker=False)
     with torch.no_grad():  # the pipeline expands "<t>" to "<t> <t>_1" itself, as the dataset wrote it
         embeds, _, pooled, _ = pipe.encode_prompt("a photo of a <t>", do_classifier_free_guidance=False)

@@ -7,6 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from ti_experiments.models.sd import StableDiffusion
+from ti_experiments.models.sdxl import StableDiffusionXL
 from ti_experiments.training.placement import Placement, process_settings, weight_dtype_for
 from ti_experiments.training.settings import HardwareSettings
 
@@ -57,8 +59,8 @@ def test_dtypes_follow_the_mixed_precision_and_sdxl_vae_upcasts():
     assert weight_dtype_for("no") == torch.float32 and weight_dtype_for("bf16") == torch.bfloat16
     placement = Placement(torch.device("cpu"), torch.float16, HardwareSettings())
     vae = SimpleNamespace(config={"force_upcast": True})
-    assert placement.vae_dtype(SimpleNamespace(is_sdxl=True, vae=vae)) == torch.float32
-    assert placement.vae_dtype(SimpleNamespace(is_sdxl=False, vae=vae)) == torch.float16
+    assert placement.vae_dtype(SimpleNamespace(family=StableDiffusionXL(), vae=vae)) == torch.float32
+    assert placement.vae_dtype(SimpleNamespace(family=StableDiffusion(), vae=vae)) == torch.float16
     module = torch.nn.Linear(2, 2)
     assert placement.put(module, torch.float32).weight.dtype == torch.float32
     assert placement.put(module).weight.dtype == torch.float16

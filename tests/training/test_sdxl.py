@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 import ti_experiments.training.loss as loss
 from conftest import TINY_SDXL_RUN, compose
+from ti_experiments.checks import check_config
 from ti_experiments.run_dir import read_embedding
 from ti_experiments.experiment import run
 
@@ -25,15 +26,16 @@ def test_sdxl_trains_both_encoders_rows_and_nothing_else(tmp_path, tiny_sdxl_pat
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    from ti_experiments.checks import check_config
     from ti_experiments.experiment import fit, make_accelerator, prepare, reset_accelerate
     from ti_experiments.records.run_record import MetricsLog
 
     cfg = compose(*TINY_SDXL_RUN, "concept.num_vectors=2", "optimizer.lr=0.05", "train.max_steps=3",
                   output_dir=tmp_path)
     assert cfg.hardware.mixed_precision == "bf16"  # SDXL's default, on CPU too
-    p = prepare(cfg, tmp_path)
-    starts = [e.vectors.detach().clone() for e in (p.embedding, p.embedding_2)]
-    accelerator = make_accelerator(cfg.hardware, p.tracker, tmp_path)
+    p = prepare(check_config(cfg), tmp_path)
+    starts = [e.vectors.detach().clone() for e in p.embeddings]
+    accelerator = make_accelerator(p.settings.hardware, p.settings.logger, tmp_path)
     try:
         result = fit(p, accelerator, partial(MetricsLog, tmp_path, accelerator, accelerator.device))
     finally:
@@ -41,7 +43,7 @@ def test_sdxl_trains_both_encoders_rows_and_nothing_else(tmp_path, tiny_sdxl_pat
     fresh = [CLIPTextModel.from_pretrained(tiny_sdxl_path, subfolder="text_encoder"),
              CLIPTextModelWithProjection.from_pretrained(tiny_sdxl_path, subfolder="text_encoder_2")]
     for encoder, before, start, learned in zip(p.parts.text_encoders, fresh, starts,
-                                               (result.vectors, result.vectors_2)):
+                                               result.vectors):
         module = encoder.get_input_embeddings()
         assert module.vectors.dtype == torch.float32 and learned.shape == start.shape
         assert not torch.equal(learned, start)  # this encoder's rows learned something
@@ -119,14 +121,14 @@ def test_init_from_an_sdxl_file_starts_both_encoders_rows_from_it(tmp_path, tiny
     gen = torch.Generator().manual_seed(3)
     clip_l, clip_g = torch.randn(2, 32, generator=gen), torch.randn(2, 64, generator=gen)
     source = save_sdxl(tmp_path / "warm.safetensors", clip_l, clip_g)
-    p = prepare(compose(*TINY_SDXL_RUN, "concept.num_vectors=2", f"concept.init_from={source}",
-                        output_dir=tmp_path / "run"), tmp_path / "run")
-    assert torch.equal(p.embedding.vectors.detach(), clip_l)
-    assert torch.equal(p.embedding_2.vectors.detach(), clip_g)
+    p = prepare(check_config(compose(*TINY_SDXL_RUN, "concept.num_vectors=2", f"concept.init_from={source}",
+                                     output_dir=tmp_path / "run")), tmp_path / "run")
+    assert torch.equal(p.embeddings[0].vectors.detach(), clip_l)
+    assert torch.equal(p.embeddings[1].vectors.detach(), clip_g)
     one_encoder = tmp_path / "sd.safetensors"
     from ti_experiments.embeddings import save_learned_embeds
 
     save_learned_embeds(one_encoder, "<y>", clip_l)
     with pytest.raises(TIError, match="does not fit this model"):
-        prepare(compose(*TINY_SDXL_RUN, "concept.num_vectors=2", f"concept.init_from={one_encoder}",
-                        output_dir=tmp_path / "run2"), tmp_path / "run2")
+        prepare(check_config(compose(*TINY_SDXL_RUN, "concept.num_vectors=2", f"concept.init_from={one_encoder}",
+                                     output_dir=tmp_path / "run2")), tmp_path / "run2")

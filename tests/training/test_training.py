@@ -141,6 +141,7 @@ def test_bf16_and_gradient_checkpointing_keep_the_learned_rows_fp32(tmp_path):
 def test_the_first_step_encodes_only_its_own_images_and_the_encoder_leaves_once_all_are_cached(tmp_path):
     import time
 
+    from ti_experiments.checks import check_config
     from ti_experiments.experiment import fit, make_accelerator, prepare, reset_accelerate
 
     for validation in ("false", "true"):
@@ -149,7 +150,7 @@ def test_the_first_step_encodes_only_its_own_images_and_the_encoder_leaves_once_
         cfg = compose(*TINY_RUN, "train.max_steps=2", f"validation.enabled={validation}", "validation.steps=null",
                       "validation.num_inference_steps=1", "validation.num_images=1", "evaluation.enabled=false",
                       output_dir=out)
-        p = prepare(cfg, out)
+        p = prepare(check_config(cfg), out)
         assert not isinstance(p.parts._unet, torch.nn.Module)  # not loaded yet
         seen = {}
 
@@ -163,12 +164,13 @@ def test_the_first_step_encodes_only_its_own_images_and_the_encoder_leaves_once_
                               vae is not None and vae.decoder is not None)
                 return {"lr": values["lr"], "steps_per_sec": None}
 
-        accelerator = make_accelerator(p.hardware, p.tracker, out)
+        accelerator = make_accelerator(p.settings.hardware, p.settings.logger, out)
         try:
             validator = None
             if validation == "true":
                 from ti_experiments.validation import Validator
-                validator = Validator(p.validation, p.parts, p.parts.text_encoder, accelerator, p.tracker, out)
+                validator = Validator(p.settings.validation, p.parts, p.parts.text_encoder, accelerator,
+                                      p.settings.logger, out)
             result = fit(p, accelerator, AtStepEnd, validator)
         finally:
             reset_accelerate()

@@ -11,22 +11,23 @@ import random
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..models.family import tokenize
 from .templates import TEMPLATES, Prompts, with_filewords
 
 
 class TextualInversionDataset(Dataset):
     """len = images x repeats; item = image index, flip flag and a tokenized prompt (template, caption or both).
 
-    For SDXL (`tokenizer_2` and `time_ids` given) an item also holds the prompt tokenized by the second
-    tokenizer (`input_ids_2`) and its image's size and crop conditioning (`time_ids`, see
-    `ConceptImages.time_ids`), as is or mirrored like the image itself.
+    `fields(text, image index, flipped)` makes the model's inputs of an item: the model family's
+    `ItemFields` (every tokenizer's ids, and per-image conditioning such as SDXL's time ids); by
+    default the prompt's `input_ids` from `tokenizer`.
     """
 
     def __init__(self, num_images: int, repeats: int, tokenizer, placeholder_string: str,
-                 learnable_property: str, flip_p: float, tokenizer_2=None, time_ids: torch.Tensor | None = None,
-                 *, captions: list[str | None] | None = None, caption_mode: str = "none",
+                 learnable_property: str, flip_p: float, *, fields=None,
+                 captions: list[str | None] | None = None, caption_mode: str = "none",
                  templates: list[str] | None = None):
-        self.tokenizer_2, self.time_ids = tokenizer_2, time_ids
+        self.fields = fields
         self.num_images = num_images
         self.repeats = repeats
         self.tokenizer = tokenizer
@@ -69,18 +70,11 @@ class TextualInversionDataset(Dataset):
         rng = random.Random(seed)
         text = self.prompts(rng, index % self.num_images)
         flipped = rng.random() < self.flip_p
-        item = {"image_index": index % self.num_images, "flipped": flipped, "input_ids": _ids(self.tokenizer, text),
-                "seed": seed}  # the training step draws this item's latent sample, noise and timestep from it
-        if self.tokenizer_2 is not None:
-            item["input_ids_2"] = _ids(self.tokenizer_2, text)
-        if self.time_ids is not None:
-            item["time_ids"] = self.time_ids[int(flipped), index % self.num_images]
-        return item
-
-
-def _ids(tokenizer, text: str) -> torch.Tensor:
-    return tokenizer(text, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
-                     return_tensors="pt").input_ids[0]
+        image = index % self.num_images
+        fields = (self.fields(text, image, flipped) if self.fields is not None
+                  else {"input_ids": tokenize(self.tokenizer, text)[0]})
+        # the training step draws this item's latent sample, noise and timestep from its seed
+        return {"image_index": image, "flipped": flipped, "seed": seed, **fields}
 
 
 class EpochSampler(Sampler):

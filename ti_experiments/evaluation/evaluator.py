@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..embeddings import placeholder_tokens, save_learned_embeds
+from ..embeddings import save_learned_embeds
 from ..run_dir import BEST_EMBEDDING, read_metrics
 from .heldout import build_heldout_set, heldout_loss
 from .prompts import prompt_templates
@@ -28,17 +28,20 @@ log = logging.getLogger(__name__)
 
 class Evaluator:
     def __init__(self, settings: EvaluationSettings, *, parts, text_encoder, accelerator, run_dir: Path,
-                 concept, image_paths: list[Path], generator):
-        """`generator` makes the images (a `Validator`: same sampler, steps, guidance and seed)."""
+                 concept, image_paths: list[Path], generator, images=None):
+        """`concept`: the concept's settings (`ConceptSettings`); `generator` makes the images (a `Validator`:
+        same sampler, steps, guidance and seed); `images` (`ConceptImages`) gives the size and crop that some
+        model families are conditioned on."""
         self.settings = settings
         self.parts = parts
         self.text_encoder = text_encoder
         self.accelerator = accelerator
         self.run_dir = Path(run_dir)
-        self.placeholder = str(concept.placeholder_token)
-        self.placeholder_string = " ".join(placeholder_tokens(self.placeholder, int(concept.num_vectors)))
-        self.initializer = str(concept.initializer_token)
-        self.learnable_property = str(concept.learnable_property)
+        self.placeholder = concept.placeholder_token
+        self.placeholder_string = concept.placeholder_string
+        self.initializer = concept.initializer_token
+        self.learnable_property = concept.learnable_property
+        self.geometry = images.time_ids if images is not None else None
         self.generator = generator
         self.images_on = settings.images_on(accelerator.device)
         self.best_metric = settings.best(self.images_on)
@@ -79,10 +82,9 @@ class Evaluator:
         """Drawn from its own seed, so drawing it later draws the same set."""
         if self.held is None:
             s = self.settings
-            timesteps = self.parts.noise_scheduler.config.num_train_timesteps
-            self.held = build_heldout_set(self.cache, self.parts.tokenizer, timesteps, self.placeholder_string,
-                                          self.initializer, self.learnable_property, s.heldout_samples,
-                                          s.heldout_seed, s.description)
+            self.held = build_heldout_set(self.cache, self.parts, self.placeholder_string, self.initializer,
+                                          self.learnable_property, s.heldout_samples, s.heldout_seed, s.description,
+                                          self.geometry)
         return self.held
 
     def due(self, step: int, max_steps: int) -> bool:
@@ -98,9 +100,11 @@ class Evaluator:
         """The metrics of the embedding in the text encoder now."""
         device = self.accelerator.device
         unet = self.parts.unet
-        modes = (unet.training, self.text_encoder.training)
+        encoders = [self.text_encoder, *self.parts.text_encoders[1:]]
+        modes = (unet.training, [e.training for e in encoders])
         unet.eval()
-        self.text_encoder.eval()
+        for encoder in encoders:
+            encoder.eval()
         try:
             with self.accelerator.autocast():
                 args = (self.parts, self.text_encoder, self.heldout_set())
@@ -109,11 +113,12 @@ class Evaluator:
                 if self.init_loss is None:  # these prompts do not change while training
                     self.init_loss = {f"heldout_loss_{which}": heldout_loss(*args, which, self.weight_dtype, device,
                                                                             self.settings.heldout_batch_size)
-                                      for which in ("init", "words") if which == "init" or args[2].words_ids is not None}
+                                      for which in ("init", "words") if which in args[2].prompts}
                 values.update(self.init_loss)
         finally:
             unet.train(modes[0])
-            self.text_encoder.train(modes[1])
+            for encoder, mode in zip(encoders, modes[1]):
+                encoder.train(mode)
         if images:
             values.update(self.image_scores())
         return values

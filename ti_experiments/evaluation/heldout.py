@@ -22,21 +22,25 @@ class HeldoutSet:
     latents: torch.Tensor  # [K, C, h, w], scaled like the training latents
     noise: torch.Tensor
     timesteps: torch.Tensor
-    learned_ids: torch.Tensor  # [K, 77]: template with the placeholder tokens
-    init_ids: torch.Tensor  # the same template with the initializer token
-    words_ids: torch.Tensor | None = None  # the same template with the concept described in words
+    # "learned" (the placeholder tokens), "init" (the initializer word) and, with a description, "words":
+    # the same K templates, as the model family's prompt fields (token ids of every tokenizer)
+    prompts: dict[str, dict[str, torch.Tensor]]
+    # each triple's image conditioning (SDXL: time ids), empty for families that have none
+    image_fields: dict[str, torch.Tensor]
+
+    @property
+    def words_ids(self):
+        """The description's prompts, or None when the evaluation has no description."""
+        return self.prompts.get("words")
 
 
-def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
-    return tokenizer(texts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
-                     return_tensors="pt").input_ids
-
-
-def build_heldout_set(cache: LatentCache, tokenizer, num_train_timesteps: int, placeholder_string: str,
-                      initializer_token: str, learnable_property: str, num_samples: int, seed: int,
-                      description: str | None = None) -> HeldoutSet:
+def build_heldout_set(cache: LatentCache, parts, placeholder_string: str, initializer_token: str,
+                      learnable_property: str, num_samples: int, seed: int, description: str | None = None,
+                      geometry: torch.Tensor | None = None) -> HeldoutSet:
     """K triples from `seed` alone: images in turn (not mirrored), one timestep per K-th of the schedule
-    (stratified: less variance than K free draws), a training template per triple."""
+    (stratified: less variance than K free draws), a training template per triple. `geometry`: the
+    images' size and crop (`ConceptImages.time_ids`), for families conditioned on it."""
+    num_train_timesteps = parts.noise_scheduler.config.num_train_timesteps
     gen = torch.Generator().manual_seed(int(seed))
     index = torch.arange(num_samples) % cache.num_images
     flipped = torch.zeros(num_samples, dtype=torch.bool)
@@ -48,24 +52,25 @@ def build_heldout_set(cache: LatentCache, tokenizer, num_train_timesteps: int, p
     templates = TEMPLATES[learnable_property]
     picks = torch.randint(len(templates), (num_samples,), generator=gen).tolist()
     latents = cache.sample(index, flipped, eps=eps).cpu()
-    return HeldoutSet(latents=latents, noise=noise, timesteps=timesteps,
-                      learned_ids=_tokenize(tokenizer, [templates[i].format(placeholder_string) for i in picks]),
-                      init_ids=_tokenize(tokenizer, [templates[i].format(initializer_token) for i in picks]),
-                      words_ids=None if description is None else
-                      _tokenize(tokenizer, [templates[i].format(description) for i in picks]))
+    words = {"learned": placeholder_string, "init": initializer_token, "words": description}
+    prompts = {which: parts.family.prompt_fields(parts.tokenizers, [templates[i].format(text) for i in picks])
+               for which, text in words.items() if text is not None}
+    return HeldoutSet(latents=latents, noise=noise, timesteps=timesteps, prompts=prompts,
+                      image_fields=parts.family.image_fields(geometry, index, flipped) if geometry is not None else {})
 
 
 @torch.no_grad()
 def heldout_loss(parts, text_encoder, held: HeldoutSet, which: str, weight_dtype, device,
                  batch_size: int = 8) -> float:
     """Mean loss over the set; `which` is "learned", "init" or "words". Callers set eval modes and autocast."""
-    ids = {"learned": held.learned_ids, "init": held.init_ids, "words": held.words_ids}[which]
+    fields = {**held.prompts[which], **held.image_fields}
     total, count = 0.0, held.latents.shape[0]
     for start in range(0, count, batch_size):
         part = slice(start, start + batch_size)
         latents = held.latents[part].to(device, weight_dtype)
         noise = held.noise[part].to(device, weight_dtype)
-        loss = loss_at(parts, text_encoder, latents, noise, held.timesteps[part].to(device), {"input_ids": ids[part]},
-                       weight_dtype, device)
+        batch = {k: v[part] for k, v in fields.items()}
+        loss = loss_at(parts, text_encoder, latents, noise, held.timesteps[part].to(device), batch, weight_dtype,
+                       device)
         total += loss.item() * latents.shape[0]
     return total / count

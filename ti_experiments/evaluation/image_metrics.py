@@ -30,7 +30,7 @@ def build_tiny_eval_models(out_dir: Path) -> None:
     from transformers import (CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer, ViTConfig,
                               ViTImageProcessorPil, ViTModel)
 
-    from ..models.tiny import MODEL_MAX_LENGTH, _seeded, write_tokenizer_files
+    from ..models.tiny import MODEL_MAX_LENGTH, seeded, write_tokenizer_files
 
     clip_dir, dino_dir = out_dir / "clip", out_dir / "dino"
     write_tokenizer_files(clip_dir)
@@ -44,12 +44,12 @@ def build_tiny_eval_models(out_dir: Path) -> None:
                            num_attention_heads=4),
         projection_dim=16,
     )
-    _seeded(10, lambda: CLIPModel(config)).save_pretrained(clip_dir, safe_serialization=True)
+    seeded(10, lambda: CLIPModel(config)).save_pretrained(clip_dir, safe_serialization=True)
     tokenizer.save_pretrained(clip_dir)
     CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(clip_dir)
     vit = ViTConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                     num_attention_heads=4)
-    _seeded(11, lambda: ViTModel(vit, add_pooling_layer=False)).save_pretrained(dino_dir, safe_serialization=True)
+    seeded(11, lambda: ViTModel(vit, add_pooling_layer=False)).save_pretrained(dino_dir, safe_serialization=True)
     ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(dino_dir)
 
 

@@ -11,6 +11,9 @@ from pathlib import Path
 import torch
 
 from ..errors import TIError
+from .family import ModelFamily
+from .sd import StableDiffusion
+from .sdxl import StableDiffusionXL
 
 log = logging.getLogger(__name__)
 
@@ -18,30 +21,26 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class SDComponents:
-    """The frozen parts. `unet` may be given as a loader: it is then loaded on first use (`load_unet`, with
-    the layout training will use, or the `unet` property), when training starts.
-    SDXL models also have `tokenizer_2` and `text_encoder_2` (None otherwise)."""
+    """The frozen parts. `family` (models/family.py) answers everything that differs between model families;
+    `tokenizers` and `text_encoders` hold one entry per encoder whose placeholder rows train (SDXL: two).
+    `unet` may be given as a loader: it is then loaded on first use (`load_unet`, with the layout training
+    will use, or the `unet` property), when training starts."""
 
-    def __init__(self, tokenizer, text_encoder, vae, unet, noise_scheduler, source: str, resolution: int,
-                 tokenizer_2=None, text_encoder_2=None):
-        self.tokenizer, self.text_encoder, self.vae = tokenizer, text_encoder, vae
-        self.tokenizer_2, self.text_encoder_2 = tokenizer_2, text_encoder_2
-        self.noise_scheduler, self.source, self.resolution = noise_scheduler, source, resolution
+    def __init__(self, family: ModelFamily, tokenizers: list, text_encoders: list, vae, unet, noise_scheduler,
+                 source: str, resolution: int):
+        self.family, self.tokenizers, self.text_encoders = family, list(tokenizers), list(text_encoders)
+        self.vae, self.noise_scheduler, self.source, self.resolution = vae, noise_scheduler, source, resolution
         self._unet = unet
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     @property
-    def is_sdxl(self) -> bool:
-        return self.text_encoder_2 is not None
+    def tokenizer(self):
+        """The first tokenizer: the one whose vocabulary checks and prompts are measured with."""
+        return self.tokenizers[0]
 
     @property
-    def text_encoders(self) -> list:
-        """The encoders whose placeholder rows are trained: one for SD 1.x/2.x, two for SDXL."""
-        return [self.text_encoder] + ([self.text_encoder_2] if self.is_sdxl else [])
-
-    @property
-    def tokenizers(self) -> list:
-        return [self.tokenizer] + ([self.tokenizer_2] if self.is_sdxl else [])
+    def text_encoder(self):
+        return self.text_encoders[0]
 
     @property
     def unet(self):
@@ -55,6 +54,34 @@ class SDComponents:
         return self._unet
 
 
+# most specific first: an SDXL folder also has a text_encoder/
+FAMILIES: tuple[ModelFamily, ...] = (StableDiffusionXL(), StableDiffusion())
+
+
+def family_of(components: dict) -> ModelFamily:
+    """The family a model_index.json's components (or a folder's subfolders) describe."""
+    for family in FAMILIES:
+        if family.recognises(components):
+            return family
+    raise TIError("the model has no text encoder this project can train a token in",
+                  "use a Stable Diffusion 1.x/2.x or SDXL model in diffusers layout")
+
+
+def family_for_encoders(count: int) -> ModelFamily:
+    """The family whose embeddings have one set of rows for each of `count` text encoders."""
+    for family in FAMILIES:
+        if family.num_encoders == count:
+            return family
+    raise TIError(f"an embedding for {count} text encoders fits no model family this project knows",
+                  "use an SD 1.x/2.x (one encoder) or SDXL (two) embedding")
+
+
+def family_of_pipeline(pipe) -> ModelFamily:
+    """The family of a loaded diffusers pipeline, from the components it holds."""
+    return family_of({name: [None, type(module).__name__] for name, module in pipe.components.items()
+                      if module is not None})
+
+
 REQUIRED_SUBFOLDERS = ("tokenizer", "scheduler", "text_encoder", "vae", "unet")
 
 
@@ -65,22 +92,17 @@ def _first_line(exc: BaseException) -> str:
 
 def _from_pretrained(source: str, revision: str | None, variant: str | None, local_only: bool):
     from diffusers import AutoencoderKL, DDPMScheduler
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     common = {"local_files_only": local_only}
     weights = {**common, "revision": revision}
-    parts = dict(
-        tokenizer=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common),
+    family = _family(source, revision, local_only)
+    tokenizers, text_encoders = family.load_text_parts(source, common, weights)
+    return dict(
+        family=family, tokenizers=tokenizers, text_encoders=text_encoders,
         noise_scheduler=DDPMScheduler.from_pretrained(source, subfolder="scheduler", **common),
-        text_encoder=CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights),
         vae=AutoencoderKL.from_pretrained(source, subfolder="vae", variant=variant, **weights),
         unet=_deferred(lambda channels_last: _load_unet(source, revision, variant, weights, channels_last), source),
     )
-    if _is_sdxl(source, revision, local_only):  # SDXL: the second encoder (with the pooled projection)
-        parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **common)
-        parts["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2",
-                                                                              **weights)
-    return parts
 
 
 def _load_unet(source: str, revision: str | None, variant: str | None, weights: dict, channels_last: bool):
@@ -106,18 +128,18 @@ def _cached_snapshot(source: str, revision: str | None, variant: str | None) -> 
         return None
 
 
-def _is_sdxl(source: str, revision: str | None, local_only: bool) -> bool:
-    """A folder with text_encoder_2/, or a Hub model whose model_index.json names one."""
+def _family(source: str, revision: str | None, local_only: bool) -> ModelFamily:
+    """A folder's family from its subfolders; a Hub model's from its model_index.json."""
     import json
 
     path = Path(source)
     if path.is_dir():
-        return (path / "text_encoder_2").is_dir()
+        return family_of({p.name: [p.name, p.name] for p in path.iterdir() if p.is_dir()})
     from huggingface_hub import hf_hub_download
 
     index = json.loads(Path(hf_hub_download(source, "model_index.json", revision=revision,
                                             local_files_only=local_only)).read_text())
-    return (index.get("text_encoder_2") or [None])[0] is not None
+    return family_of(index)
 
 
 def _deferred(load, source: str):
@@ -134,8 +156,9 @@ def _deferred(load, source: str):
 def _weight_patterns(variant: str | None) -> list[str]:
     """Only what training loads: configs, tokenizer, and one safetensors copy of each network."""
     v = f".{variant}" if variant else ""
-    patterns = ["model_index.json", "tokenizer/*", "tokenizer_2/*", "scheduler/*", "*/config.json"]
-    for sub in ("text_encoder", "text_encoder_2"):  # text_encoder_2: SDXL only
+    folders = {pair for family in FAMILIES for pair in family.component_folders}
+    patterns = ["model_index.json", "scheduler/*", "*/config.json"] + sorted(f"{t}/*" for t, _ in folders)
+    for sub in sorted(e for _, e in folders):  # every family's encoders; a model has only its own
         patterns += [f"{sub}/model.safetensors", f"{sub}/model-*.safetensors", f"{sub}/model.safetensors.index.json"]
     for sub in ("unet", "vae"):
         patterns += [f"{sub}/diffusion_pytorch_model{v}.safetensors", f"{sub}/diffusion_pytorch_model{v}-*.safetensors",
@@ -177,7 +200,7 @@ def load_components(pretrained_model_name_or_path: str, revision: str | None = N
     """Local diffusers folder, or Hub id (the local HF cache first, then the network); or, with
     random_init, the named architecture with random weights (offline, for speed and memory), written to
     a folder in the cache once and loaded from there like any other model.
-    SDXL (a text_encoder_2) is recognised from the model itself. `mixed_precision` is the model's
+    The family (SD 1.x/2.x, SDXL) is recognised from the model itself. `mixed_precision` is the model's
     preferred precision, which the hardware presets read from the config; loading ignores it."""
     if random_init:
         from .random_init import ensure_random_model

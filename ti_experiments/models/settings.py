@@ -6,14 +6,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import TIError
-from ..settings import Settings, bound
+from ..settings import FactorySettings, bound
 
 
 @dataclass
-class ModelSettings(Settings):
-    """A model option (conf/model/*.yaml): where the weights are, and the resolution it was trained at."""
+class ModelSettings(FactorySettings):
+    """A model option (conf/model/*.yaml): where the weights are, and the resolution it was trained at;
+    `build()` loads it with the loader its `_target_` names."""
 
     GROUP = "model"
+    EXAMPLE_TARGET = "ti_experiments.models.load_components"
 
     # a Hub id or a local diffusers folder
     pretrained_model_name_or_path: str = bound("", example="stable-diffusion-v1-5/stable-diffusion-v1-5")

@@ -162,7 +162,7 @@ def write_tokenizer_files(out_dir: Path, vocab_size: int | None = None) -> None:
     (out_dir / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _seeded(seed: int, build):
+def seeded(seed: int, build):
     """Build a module under a fixed seed without disturbing the caller's RNG state."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -185,7 +185,7 @@ def build_tiny_model(out_dir: Path) -> None:
     write_tokenizer_files(out_dir / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(out_dir / "tokenizer", model_max_length=MODEL_MAX_LENGTH)
 
-    unet = _seeded(
+    unet = seeded(
         0,
         lambda: UNet2DConditionModel(
             sample_size=16,  # 16x16 latents: a 32 px model, as conf/model/tiny.yaml says
@@ -200,7 +200,7 @@ def build_tiny_model(out_dir: Path) -> None:
             norm_num_groups=32,
         ),
     )
-    vae = _seeded(
+    vae = seeded(
         1,
         lambda: AutoencoderKL(
             in_channels=3,
@@ -224,7 +224,7 @@ def build_tiny_model(out_dir: Path) -> None:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    text_encoder = _seeded(2, lambda: CLIPTextModel(text_config))
+    text_encoder = seeded(2, lambda: CLIPTextModel(text_config))
     # Kept in SD's config so a switch to DDIM/PNDM sees the same settings as SD 1.x.
     scheduler = DDPMScheduler.from_config(
         {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .tiny import MODEL_MAX_LENGTH, _seeded, ensure_built, write_tokenizer_files
+from .tiny import MODEL_MAX_LENGTH, seeded, ensure_built, write_tokenizer_files
 
 # Bump whenever anything below changes the bytes written (it names the cache folder).
 TINY_SDXL_VERSION = "2"
@@ -38,7 +38,7 @@ def build_tiny_sdxl_model(out_dir: Path) -> None:
     tokenizer_2 = CLIPTokenizer.from_pretrained(out_dir / "tokenizer_2", model_max_length=MODEL_MAX_LENGTH,
                                                 pad_token="!")
 
-    unet = _seeded(10, lambda: UNet2DConditionModel(
+    unet = seeded(10, lambda: UNet2DConditionModel(
         sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=(32, 64),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -48,7 +48,7 @@ def build_tiny_sdxl_model(out_dir: Path) -> None:
         addition_embed_type="text_time", addition_time_embed_dim=TIME_EMBED_DIM,
         projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + WIDTH_2,
     ))
-    vae = _seeded(11, lambda: AutoencoderKL(
+    vae = seeded(11, lambda: AutoencoderKL(
         in_channels=3, out_channels=3, block_out_channels=(32, 64),
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
@@ -63,8 +63,8 @@ def build_tiny_sdxl_model(out_dir: Path) -> None:
             eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_token_id,
         )
 
-    text_encoder = _seeded(12, lambda: CLIPTextModel(text_config(WIDTH_1, tokenizer.pad_token_id)))
-    text_encoder_2 = _seeded(13, lambda: CLIPTextModelWithProjection(text_config(WIDTH_2, tokenizer_2.pad_token_id)))
+    text_encoder = seeded(12, lambda: CLIPTextModel(text_config(WIDTH_1, tokenizer.pad_token_id)))
+    text_encoder_2 = seeded(13, lambda: CLIPTextModelWithProjection(text_config(WIDTH_2, tokenizer_2.pad_token_id)))
     # SDXL base 1.0's scheduler config; training reads it as a DDPMScheduler, as diffusers' SDXL example does.
     scheduler = EulerDiscreteScheduler.from_config({
         "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",

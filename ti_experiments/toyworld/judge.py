@@ -3,7 +3,7 @@
 GenEval scores a generated image as right or wrong per attribute with a detector and a colour
 classifier; here a small CNN with one head per attribute plays both parts. (The judge's CLIP, in the
 same folder, is what CLIP-I / CLIP-T use.) Its accuracy on fresh renders is measured by
-`python -m ti_experiments.toyworld.quality judge`.
+`python -m ti_experiments_dev.quality judge`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from . import shipped, world
-from .architecture import AttributeClassifier
 
 
 def load_classifier(folder: str | Path = shipped.JUDGE_DIR) -> AttributeClassifier:
@@ -66,3 +65,27 @@ class Judge:
         truth = [s.labels() for s in scenes]
         return {name: float(np.mean([world.ATTRIBUTES[name][t[name]] == v for t, v in zip(truth, judged[name])]))
                 for name in world.ATTRIBUTES}
+
+
+class AttributeClassifier(torch.nn.Module):
+    """A small CNN that names the value of every attribute of a 32 px image (GenEval's per-attribute check).
+
+    Convolutions see shapes that 4 px patches blur; pooling to a 3 x 3 grid keeps where things are.
+    """
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+
+        def block(c_in, c_out, stride):
+            return [torch.nn.Conv2d(c_in, c_out, 3, stride, 1), torch.nn.GroupNorm(8, c_out), torch.nn.SiLU()]
+
+        self.trunk = torch.nn.Sequential(*block(3, width // 2, 1), *block(width // 2, width, 1), *block(width, width, 2),
+                                         *block(width, 2 * width, 1), *block(2 * width, 2 * width, 2),
+                                         torch.nn.AdaptiveAvgPool2d(3), torch.nn.Flatten(),
+                                         torch.nn.Linear(18 * width, 4 * width), torch.nn.SiLU())
+        self.heads = torch.nn.ModuleDict({name: torch.nn.Linear(4 * width, len(values))
+                                          for name, values in world.ATTRIBUTES.items()})
+
+    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        feature = self.trunk(pixels)
+        return {name: head(feature) for name, head in self.heads.items()}

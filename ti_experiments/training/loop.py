@@ -35,7 +35,7 @@ from . import checkpoints, packed
 from .loss import denoising_loss
 from .memory import lean_backward, map_frozen_rows, park_in_file, return_free_heap, trim_heap_between_blocks
 from .placement import Placement, process_settings
-from .settings import HardwareSettings, TrainSettings
+from .settings import HardwareSettings, OptimizerSettings, SchedulerSettings, TrainSettings
 from .signals import Interrupted, StopRequests
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,10 @@ class TrainResult:
     global_step: int
     final_loss: float | None
     seconds: float
-    vectors: torch.Tensor
+    vectors: list[torch.Tensor]  # the learned rows of each text encoder, first encoder first
     steps_trained: int
     # what the benchmark times after training: cache, optimizer, dataloader, weight_dtype
     state: dict
-    # SDXL: the second text encoder's rows (None for SD 1.x/2.x)
-    vectors_2: torch.Tensor | None = None
 
 
 @dataclass
@@ -64,9 +62,8 @@ class TrainingJob:
     placeholder_token: str
     pixels: torch.Tensor
     dataset: TextualInversionDataset
-    make_optimizer: Callable
-    base_lr: float
-    make_scheduler: Callable
+    optimizer: OptimizerSettings
+    lr_scheduler: SchedulerSettings
     train: TrainSettings
     hardware: HardwareSettings
     data: object  # DataSettings
@@ -138,10 +135,9 @@ def run_training(job: TrainingJob) -> TrainResult:
     seconds = time.perf_counter() - state.started
     vectors = [v.detach().float().cpu() for v in learned(accelerator, models)]
     return TrainResult(global_step=state.global_step, final_loss=state.final_loss, seconds=seconds,
-                       vectors=vectors[0], steps_trained=state.global_step - state.start_step,
+                       vectors=vectors, steps_trained=state.global_step - state.start_step,
                        state={"cache": cache, "optimizer": optimizer, "dataloader": dataloader,
-                              "weight_dtype": placement.weight_dtype},
-                       vectors_2=vectors[1] if len(vectors) > 1 else None)
+                              "weight_dtype": placement.weight_dtype})
 
 
 def freeze(job: TrainingJob, device) -> None:
@@ -187,11 +183,11 @@ def latent_cache(job: TrainingJob, placement: Placement) -> LatentCache:
 def optimization(job: TrainingJob):
     """The optimizer over the placeholder rows only, its schedule, and the learning rate (scaled by batch x
     accumulation x processes when train.scale_lr, as in the diffusers example)."""
-    lr = float(job.base_lr)  # checked by checks.check_run_settings
+    lr = job.optimizer.lr
     if job.train.scale_lr:
         lr = lr * job.train.gradient_accumulation_steps * job.train.batch_size * job.accelerator.num_processes
-    optimizer = job.make_optimizer(params=[e.vectors for e in job.embeddings], lr=lr)
-    return optimizer, job.make_scheduler(optimizer=optimizer, num_training_steps=job.train.max_steps), lr
+    optimizer = job.optimizer.build(params=[e.vectors for e in job.embeddings], lr=lr)
+    return optimizer, job.lr_scheduler.build(optimizer=optimizer, num_training_steps=job.train.max_steps), lr
 
 
 def batches(job: TrainingJob, device) -> tuple[EpochSampler, DataLoader]:

@@ -7,7 +7,6 @@ import torch
 
 from ..data import LatentCache
 from ..errors import TIError
-from .conditioning import text_conditioning
 
 
 def denoising_loss(parts, text_encoder, cache: LatentCache, batch: dict, weight_dtype, device) -> torch.Tensor:
@@ -40,18 +39,30 @@ def item_draws(seeds: torch.Tensor, shape: tuple, num_timesteps: int, device) ->
 def loss_at(parts, text_encoder, latents, noise, timesteps, batch: dict, weight_dtype, device) -> torch.Tensor:
     """MSE between the UNet's prediction and the noise (or the velocity for v-prediction models), at given
     latents, noise and timesteps: training draws them per step, the held-out loss fixes them once.
-    `batch` holds the prompts' `input_ids` (SDXL: also `input_ids_2` and `time_ids`)."""
+    `batch` holds the fields the model's family makes for a prompt and an image (`prompt_fields`, `image_fields`)."""
     return item_losses(parts, text_encoder, latents, noise, timesteps, batch, weight_dtype, device).mean()
 
 
 def item_losses(parts, text_encoder, latents, noise, timesteps, batch: dict, weight_dtype, device) -> torch.Tensor:
     """Each item's mean squared error (a batch's loss is their mean; a packed step splits them by job)."""
+    hidden, added_cond_kwargs = text_conditioning(parts, text_encoder, batch, weight_dtype, device)
+    return unet_losses(parts, latents, noise, timesteps, hidden, added_cond_kwargs)
+
+
+def unet_losses(parts, latents, noise, timesteps, hidden, added_cond_kwargs) -> torch.Tensor:
+    """Each item's mean squared error of the UNet's prediction, given the text conditioning (the benchmark
+    times the text encoders and the UNet apart through here)."""
     scheduler = parts.noise_scheduler
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    hidden, added_cond_kwargs = text_conditioning(parts, text_encoder, batch, weight_dtype, device)
     pred = parts.unet(noisy, timesteps, hidden, added_cond_kwargs=added_cond_kwargs).sample
     target = prediction_target(scheduler, latents, noise, timesteps)
     return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+
+
+def text_conditioning(parts, text_encoder, batch: dict, weight_dtype, device):
+    """(encoder_hidden_states, added_cond_kwargs) for the UNet, as the model's family conditions it;
+    `text_encoder` is the (possibly Accelerate-wrapped) first encoder, the others are the parts' own."""
+    return parts.family.conditioning([text_encoder, *parts.text_encoders[1:]], batch, weight_dtype, device)
 
 
 def prediction_target(scheduler, latents, noise, timesteps) -> torch.Tensor:

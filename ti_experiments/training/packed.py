@@ -130,11 +130,8 @@ class Pack:
             self.parts = build()
             self.parts.load_unet(channels_last=channels_last)
         view = copy.copy(self.parts)
-        view.tokenizer = copy.deepcopy(self.parts.tokenizer)
-        view.text_encoder = share_layers(self.parts.text_encoder)
-        if self.parts.is_sdxl:
-            view.tokenizer_2 = copy.deepcopy(self.parts.tokenizer_2)
-            view.text_encoder_2 = share_layers(self.parts.text_encoder_2)
+        view.tokenizers = [copy.deepcopy(tokenizer) for tokenizer in self.parts.tokenizers]
+        view.text_encoders = [share_layers(encoder) for encoder in self.parts.text_encoders]
         return view
 
     def cache_for(self, make: Callable[[], Any]):
@@ -187,9 +184,7 @@ class Pack:
                 shared.set_input_embeddings(lookup)
                 encoders.append(shared)
                 self._lookups.append(lookup)
-            view.text_encoder = encoders[0]
-            if self.parts.is_sdxl:
-                view.text_encoder_2 = encoders[1]
+            view.text_encoders = encoders
             self._packed_parts = view
         return self._packed_parts
 
@@ -216,8 +211,9 @@ class Pack:
         parts = self._packed_view()
         latents, noises, steps = zip(*(training_inputs(parts, r.cache, r.batch, dtype, device) for r in requests))
         sizes = [len(t) for t in steps]
-        batch = {k: torch.cat([r.batch[k] for r in requests]) for k in ("input_ids", "input_ids_2", "time_ids")
-                 if k in first.batch}
+        # the model's fields of every job's items (token ids, image conditioning): all but the loop's own
+        batch = {k: torch.cat([r.batch[k] for r in requests]) for k in first.batch
+                 if k not in ("image_index", "flipped", "seed")}
         for i, lookup in enumerate(self._lookups):
             lookup.parts = [(r.embeddings[i], n) for r, n in zip(requests, sizes)]
         try:

@@ -81,9 +81,8 @@ class Placement:
         return module.to(self.device) if dtype == torch.float32 else module.to(self.device, dtype=dtype)
 
     def vae_dtype(self, parts) -> torch.dtype:
-        """SDXL's VAE overflows in fp16 (its config says force_upcast): it encodes in fp32, as SDXL pipelines do."""
-        upcast = parts.is_sdxl and self.weight_dtype == torch.float16 and parts.vae.config.get("force_upcast", False)
-        return torch.float32 if upcast else self.weight_dtype
+        """The dtype the model's family encodes in (SDXL's VAE overflows in fp16 and encodes in fp32)."""
+        return parts.family.vae_dtype(parts.vae, self.weight_dtype)
 
     def place_vae(self, parts) -> torch.dtype:
         """The VAE, frozen, on the device for encoding the training images; returns its dtype."""

@@ -1,4 +1,4 @@
-"""`python -m ti_experiments.toyworld.quality [judge] [model] [ti] [--out DIR]`: the toy world's figures.
+"""`python -m ti_experiments_dev.quality [judge] [model] [ti] [--out DIR]`: the toy world's figures.
 
 - judge: the judge's accuracy per attribute on fresh renders;
 - model: the shipped model's images for 200 captions pretraining never saw, judged per attribute, next
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ArgumentParser
-from . import shipped, world
-from .judge import Judge
+from ti_experiments.errors import ArgumentParser
+from ti_experiments.toyworld import shipped, world
+from ti_experiments.toyworld.judge import Judge
 
 GUIDANCE = 4.0
 STEPS = 25
@@ -41,7 +41,7 @@ def judge_figures(judge: Judge, count: int = 1000, seed: int = 0) -> dict[str, f
 
 
 def _pipeline(weights: Path):
-    from ..models.loading import load_pipeline
+    from ti_experiments.models.loading import load_pipeline
 
     pipe = load_pipeline(str(weights / "model"))
     pipe.set_progress_bar_config(disable=True)
@@ -78,7 +78,7 @@ def _to_image(t: torch.Tensor):
 
 def _demo_train_settings() -> list[str]:
     """The demo preset's training settings, read from its config (one owner): applied to every concept."""
-    from ..api import compose
+    from ti_experiments.api import compose
 
     train = compose(["+concept=demo"]).train
     return [f"train.{k}={train[k]}" for k in ("max_steps", "batch_size", "save_steps", "checkpointing_steps")]
@@ -86,15 +86,15 @@ def _demo_train_settings() -> list[str]:
 
 def _concept_config(name: str):
     """The concept's preset (its token and initializer word are the preset's, as a user runs it)."""
-    from ..api import compose
+    from ti_experiments.api import compose
 
     return compose([f"+concept={name}"]).concept
 
 
 def ti_figures(pipe, weights: Path, concepts: list[str], num_vectors: list[int], out: Path, seed: int = 0,
                images: int = 16) -> list:
-    from ..api import train
-    from ..evaluation.image_metrics import EvalModels, ImageScorer
+    from ti_experiments.api import train
+    from ti_experiments.evaluation.image_metrics import EvalModels, ImageScorer
 
     models = EvalModels(str(weights / "judge" / "clip"), str(weights / "judge"), "cpu")
     where = [f"model.pretrained_model_name_or_path={weights / 'model'}",
@@ -158,7 +158,7 @@ def _table(rows: list[dict], keys: list[str]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = ArgumentParser(prog="python -m ti_experiments.toyworld.quality", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m ti_experiments_dev.quality", description=__doc__.split("\n")[0])
     parser.add_argument("parts", nargs="*", help="judge, model and/or ti (default: all three)")
     parser.add_argument("--out", default="outputs/toyworld-quality", help="where runs, images and quality.json go")
     parser.add_argument("--concepts", default=",".join(world.CONCEPTS))

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
-from ..files import atomic_dir, write_text_atomic
+from ti_experiments.files import atomic_dir, write_text_atomic
+from ti_experiments.toyworld.judge import AttributeClassifier
+
 from . import architecture, pretraining
 
 log = logging.getLogger(__name__)
@@ -101,7 +103,7 @@ def train_judge(work: Path, cfg, seconds: float | None) -> bool:
 
 
 def train_classifier(work: Path, cfg, seconds: float | None) -> bool:
-    classifier = architecture.AttributeClassifier()
+    classifier = AttributeClassifier()
     stage = _stage("classifier", work, {"classifier": classifier}, cfg)
     stage.run(pretraining.classifier_step(classifier, int(cfg.classifier.batch_size)), seconds)
     return stage.done

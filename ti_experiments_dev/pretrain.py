@@ -1,4 +1,4 @@
-"""`python -m ti_experiments.pretrain [stage=...] [max_minutes=N]`: pretrain the toy world's model and judge.
+"""`python -m ti_experiments_dev.pretrain [stage=...] [max_minutes=N]`: pretrain the toy world's model and judge.
 
 Stages run in order (vae, generator, judge) and each resumes from its last checkpoint in work_dir, so
 the few CPU hours it takes can be spread over many calls; `export` then writes the finished weights in
@@ -17,16 +17,17 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import TIError, hydra_arguments
-from .config import CONF_DIR
+from ti_experiments.errors import TIError, hydra_arguments
 
-log = logging.getLogger("ti_experiments.pretrain")
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+log = logging.getLogger("ti_experiments_dev.pretrain")
 
 STAGES = ("vae", "generator", "judge", "classifier", "export")
 
 
 def pretrain(cfg: DictConfig) -> Path:
-    from .toyworld import shipped
+    from ti_experiments.toyworld import shipped
 
     if str(cfg.stage) not in ("all",) + STAGES:
         raise TIError(f"stage={cfg.stage!r} is not a stage", f"use stage=all or one of {', '.join(STAGES)}")
@@ -65,5 +66,5 @@ def _main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    hydra_arguments("python -m ti_experiments.pretrain")
+    hydra_arguments("python -m ti_experiments_dev.pretrain")
     _main()

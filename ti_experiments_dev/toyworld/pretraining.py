@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ..files import atomic_dir, write_text_atomic
-from . import world
+from ti_experiments.files import atomic_dir, write_text_atomic
+from ti_experiments.toyworld import world
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class Nicknames:
     """From step `start` on, `share` of each generator batch is scenes called by a nickname
     (`world.nicknames`); before it, batches are exactly what they were without nicknames."""
     start: int | None
-    share: float  # the recipe's (conf/pretrain.yaml): no second default here
+    share: float  # the recipe's (ti_experiments_dev/conf/pretrain.yaml): no second default here
 
     def count(self, step: int, batch_size: int) -> int:
         return 0 if self.start is None or step < self.start else round(batch_size * self.share)

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from ti_experiments.toyworld import architecture, pretraining
+from ti_experiments_dev.toyworld import architecture, pretraining
 
 
 def _vae_stage(work):
@@ -40,7 +40,7 @@ def test_a_stage_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_doe
 @pytest.mark.slow
 def test_the_pretrain_command_builds_a_model_diffusers_loads(tmp_path):
     work, ship = tmp_path / "work", tmp_path / "ship"
-    args = [sys.executable, "-m", "ti_experiments.pretrain", f"work_dir={work}", f"ship_dir={ship}",
+    args = [sys.executable, "-m", "ti_experiments_dev.pretrain", f"work_dir={work}", f"ship_dir={ship}",
             "vae.steps=2", "vae.batch_size=2", "generator.steps=2", "generator.batch_size=2",
             "judge.steps=2", "judge.batch_size=4", "classifier.steps=2", "classifier.batch_size=4",
             "generator.warmup_steps=1", "judge.warmup_steps=1", "classifier.warmup_steps=1",

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..models.tiny import MODEL_MAX_LENGTH, _seeded, write_tokenizer_files
-from . import world
+from ti_experiments.models.tiny import MODEL_MAX_LENGTH, seeded, write_tokenizer_files
+from ti_experiments.toyworld import world
 
 LATENT_CHANNELS = 4
 TEXT_WIDTH = 128
@@ -35,13 +35,13 @@ def text_encoder(tokenizer, seed: int):
                             num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=MODEL_MAX_LENGTH,
                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                             pad_token_id=tokenizer.pad_token_id)
-    return _seeded(seed, lambda: CLIPTextModel(config))
+    return seeded(seed, lambda: CLIPTextModel(config))
 
 
 def vae(seed: int):
     from diffusers import AutoencoderKL
 
-    return _seeded(seed, lambda: AutoencoderKL(
+    return seeded(seed, lambda: AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS, sample_size=world.SIZE_PX,
         block_out_channels=(32, 64, 64), layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3))
@@ -50,7 +50,7 @@ def vae(seed: int):
 def unet(seed: int):
     from diffusers import UNet2DConditionModel
 
-    return _seeded(seed, lambda: UNet2DConditionModel(
+    return seeded(seed, lambda: UNet2DConditionModel(
         sample_size=world.SIZE_PX // 4, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
         layers_per_block=1, block_out_channels=(64, 128, 128),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
@@ -79,7 +79,7 @@ def judge(tokenizer, seed: int):
         vision_config=dict(image_size=world.SIZE_PX, patch_size=4, hidden_size=96, intermediate_size=384,
                            num_hidden_layers=4, num_attention_heads=4),
         projection_dim=64)
-    return _seeded(seed, lambda: CLIPModel(config))
+    return seeded(seed, lambda: CLIPModel(config))
 
 
 class JudgeHeads(torch.nn.Module):
@@ -94,27 +94,3 @@ class JudgeHeads(torch.nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: head(pooled) for name, head in self.heads.items()}
-
-
-class AttributeClassifier(torch.nn.Module):
-    """A small CNN that names the value of every attribute of a 32 px image (GenEval's per-attribute check).
-
-    Convolutions see shapes that 4 px patches blur; pooling to a 3 x 3 grid keeps where things are.
-    """
-
-    def __init__(self, width: int = 64):
-        super().__init__()
-
-        def block(c_in, c_out, stride):
-            return [torch.nn.Conv2d(c_in, c_out, 3, stride, 1), torch.nn.GroupNorm(8, c_out), torch.nn.SiLU()]
-
-        self.trunk = torch.nn.Sequential(*block(3, width // 2, 1), *block(width // 2, width, 1), *block(width, width, 2),
-                                         *block(width, 2 * width, 1), *block(2 * width, 2 * width, 2),
-                                         torch.nn.AdaptiveAvgPool2d(3), torch.nn.Flatten(),
-                                         torch.nn.Linear(18 * width, 4 * width), torch.nn.SiLU())
-        self.heads = torch.nn.ModuleDict({name: torch.nn.Linear(4 * width, len(values))
-                                          for name, values in world.ATTRIBUTES.items()})
-
-    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        feature = self.trunk(pixels)
-        return {name: head(feature) for name, head in self.heads.items()}
