@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO, TINY_RUN, compose
 from ti_experiments.evaluate import evaluate_run, main
 from ti_experiments.experiment import run
-from ti_experiments.run_dir import read_metrics
+from ti_experiments.records.run_dir import read_metrics
 
 pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each
 

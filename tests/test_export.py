@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TINY_RUN, compose
-from ti_experiments.embeddings import save_a1111, save_learned_embeds, save_sdxl
+from ti_experiments.models.embeddings import save_a1111, save_learned_embeds, save_sdxl
 from ti_experiments.errors import TIError
 from ti_experiments.export import export, main
-from ti_experiments.run_dir import a1111_name, read_embedding
+from ti_experiments.records.run_dir import a1111_name, read_embedding
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import REPO, TINY_RUN, compose
-from ti_experiments.embeddings import save_a1111, save_learned_embeds, save_sdxl
+from ti_experiments.models.embeddings import save_a1111, save_learned_embeds, save_sdxl
 from ti_experiments.errors import TIError
 from ti_experiments.experiment import run
-from ti_experiments.generation import generate, main
+from ti_experiments.models.generation import generate, main
 
 pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each
 
@@ -63,8 +63,8 @@ def test_from_a_run_directory_with_files_that_remake_each_image(run_dir, tmp_pat
 
 
 def test_the_learned_rows_are_the_ones_used(run_dir, tiny_model_path):
-    from ti_experiments.embeddings import load_into_pipeline
-    from ti_experiments.run_dir import read_embedding
+    from ti_experiments.models.embeddings import load_into_pipeline
+    from ti_experiments.records.run_dir import read_embedding
     from ti_experiments.models import load_pipeline
 
     pipe = load_pipeline(str(tiny_model_path))
@@ -173,8 +173,8 @@ def tiny_sdxl(tmp_path_factory):
 
 
 def test_sdxl_loads_each_half_into_its_encoder_and_generates(tiny_sdxl, tmp_path):
-    from ti_experiments.embeddings import load_into_pipeline
-    from ti_experiments.run_dir import read_embedding
+    from ti_experiments.models.embeddings import load_into_pipeline
+    from ti_experiments.records.run_dir import read_embedding
     from ti_experiments.models import load_pipeline
 
     clip_l, clip_g = rows(2, seed=1), rows(2, seed=2)
@@ -260,7 +260,7 @@ def test_cli_end_to_end(run_dir, tmp_path):
 
 
 def test_a_folder_being_written_by_another_generate_is_refused_and_numbering_goes_on(run_dir, tmp_path):
-    from ti_experiments.files import folder_lock
+    from ti_experiments.records.files import folder_lock
 
     out = tmp_path / "shared"
     (out).mkdir()

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 import ti_experiments.experiment as experiment
 from conftest import TINY_RUN, compose
-from ti_experiments.checks import check_config
-from ti_experiments.embeddings import save_a1111, save_learned_embeds
+from ti_experiments.config.checks import check_config
+from ti_experiments.models.embeddings import save_a1111, save_learned_embeds
 from ti_experiments.errors import TIError
 
 pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each

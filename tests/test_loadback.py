@@ -37,7 +37,7 @@ def test_sdxl_run_loads_into_the_sdxl_pipeline_both_ways(tmp_path, tiny_sdxl_pat
     from diffusers import StableDiffusionXLPipeline
 
     from conftest import TINY_SDXL_RUN
-    from ti_experiments.run_dir import read_embedding
+    from ti_experiments.records.run_dir import read_embedding
 
     run_dir = run(compose(*TINY_SDXL_RUN, "concept.num_vectors=2", "train.max_steps=2", output_dir=tmp_path))
     tokens = ["<demo-toy>", "<demo-toy>_1"]

@@ -14,7 +14,7 @@ import ti_experiments.publish as publish
 from conftest import TINY_RUN, compose, run_cli
 from ti_experiments.errors import TIError
 from ti_experiments.experiment import run
-from ti_experiments.run_dir import load_finished_run
+from ti_experiments.records.run_dir import load_finished_run
 
 pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each
 
@@ -157,7 +157,7 @@ def test_bad_hub_settings_are_refused(kwargs, message):
 def test_an_sdxl_card_loads_both_encoders_and_lists_both_files(tmp_path):
     import torch
 
-    from ti_experiments.embeddings import save_learned_embeds, save_sdxl
+    from ti_experiments.models.embeddings import save_learned_embeds, save_sdxl
     from ti_experiments.publish import build_model_card, files_to_upload
 
     save_learned_embeds(tmp_path / "learned_embeds.safetensors", "<x>", torch.zeros(1, 32))

@@ -7,7 +7,7 @@ import json
 
 from ti_experiments import slurm
 from ti_experiments.records.run_record import earlier_attempts, record_failure
-from ti_experiments.run_dir import claim, read_record, write_json
+from ti_experiments.records.run_dir import claim, read_record, write_json
 
 
 def _as_array_task(monkeypatch, job: str, task: str, restarts: int = 0) -> None:

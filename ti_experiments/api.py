@@ -20,10 +20,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import run_dir as run_files
+from .records import run_dir as run_files
 from .config import compose
 from .errors import TIError
-from .generation import generate
+from .models.generation import generate
 
 __all__ = ["RunResult", "compose", "generate", "train"]
 

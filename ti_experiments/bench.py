@@ -111,7 +111,7 @@ def time_reference(p, accelerator, n: int, warmup: int) -> list[float]:
     import random
 
     from .data.templates import TEMPLATES
-    from .embeddings import unsplice
+    from .models.embeddings import unsplice
     from .training.memory import plain_backward
 
     parts, device, s = p.parts, accelerator.device, p.settings
@@ -201,8 +201,47 @@ def _import_libraries() -> None:
     from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401
 
 
+def _bench_config(overrides: list[str], max_steps: int):
+    """The experiment's settings for a timed run (default concept: demo) in a fresh temporary folder: no
+    checkpoints, validation or tracker; returns them, the folder and the resolved config."""
+    from omegaconf import OmegaConf
+
+    from .config.checks import check_config
+
+    if not any(o.startswith("+concept=") for o in overrides):
+        overrides = ["+concept=demo", *overrides]
+    forced = [f"train.max_steps={max_steps}", "train.checkpointing_steps=null",
+              "train.resume_from_checkpoint=null", "validation.enabled=false", "logger=none"]
+    run_dir = Path(tempfile.mkdtemp(prefix="ti-bench-"))
+    cfg = compose([*overrides, *forced, f"paths.output_dir={run_dir}"])
+    return check_config(cfg), run_dir, OmegaConf.to_container(cfg, resolve=True)
+
+
+def _step_seconds(times: StepTimes, result, warmup: int) -> tuple[float, list[float]]:
+    """The latent cache's encoding before step 1's end, and each timed step's seconds without the cache's
+    encoding in it (once per run: the rest of the images are encoded right after step 1, inside the next
+    step's interval)."""
+    encoded = result.state["cache"].encoded_at
+    encoding = sum(seconds for end, seconds in encoded if end <= times.ends[0])
+    step_seconds = [b - a - sum(s for end, s in encoded if a < end <= b)
+                    for a, b in zip(times.ends[max(warmup - 1, 0):], times.ends[max(warmup, 1):])]
+    if not step_seconds:
+        step_seconds = [times.ends[-1] - times.ends[-2]] if len(times.ends) > 1 else [result.seconds]
+    return encoding, step_seconds
+
+
+def _startup_parts(marks: dict, encoding: float, first_end_wall: float) -> dict:
+    """Seconds from the process's launch to the end of step 1, part by part."""
+    names = list(marks)
+    startup = {b: marks[b] - marks[a] for a, b in zip(names, names[1:])}
+    return {"imports (python, torch, this package)": startup.pop("imports"),
+            "imports (diffusers, transformers, accelerate)": startup.pop("libraries"), **startup,
+            "latent cache (step 1's images)": encoding,
+            # the loop's set-up (placement, optimizer, data) and step 1's compute
+            "first step": first_end_wall - marks["UNet"] - encoding}
+
+
 def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, reference: bool = False) -> dict:
-    from .checks import check_config
     from .experiment import fit, make_accelerator, prepare, reset_accelerate
     from .records.memory import peak_memory_bytes
 
@@ -210,17 +249,9 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
     marks = {"launch": started, "imports": time.time()}
     _import_libraries()
     marks["libraries"] = time.time()
-    if not any(o.startswith("+concept=") for o in overrides):
-        overrides = ["+concept=demo", *overrides]
-    forced = [f"train.max_steps={warmup + steps}", "train.checkpointing_steps=null",
-              "train.resume_from_checkpoint=null", "validation.enabled=false", "logger=none"]
-    run_dir = Path(tempfile.mkdtemp(prefix="ti-bench-"))
-    cfg = compose([*overrides, *forced, f"paths.output_dir={run_dir}"])
-    settings = check_config(cfg)
+    settings, run_dir, config = _bench_config(overrides, warmup + steps)
     marks["config"] = time.time()
-    from omegaconf import OmegaConf
-
-    p = prepare(settings, run_dir, OmegaConf.to_container(cfg, resolve=True))
+    p = prepare(settings, run_dir, config)
     marks["text encoder, VAE, images"] = time.time()
     accelerator = make_accelerator(settings.hardware, settings.logger, run_dir)
     try:
@@ -229,15 +260,7 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
         loaded_peak = peak_memory_bytes("cpu") / 2**30
         times = StepTimes()
         result = fit(p, accelerator, lambda start_step: times)
-        first_end = times.ends[0]
-        encoding = sum(seconds for end, seconds in result.state["cache"].encoded_at if end <= first_end)
-        # a step's time without the latent cache's encoding in it (once per run: the rest of the images are
-        # encoded right after step 1, inside the next step's interval)
-        encoded = result.state["cache"].encoded_at
-        step_seconds = [b - a - sum(s for end, s in encoded if a < end <= b)
-                        for a, b in zip(times.ends[max(warmup - 1, 0):], times.ends[max(warmup, 1):])]
-        if not step_seconds:
-            step_seconds = [times.ends[-1] - times.ends[-2]] if len(times.ends) > 1 else [result.seconds]
+        encoding, step_seconds = _step_seconds(times, result, warmup)
         phases = time_phases(p, result.state, accelerator, phase_steps)
         device = accelerator.device
         memory = _memory(device)  # training's peak: before the evaluation and the reference step
@@ -247,13 +270,7 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
         reference_steps = time_reference(p, accelerator, steps, warmup) if reference else None
     finally:
         reset_accelerate()
-    names = list(marks)
-    startup = {b: marks[b] - marks[a] for a, b in zip(names, names[1:])}
-    startup = {"imports (python, torch, this package)": startup.pop("imports"),
-               "imports (diffusers, transformers, accelerate)": startup.pop("libraries"), **startup,
-               "latent cache (step 1's images)": encoding,
-               # the loop's set-up (placement, optimizer, data) and step 1's compute
-               "first step": times.first_end_wall - marks["UNet"] - encoding}
+    startup = _startup_parts(marks, encoding, times.first_end_wall)
     median_step = statistics.median(step_seconds)
     phase_medians = {name: statistics.median(r[name] for r in phases) for name in PHASES}
     unavoidable = statistics.median(sum(r[n] for n in UNAVOIDABLE) for r in phases)

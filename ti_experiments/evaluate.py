@@ -18,7 +18,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from . import run_dir as run_files
+from .records import run_dir as run_files
 from .errors import TIError, command_arguments, report_or_raise
 
 log = logging.getLogger("ti_experiments.evaluate")
@@ -61,13 +61,13 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict:
     """Score every embedding of a run; write evaluation.json, summary.json and the best embedding."""
     from accelerate import Accelerator
 
-    from .checks import check_config
+    from .config.checks import check_config
     from .data import ConceptImages
-    from .embeddings import add_placeholder_tokens
+    from .models.embeddings import add_placeholder_tokens
     from .evaluation import Evaluator
     from .experiment import check_precision, ensure_concept_images, no_accelerator, reset_accelerate
     from .training.placement import Placement, process_settings
-    from .validation import Validator
+    from .evaluation.validation import Validator
 
     run_dir = Path(run_dir).expanduser().resolve()
     cfg = load_config(run_dir, list(overrides or []))
@@ -123,7 +123,7 @@ def _place(parts, images, placement):
 def score_files(evaluator, embeddings: list, files: list, final_step: int) -> list[dict]:
     """One entry per embedding file, in order; the final embedding counts at the run's last step.
     `embeddings`: the placeholder rows of each text encoder, which each file's vectors replace in turn."""
-    from .embeddings import check_fits
+    from .models.embeddings import check_fits
 
     entries, seen = [], {}
     num_vectors = embeddings[0].vectors.shape[0]

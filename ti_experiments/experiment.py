@@ -13,19 +13,19 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checks import ConceptSettings, RunConfig, check_config
+from .config.checks import ConceptSettings, RunConfig, check_config
 from .config import build, hydra_choices
 from .data import ConceptImages, TextualInversionDataset
 from .data.images import list_image_files
-from . import run_dir as run_files
 from . import slurm
-from .embeddings import EmbeddingFile, add_placeholder_tokens, check_fits, unsplice
+from .records import run_dir as run_files
+from .models.embeddings import EmbeddingFile, add_placeholder_tokens, check_fits, unsplice
 from .errors import TIError
 from .publish import check_can_push, publish
 from .records.run_record import MetricsLog, RunRecord, write_summary
 from .training import TrainingJob, checkpoints, packed, run_training
 from .training.settings import HardwareSettings
-from .validation import Validator
+from .evaluation.validation import Validator
 
 log = logging.getLogger(__name__)
 

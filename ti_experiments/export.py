@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import run_dir as run_files
-from .embeddings import save_learned_embeds
+from .records import run_dir as run_files
+from .models.embeddings import save_learned_embeds
 from .errors import ArgumentParser, TIError, report_or_raise
 
 FORMATS = ("a1111", "diffusers")

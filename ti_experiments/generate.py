@@ -1,4 +1,4 @@
-"""`python -m ti_experiments.generate RUN_DIR_OR_EMBEDDING... "prompt" [options]`: see generation.py.
+"""`python -m ti_experiments.generate RUN_DIR_OR_EMBEDDING... "prompt" [options]`: see models/generation.py.
 
 Only the command lives here; the Python function is `ti_experiments.generate` (generation.generate).
 Importing this module makes Python set `ti_experiments.generate` to the module, so the module is
@@ -8,7 +8,7 @@ made callable as that function: `from ti_experiments import generate` works what
 import sys
 import types
 
-from ti_experiments.generation import generate, main
+from ti_experiments.models.generation import generate, main
 
 
 class _CallableModule(types.ModuleType):

@@ -16,15 +16,13 @@ import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from . import run_dir as run_files
+from .records import run_dir as run_files
 from .errors import ArgumentParser, TIError, report_or_raise
-from .files import write_text_atomic
-from .network import with_deadline
-from .run_dir import (
-    CARD as CARD_FILE,  # the card as uploaded (README.md in the repository)
-)
-from .run_dir import a1111_name
-from .settings import Settings, bound
+from .records.files import write_text_atomic
+from .records.network import with_deadline
+from .records.run_dir import CARD as CARD_FILE
+from .records.run_dir import a1111_name
+from .config.settings import Settings, bound
 
 log = logging.getLogger(__name__)
 
@@ -135,41 +133,14 @@ def _fmt(value) -> str:
     return "n/a" if value is None else str(value)
 
 
-def build_model_card(run_dir: Path, config: dict, summary: dict, repo_id: str | None = None,
-                     license: str = "creativeml-openrail-m") -> str:
-    """README.md of the Hub repository: front matter, how to load it, the settings that trained it, its metrics."""
-    import yaml
-
-    run_dir = Path(run_dir)
-    concept, model, train = config.get("concept") or {}, config.get("model") or {}, config.get("train") or {}
-    data, optimizer, hardware = config.get("data") or {}, config.get("optimizer") or {}, config.get("hardware") or {}
-    placeholder = run_files.read_token(run_dir)
-    kind = run_files.read_concept_type(run_dir) or concept.get("learnable_property", "object")
-    base = _hub_id(model.get("pretrained_model_name_or_path"))
-    front = {"license": license, **({"base_model": base} if base else {}), "library_name": "diffusers",
-             "tags": ["stable-diffusion", "stable-diffusion-diffusers", "text-to-image", "diffusers",
-                      "textual_inversion", "ti-experiments"], "inference": True}
-    from safetensors import safe_open
-
-    with safe_open(str(run_dir / run_files.EMBEDDING), "pt") as f:
-        num_vectors, width = f.get_slice(next(iter(f.keys()))).get_shape()
-    a1111 = a1111_name(placeholder)
-    from .models.loading import family_for_encoders
-
-    # every text encoder of the family must get the token: one diffusers file each
-    family = family_for_encoders(sum((run_dir / name).is_file() for name in run_files.EMBEDDINGS))
-    pipeline = family.pipeline_class
-    others = list(zip(run_files.EMBEDDINGS[1:], family.component_folders[1:]))
-    a1111_keys = " and ".join(f"`{key}`" for key in family.a1111_tensors([None] * family.num_encoders))
-    repo = repo_id or "USER/REPO"
-    prompt = concept.get("validation_prompt") or (f"a photo of {placeholder}" if kind == "object"
-                                                   else f"a house in the style of {placeholder}")
-    base_text = f"[{base}](https://huggingface.co/{base})" if base else f"`{model.get('pretrained_model_name_or_path')}`"
-    start = (f"the embedding `{concept['init_from']}`" if concept.get("init_from")
-             else f"the word `{concept.get('initializer_token')}`")
+def _card_settings(config: dict, summary: dict, base: str | None, placeholder: str, kind: str, start: str,
+                   shape: str) -> list[tuple]:
+    """The model card's "Training settings" rows, from the run's resolved config."""
+    model, train, data = config.get("model") or {}, config.get("train") or {}, config.get("data") or {}
+    optimizer, hardware = config.get("optimizer") or {}, config.get("hardware") or {}
     settings = [
         ("base model", base or model.get("pretrained_model_name_or_path")),
-        ("placeholder / vectors", f"`{placeholder}` / {num_vectors} x {width}"),
+        ("placeholder / vectors", f"`{placeholder}` / {shape}"),
         ("learnable property", kind), ("started from", start),
         ("training images", summary.get("num_images")),
         ("prompts", {"none": f"{kind} templates", "file": "per-image captions",
@@ -181,21 +152,31 @@ def build_model_card(run_dir: Path, config: dict, summary: dict, repo_id: str | 
         ("lr scheduler", str((config.get("lr_scheduler") or {}).get("name", "n/a"))),
         ("mixed precision", hardware.get("mixed_precision")), ("seed", config.get("seed")),
     ]
+    return settings
+
+
+def _card_metrics(summary: dict) -> list[tuple]:
+    """The model card's "Results" rows: what summary.json holds."""
     metrics = [("final loss", summary.get("final_loss")), ("mean loss, last 10% of steps", summary.get("avg_loss")),
                ("steps", summary.get("steps")), ("training seconds", summary.get("train_seconds")),
                ("steps per second", summary.get("steps_per_sec")),
                ("peak memory (GiB)", summary["peak_memory_bytes"] / 2**30 if summary.get("peak_memory_bytes") else None)]
     metrics += [(k, summary[k]) for k in ("heldout_loss", "heldout_loss_init", "heldout_loss_words", "clip_i", "clip_t", "dino",
                                           "best_metric", "best_step") if summary.get(k) is not None]
-    files = files_to_upload(run_dir, config, 10**6)
-    training = [dest for _, dest in files if dest.startswith("concept_images/")]
-    step, validation = run_files.last_validation(run_dir)
-    lines = [
-        "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
-        f"# Textual inversion: `{placeholder}`", "",
-        f"`{placeholder}` is a new word for {'an' if kind == 'object' else 'a'} {kind} concept, taught to {base_text} "
-        f"by textual inversion: only its {'token embedding (one vector' if num_vectors == 1 else f'{num_vectors} token embeddings ({num_vectors} vectors'} "
-        f"of {width} values) {'was' if num_vectors == 1 else 'were'} trained; the model itself is unchanged.", "",
+    return metrics
+
+
+def _card_use(run_dir: Path, base: str | None, repo: str, prompt: str, placeholder: str, num_vectors: int,
+              width: int) -> list[str]:
+    """The model card's "Use it" and "Files" sections: every text encoder of the run's model family gets the
+    token (one diffusers file each), and the A1111/ComfyUI file in that family's layout."""
+    from .models.loading import family_for_encoders
+
+    family = family_for_encoders(sum((run_dir / name).is_file() for name in run_files.EMBEDDINGS))
+    pipeline, a1111 = family.pipeline_class, a1111_name(placeholder)
+    others = list(zip(run_files.EMBEDDINGS[1:], family.component_folders[1:]))
+    a1111_keys = " and ".join(f"`{key}`" for key in family.a1111_tensors([None] * family.num_encoders))
+    return [
         "## Use it", "", "With diffusers:", "", "```python", "import torch",
         f"from diffusers import {pipeline}", "",
         f'pipe = {pipeline}.from_pretrained("{base or "BASE_MODEL"}", torch_dtype=torch.float16).to("cuda")',
@@ -211,6 +192,44 @@ def build_model_card(run_dir: Path, config: dict, summary: dict, repo_id: str | 
           for name, (_, encoder) in others],
         f"| `{a1111}.safetensors` | AUTOMATIC1111 / ComfyUI format: "
         f"{'key' if family.num_encoders == 1 else 'keys'} {a1111_keys} |",
+    ]
+
+
+def build_model_card(run_dir: Path, config: dict, summary: dict, repo_id: str | None = None,
+                     license: str = "creativeml-openrail-m") -> str:
+    """README.md of the Hub repository: front matter, how to load it, the settings that trained it, its metrics."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    concept, model = config.get("concept") or {}, config.get("model") or {}
+    placeholder = run_files.read_token(run_dir)
+    kind = run_files.read_concept_type(run_dir) or concept.get("learnable_property", "object")
+    base = _hub_id(model.get("pretrained_model_name_or_path"))
+    front = {"license": license, **({"base_model": base} if base else {}), "library_name": "diffusers",
+             "tags": ["stable-diffusion", "stable-diffusion-diffusers", "text-to-image", "diffusers",
+                      "textual_inversion", "ti-experiments"], "inference": True}
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir / run_files.EMBEDDING), "pt") as f:
+        num_vectors, width = f.get_slice(next(iter(f.keys()))).get_shape()
+    repo = repo_id or "USER/REPO"
+    prompt = concept.get("validation_prompt") or (f"a photo of {placeholder}" if kind == "object"
+                                                   else f"a house in the style of {placeholder}")
+    base_text = f"[{base}](https://huggingface.co/{base})" if base else f"`{model.get('pretrained_model_name_or_path')}`"
+    start = (f"the embedding `{concept['init_from']}`" if concept.get("init_from")
+             else f"the word `{concept.get('initializer_token')}`")
+    settings = _card_settings(config, summary, base, placeholder, kind, start, f"{num_vectors} x {width}")
+    metrics = _card_metrics(summary)
+    files = files_to_upload(run_dir, config, 10**6)
+    training = [dest for _, dest in files if dest.startswith("concept_images/")]
+    step, validation = run_files.last_validation(run_dir)
+    lines = [
+        "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+        f"# Textual inversion: `{placeholder}`", "",
+        f"`{placeholder}` is a new word for {'an' if kind == 'object' else 'a'} {kind} concept, taught to {base_text} "
+        f"by textual inversion: only its {'token embedding (one vector' if num_vectors == 1 else f'{num_vectors} token embeddings ({num_vectors} vectors'} "
+        f"of {width} values) {'was' if num_vectors == 1 else 'were'} trained; the model itself is unchanged.", "",
+        *_card_use(run_dir, base, repo, prompt, placeholder, num_vectors, width),
         "| `token_identifier.txt`, `type_of_concept.txt` | the placeholder and the concept type (sd-concepts layout) |",
         "", "## Training settings", "", "| setting | value |", "| --- | --- |",
         *[f"| {k} | {_fmt(v)} |" for k, v in settings], "", "## Results", "", "| metric | value |", "| --- | --- |",

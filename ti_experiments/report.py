@@ -17,9 +17,9 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from . import run_dir as run_files
+from .records import run_dir as run_files
 from .errors import ArgumentParser, report_or_raise
-from .files import atomic_path, write_text_atomic
+from .records.files import atomic_path, write_text_atomic
 
 STANDARD = {"final_loss", "avg_loss", "steps", "wall_seconds", "train_seconds", "steps_per_sec", "peak_memory_bytes",
             "learned_embeds_sha256"}

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     except TIError as exc:
         return report_or_raise(exc)
     run_dir = Path(args[0]).expanduser().resolve()
-    from .run_dir import COMPOSED_CONFIG
+    from .records.run_dir import COMPOSED_CONFIG
 
     job_config = run_dir / COMPOSED_CONFIG
     if not job_config.is_file():

@@ -53,7 +53,7 @@ def own_record(run_dir: Path) -> dict | None:
     """The run record in `run_dir` when an earlier attempt of this same SLURM job wrote it (SLURM runs a
     requeued job again under its id, and counts the restarts), else None. A job's first attempt has none:
     two commands of one batch script into one folder are two runs, and the second is refused."""
-    from .run_dir import read_record
+    from .records.run_dir import read_record
 
     me = job_identity()
     if me is None or me["restarts"] < 1:

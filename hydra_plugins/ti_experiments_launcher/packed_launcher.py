@@ -1,4 +1,4 @@
-"""`hydra/launcher=packed` (conf/hydra/launcher/packed.yaml): see `ti_experiments.packing`."""
+"""`hydra/launcher=packed` (conf/hydra/launcher/packed.yaml): see `ti_experiments.training.pack_launcher`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class PackedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides, initial_job_idx: int):
-        from ti_experiments.packing import launch
+        from ti_experiments.training.pack_launcher import launch
 
         return launch(self.hydra_context, self.task_function, self.config, job_overrides, initial_job_idx,
                       self.max_jobs)

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from conftest import TINY_RUN, compose
 from ti_experiments.experiment import run
-from ti_experiments.run_dir import read_metrics
+from ti_experiments.records.run_dir import read_metrics
 
 pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each
 

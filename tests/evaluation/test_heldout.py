@@ -9,11 +9,11 @@ from safetensors.torch import load_file
 
 from conftest import TINY_RUN, compose
 from ti_experiments.data import ConceptImages, LatentCache
-from ti_experiments.embeddings import add_placeholder_tokens
+from ti_experiments.models.embeddings import add_placeholder_tokens
 from ti_experiments.evaluation.heldout import build_heldout_set, heldout_loss
 from ti_experiments.config import build
 from ti_experiments.experiment import ensure_concept_images, run
-from ti_experiments.run_dir import read_metrics
+from ti_experiments.records.run_dir import read_metrics
 
 pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each
 

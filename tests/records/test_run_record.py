@@ -106,7 +106,7 @@ def test_progress_is_logged_in_lines_when_not_a_terminal(tmp_path, caplog):
 
 
 def test_read_metrics_skips_a_cut_line_and_keeps_the_last_record_of_a_step(tmp_path):
-    from ti_experiments.run_dir import read_metrics
+    from ti_experiments.records.run_dir import read_metrics
 
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1}\n{"step": 2, "loss": 2}\n{"step": 3, "lo'
                                             '\n{"step": 2, "loss": 5}\n{"step": 3, "loss": 6}\n')

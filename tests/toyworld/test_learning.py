@@ -61,7 +61,7 @@ def test_a_run_resumed_from_its_checkpoint_learns_the_same_embedding(toy_run, tm
 
 def test_generate_draws_the_concept_and_as_a_negative_pushes_it_away(toy_run, tmp_path):
     from ti_experiments.export import export
-    from ti_experiments.generation import generate
+    from ti_experiments.models.generation import generate
 
     def share(prompt: str, embeddings=(), **kwargs) -> float:
         images = generate(prompt, embeddings, model=str(shipped.MODEL_DIR), num_images=8, steps=15, guidance=4.0,

@@ -10,7 +10,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.activations import GEGLU
 from torch import nn
 
-from ti_experiments.embeddings import PlaceholderEmbedding
+from ti_experiments.models.embeddings import PlaceholderEmbedding
 from ti_experiments.training.memory import (
     LeanConv2d,
     lean_backward,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ti_experiments.experiment import run
-from ti_experiments.run_dir import read_embedding
+from ti_experiments.records.run_dir import read_embedding
 from ti_experiments.training import loop, loss, packed
 from ti_experiments.training.packed import Pack
 
@@ -131,7 +131,7 @@ def test_a_packed_job_gets_its_own_token_rows_and_leaves_the_model_as_it_was(tmp
     one, two = pack.parts_for(load, channels_last=False), pack.parts_for(load, channels_last=False)
     assert len(built) == 1 and one.unet is two.unet is built[0].unet
     vocab = len(built[0].tokenizer)
-    from ti_experiments.embeddings import add_placeholder_tokens
+    from ti_experiments.models.embeddings import add_placeholder_tokens
 
     e1 = add_placeholder_tokens(one.tokenizer, one.text_encoder, "<x>", "toy", 1)
     e2 = add_placeholder_tokens(two.tokenizer, two.text_encoder, "<x>", "cat", 3)

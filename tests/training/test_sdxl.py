@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 import ti_experiments.training.loss as loss
 from conftest import TINY_SDXL_RUN, compose
-from ti_experiments.checks import check_config
-from ti_experiments.run_dir import read_embedding
+from ti_experiments.config.checks import check_config
+from ti_experiments.records.run_dir import read_embedding
 from ti_experiments.experiment import run
 
 pytestmark = pytest.mark.train  # trains the tiny model in-process: seconds each
@@ -26,7 +26,7 @@ def test_sdxl_trains_both_encoders_rows_and_nothing_else(tmp_path, tiny_sdxl_pat
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from ti_experiments.checks import check_config
+    from ti_experiments.config.checks import check_config
     from ti_experiments.experiment import fit, make_accelerator, prepare, reset_accelerate
     from ti_experiments.records.run_record import MetricsLog
 
@@ -114,7 +114,7 @@ def test_an_initializer_that_is_not_one_token_is_refused_for_sdxl(tmp_path):
 
 
 def test_init_from_an_sdxl_file_starts_both_encoders_rows_from_it(tmp_path, tiny_sdxl_path):
-    from ti_experiments.embeddings import save_sdxl
+    from ti_experiments.models.embeddings import save_sdxl
     from ti_experiments.errors import TIError
     from ti_experiments.experiment import prepare
 
@@ -126,9 +126,28 @@ def test_init_from_an_sdxl_file_starts_both_encoders_rows_from_it(tmp_path, tiny
     assert torch.equal(p.embeddings[0].vectors.detach(), clip_l)
     assert torch.equal(p.embeddings[1].vectors.detach(), clip_g)
     one_encoder = tmp_path / "sd.safetensors"
-    from ti_experiments.embeddings import save_learned_embeds
+    from ti_experiments.models.embeddings import save_learned_embeds
 
     save_learned_embeds(one_encoder, "<y>", clip_l)
     with pytest.raises(TIError, match="does not fit this model"):
         prepare(check_config(compose(*TINY_SDXL_RUN, "concept.num_vectors=2", f"concept.init_from={one_encoder}",
                                      output_dir=tmp_path / "run2")), tmp_path / "run2")
+
+
+def test_sdxl_is_evaluated_through_its_family_held_out_loss_and_image_metrics(tmp_path):
+    """The held-out loss conditions SDXL's UNet as training does (both encoders, the images' time ids), and
+    image metrics generate with the SDXL pipeline over the modules being trained."""
+    import json
+    import math
+
+    run_dir = _train(tmp_path, "optimizer.lr=0.05", "train.max_steps=2", "evaluation.steps=1",
+                     "evaluation.image_metrics=true", "evaluation.image_steps=2", "validation.num_inference_steps=2",
+                     "evaluation.num_prompts=1")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    held = [r for r in rows if r.get("heldout_loss") is not None]
+    assert [r["step"] for r in held] == [1, 2]
+    assert all(math.isfinite(r["heldout_loss"]) and math.isfinite(r["heldout_loss_init"]) for r in held)
+    assert held[0]["heldout_loss"] != held[1]["heldout_loss"]  # the learned rows move the loss
+    assert all(k in held[-1] and math.isfinite(held[-1][k]) for k in ("clip_i", "clip_t", "dino"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["heldout_loss"] == held[-1]["heldout_loss"]

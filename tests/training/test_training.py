@@ -141,7 +141,7 @@ def test_bf16_and_gradient_checkpointing_keep_the_learned_rows_fp32(tmp_path):
 def test_the_first_step_encodes_only_its_own_images_and_the_encoder_leaves_once_all_are_cached(tmp_path):
     import time
 
-    from ti_experiments.checks import check_config
+    from ti_experiments.config.checks import check_config
     from ti_experiments.experiment import fit, make_accelerator, prepare, reset_accelerate
 
     for validation in ("false", "true"):
@@ -168,7 +168,7 @@ def test_the_first_step_encodes_only_its_own_images_and_the_encoder_leaves_once_
         try:
             validator = None
             if validation == "true":
-                from ti_experiments.validation import Validator
+                from ti_experiments.evaluation.validation import Validator
                 validator = Validator(p.settings.validation, p.parts, p.parts.text_encoder, accelerator,
                                       p.settings.logger, out)
             result = fit(p, accelerator, AtStepEnd, validator)

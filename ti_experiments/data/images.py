@@ -14,7 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import TIError
 from ..records.memory import refuse_beyond_memory
-from ..settings import Settings, bound
+from ..config.settings import Settings, bound
 from .templates import CAPTION_MODES, FILEWORDS, has_placeholder
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import TIError
-from ..files import atomic_dir
+from ..records.files import atomic_dir
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..embeddings import save_learned_embeds
-from ..run_dir import BEST_EMBEDDING, read_metrics
+from ..models.embeddings import save_learned_embeds
+from ..records.run_dir import BEST_EMBEDDING, read_metrics
 from .heldout import build_heldout_set, heldout_loss
 from .prompts import prompt_templates
 from .settings import METRICS, EvaluationSettings, direction

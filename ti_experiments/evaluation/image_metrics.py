@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import TIError
-from ..files import atomic_dir
+from ..records.files import atomic_dir
 
 log = logging.getLogger(__name__)
 

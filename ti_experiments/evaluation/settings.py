@@ -9,7 +9,7 @@ from typing import Literal
 from omegaconf import OmegaConf
 
 from ..errors import TIError
-from ..settings import Settings, bound, seed_bound
+from ..config.settings import Settings, bound, seed_bound
 
 # The public names, as in metrics.jsonl and summary.json. Losses: lower is better; similarities: higher.
 METRICS = ("heldout_loss", "heldout_loss_init", "heldout_loss_words", "clip_i", "clip_t", "dino")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import TIError
-from ..settings import FactorySettings, bound
+from ..config.settings import FactorySettings, bound
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..data.templates import OBJECT_TEMPLATES, STYLE_TEMPLATES
-from ..files import atomic_dir
+from ..records.files import atomic_dir
 
 # Bump whenever anything below changes the bytes written: it names the cache folder, so an old
 # build is never mistaken for a new one.
@@ -172,8 +172,8 @@ def seeded(seed: int, build):
 def build_tiny_model(out_dir: Path) -> None:
     """Build the tiny model and save it in diffusers layout (safetensors) into `out_dir`."""
     # Imported here: they are slow to import and only needed when a build actually happens.
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -184,72 +184,53 @@ def build_tiny_model(out_dir: Path) -> None:
     # writes, as in SD's own folder; loading from them means what is saved is what we learned.
     write_tokenizer_files(out_dir / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(out_dir / "tokenizer", model_max_length=MODEL_MAX_LENGTH)
-
-    unet = seeded(
-        0,
-        lambda: UNet2DConditionModel(
-            sample_size=16,  # 16x16 latents: a 32 px model, as conf/model/tiny.yaml says
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=2,
-            block_out_channels=(32, 64),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=8,
-            norm_num_groups=32,
-        ),
-    )
-    vae = seeded(
-        1,
-        lambda: AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            block_out_channels=(32, 64),
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            latent_channels=4,
-            sample_size=32,
-        ),
-    )
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=5,
-        num_attention_heads=4,
-        max_position_embeddings=MODEL_MAX_LENGTH,
-        layer_norm_eps=1e-5,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    text_encoder = seeded(2, lambda: CLIPTextModel(text_config))
-    # Kept in SD's config so a switch to DDIM/PNDM sees the same settings as SD 1.x.
-    scheduler = DDPMScheduler.from_config(
-        {
-            "num_train_timesteps": 1000,
-            "beta_start": 0.00085,
-            "beta_end": 0.012,
-            "beta_schedule": "scaled_linear",
-            "prediction_type": "epsilon",
-            "clip_sample": False,
-            "set_alpha_to_one": False,
-            "steps_offset": 1,
-        }
-    )
-
     pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        vae=_tiny_vae(), text_encoder=_tiny_text_encoder(tokenizer), tokenizer=tokenizer, unet=_tiny_unet(),
+        scheduler=_sd_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(out_dir, safe_serialization=True)
+
+
+def _tiny_unet():
+    from diffusers import UNet2DConditionModel
+
+    return seeded(0, lambda: UNet2DConditionModel(
+        sample_size=16,  # 16x16 latents: a 32 px model, as conf/model/tiny.yaml says
+        in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+    ))
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return seeded(1, lambda: AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), latent_channels=4, sample_size=32,
+    ))
+
+
+def _tiny_text_encoder(tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=5, num_attention_heads=4,
+        max_position_embeddings=MODEL_MAX_LENGTH, layer_norm_eps=1e-5, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return seeded(2, lambda: CLIPTextModel(config))
+
+
+def _sd_scheduler():
+    """Kept in SD's config so a switch to DDIM/PNDM sees the same settings as SD 1.x."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config({
+        "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+        "prediction_type": "epsilon", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+    })
 
 
 class _BuiltElsewhere(Exception):

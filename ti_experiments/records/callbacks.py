@@ -21,7 +21,7 @@ class SweepReport(Callback):
         the sweep resumes its jobs (each job then resumes its own folder)."""
         from omegaconf import OmegaConf
 
-        from .. import run_dir as run_files
+        from . import run_dir as run_files
         from ..errors import TIError
 
         sweep_dir = Path(str(config.hydra.sweep.dir))

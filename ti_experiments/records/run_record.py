@@ -12,9 +12,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .. import run_dir as run_files
+from . import run_dir as run_files
 from ..config import hydra_choices
-from ..run_dir import read_metrics, write_json
+from .run_dir import read_metrics, write_json
 from . import environment
 from .memory import peak_memory_bytes
 

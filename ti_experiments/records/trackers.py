@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import TIError
-from ..files import write_text_atomic
-from ..network import answers
-from ..run_dir import WANDB_ID
-from ..settings import Settings, bound
+from .files import write_text_atomic
+from .network import answers
+from .run_dir import WANDB_ID
+from ..config.settings import Settings, bound
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ def concept_picture(run_dir: Path, count: int = 6, seed: int = 0, steps: int = 2
     from omegaconf import OmegaConf
 
     from ..data.images import list_image_files
-    from ..generation import generate
+    from ..models.generation import generate
 
     cfg = OmegaConf.load(run_dir / "resolved_config.yaml")
     real = [Image.open(p).convert("RGB") for p in list_image_files(Path(cfg.concept.train_data_dir).expanduser())[:count]]

@@ -11,10 +11,10 @@ import logging
 import shutil
 from pathlib import Path
 
-from ..embeddings import PlaceholderEmbedding
+from ..models.embeddings import PlaceholderEmbedding
 from ..errors import TIError
-from ..run_dir import CHECKPOINT_STATE as STATE_FILE
-from ..run_dir import checkpoint_dir, checkpoint_step, list_checkpoints
+from ..records.run_dir import CHECKPOINT_STATE as STATE_FILE
+from ..records.run_dir import checkpoint_dir, checkpoint_step, list_checkpoints
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data import EpochSampler, LatentCache, TextualInversionDataset
-from ..embeddings import PlaceholderEmbedding
+from ..models.embeddings import PlaceholderEmbedding
 from ..errors import TIError
-from ..run_dir import write_step_embedding
+from ..records.run_dir import write_step_embedding
 from . import checkpoints, packed
 from .loss import denoising_loss
 from .memory import lean_backward, map_frozen_rows, park_in_file, return_free_heap, trim_heap_between_blocks

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import TIError
-from ..settings import FactorySettings, Settings, bound
+from ..config.settings import FactorySettings, Settings, bound
 
 
 @dataclass

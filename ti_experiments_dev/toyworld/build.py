@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ti_experiments.files import atomic_dir, write_text_atomic
+from ti_experiments.records.files import atomic_dir, write_text_atomic
 from ti_experiments.toyworld.judge import AttributeClassifier
 
 from . import architecture, pretraining

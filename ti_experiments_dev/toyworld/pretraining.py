@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ti_experiments.files import atomic_dir, write_text_atomic
+from ti_experiments.records.files import atomic_dir, write_text_atomic
 from ti_experiments.toyworld import world
 
 log = logging.getLogger(__name__)

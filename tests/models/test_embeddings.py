@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ti_experiments.embeddings import (
+from ti_experiments.models.embeddings import (
     PlaceholderEmbedding, add_placeholder_tokens, placeholder_tokens, save_learned_embeds, unsplice,
 )
 from ti_experiments.errors import TIError
@@ -103,8 +103,8 @@ def _rows(n=2, d=32, seed=0):
 
 @pytest.mark.parametrize("fmt", ["diffusers", "a1111", "sdxl", "a1111-pt", "folder", "diffusers-sdxl"])
 def test_read_embedding_every_format(tmp_path, fmt):
-    from ti_experiments.embeddings import save_a1111, save_sdxl
-    from ti_experiments.run_dir import read_embedding
+    from ti_experiments.models.embeddings import save_a1111, save_sdxl
+    from ti_experiments.records.run_dir import read_embedding
 
     a, b = _rows(d=32), _rows(d=64, seed=1)
     if fmt == "diffusers":
@@ -134,8 +134,8 @@ def test_read_embedding_every_format(tmp_path, fmt):
 def test_read_embedding_refuses_what_is_not_one(tmp_path):
     from safetensors.torch import save_file
 
-    from ti_experiments.embeddings import check_fits
-    from ti_experiments.run_dir import read_embedding
+    from ti_experiments.models.embeddings import check_fits
+    from ti_experiments.records.run_dir import read_embedding
 
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ti_experiments import run_dir as run_files
+from ti_experiments.records import run_dir as run_files
 from ti_experiments.errors import TIError
 from ti_experiments.export import export, main
 

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from collections.abc import Iterator
 
-from .errors import TIError
+from ..errors import TIError
 
 LOCK_FILE = ".lock"
 

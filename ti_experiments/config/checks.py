@@ -13,23 +13,18 @@ from typing import Literal
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import options
-from .data.images import DataSettings
-from .embeddings import placeholder_tokens
-from .errors import TIError
-from .evaluation.settings import EvaluationSettings
-from .models.settings import ModelSettings
-from .publish import HubSettings
-from .records.trackers import TrackerSettings
+from . import options
+from ..data.images import DataSettings
+from ..models.embeddings import placeholder_tokens
+from ..errors import TIError
+from ..evaluation.settings import EvaluationSettings
+from ..models.settings import ModelSettings
+from ..publish import HubSettings
+from ..records.trackers import TrackerSettings
 from .settings import Settings, bound, seed_bound
-from .training.settings import (
-    HardwareSettings,
-    OptimizerSettings,
-    SchedulerSettings,
-    TrainSettings,
-)
-from .validation import ValidationSettings
-from .validation import make_settings as make_validation_settings
+from ..training.settings import HardwareSettings, OptimizerSettings, SchedulerSettings, TrainSettings
+from ..evaluation.validation import ValidationSettings
+from ..evaluation.validation import make_settings as make_validation_settings
 
 
 @dataclass

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from . import run_dir as run_files
+from ..records import run_dir as run_files
 from .embeddings import FAMILY_BY_WIDTHS, EmbeddingFile, load_into_pipeline
-from .run_dir import read_embedding
-from .errors import ArgumentParser, TIError, report_or_raise
-from .files import folder_lock
-from .records.memory import refuse_beyond_memory
-from .settings import SEED_MAX
+from ..records.run_dir import read_embedding
+from ..errors import ArgumentParser, TIError, report_or_raise
+from ..records.files import folder_lock
+from ..records.memory import refuse_beyond_memory
+from ..config.settings import SEED_MAX
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _from_model_node(node, resolution=None, where: str = "") -> BaseModel:
     if node.get("random_init"):
         raise TIError(f"{where} trained on a model with random weights (model.random_init=true), which is not "
                       "kept anywhere", "pass --model with the model to generate with")
-    from .models.loading import ensure_offline_model
+    from .loading import ensure_offline_model
 
     source = str(node.pretrained_model_name_or_path)
     ensure_offline_model(source)  # the offline tiny models are rebuilt, bit-identically, where the record says
@@ -125,7 +125,7 @@ def _from_model_node(node, resolution=None, where: str = "") -> BaseModel:
 def base_model(model: str | None, concepts: list[Concept]) -> BaseModel:
     """--model (a folder, a Hub id, or an option of conf/model such as `sd15` or `tiny`), else the model
     of the first run directory given."""
-    from .config import compose, options
+    from ..config import compose, options
 
     if model:
         if not Path(model).expanduser().exists() and model in options("model"):
@@ -277,7 +277,7 @@ def _generate(prompt, negatives: tuple, concepts, base, settings: Settings, torc
     import torch
     from tqdm.auto import tqdm
 
-    from .models.loading import load_pipeline
+    from .loading import load_pipeline
 
     pipe = load_pipeline(base.source, base.revision, base.variant, torch_dtype)
     for concept in concepts:
@@ -360,7 +360,7 @@ def write_image(out_dir: Path, index: int, image, record: dict) -> None:
     """NNNN.png (the record also in a PNG text chunk) and NNNN.json, each written atomically."""
     from PIL.PngImagePlugin import PngInfo
 
-    from .files import atomic_path, write_text_atomic
+    from ..records.files import atomic_path, write_text_atomic
 
     info = PngInfo()
     info.add_text("ti_experiments", json.dumps(record))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ti_experiments.checks import check_config
+from ti_experiments.config.checks import check_config
 from ti_experiments.errors import TIError
 
 from conftest import TINY_RUN, compose
@@ -55,7 +55,7 @@ def _field(path: str):
     """The typed field that owns a config key (None: no settings class declares it)."""
     from dataclasses import fields
 
-    from ti_experiments.checks import GROUPS, RunSettings
+    from ti_experiments.config.checks import GROUPS, RunSettings
 
     group, _, name = path.rpartition(".")
     cls = GROUPS.get(group, RunSettings if not group else None)
@@ -92,7 +92,7 @@ def _configs():
 def test_every_leaf_of_every_option_is_owned_and_checked_by_type_and_range():
     from omegaconf import OmegaConf
 
-    from ti_experiments.checks import check_config
+    from ti_experiments.config.checks import check_config
 
     checked = 0
     for name, cfg, prefix in _configs():

@@ -14,7 +14,7 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, Literal, get_args, get_origin
 
-from .errors import TIError
+from ..errors import TIError
 
 __all__ = ["FactorySettings", "Literal", "Settings", "bound", "build", "node_values"]
 

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from ti_experiments.data import ConceptImages, DataSettings, TextualInversionDataset
-from ti_experiments.embeddings import add_placeholder_tokens, unsplice
+from ti_experiments.models.embeddings import add_placeholder_tokens, unsplice
 from ti_experiments.models import load_tiny_components
 from ti_experiments.training.loss import text_conditioning
 

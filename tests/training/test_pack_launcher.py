@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from ti_experiments.errors import TIError
-from ti_experiments.packing import describe_plan, plan
+from ti_experiments.training.pack_launcher import describe_plan, plan
 
 
 def _job(num: int, **changes):

@@ -37,7 +37,7 @@ def pack_key(cfg: DictConfig) -> str:
 def plan(configs: list[DictConfig], max_jobs: int) -> list[list[int]]:
     """Packs of job indices, in the order jobs were given: equal keys together, at most `max_jobs` each."""
     if max_jobs < 1:
-        from .errors import TIError
+        from ..errors import TIError
 
         raise TIError(f"hydra.launcher.max_jobs={max_jobs} is below 1", "use e.g. hydra.launcher.max_jobs=4")
     groups: dict[str, list[int]] = {}
@@ -85,8 +85,8 @@ def run_pack(configs: list[DictConfig], hydra_context, task_function, name: str)
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import JobReturn, JobStatus, run_job
 
-    from .experiment import reset_accelerate
-    from .training.packed import Pack
+    from ..experiment import reset_accelerate
+    from .packed import Pack
 
     pack = Pack([_job_dir(c).name for c in configs], name)
 
@@ -111,7 +111,7 @@ def run_pack(configs: list[DictConfig], hydra_context, task_function, name: str)
         reset_accelerate()
     stopped = [r for r in results if isinstance(r, KeyboardInterrupt)]
     if stopped:  # as a sequential sweep: a stop request ends the sweep (every job of the pack checkpointed)
-        from .training.signals import Interrupted
+        from .signals import Interrupted
 
         sweep = Path(str(configs[0].hydra.sweep.dir))
         raise Interrupted(f"stopped: {len(stopped)} job(s) of {name} saved a checkpoint and their embedding; fix: "

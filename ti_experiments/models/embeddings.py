@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import TIError
-from .files import atomic_path
+from ..errors import TIError
+from ..records.files import atomic_path
 
 
 def placeholder_tokens(placeholder: str, num_vectors: int) -> list[str]:
@@ -73,9 +73,8 @@ def add_placeholder_tokens(
     init_vectors: torch.Tensor | None = None,
 ) -> PlaceholderEmbedding:
     """Add the tokens, start every new row as a copy of the initializer's row (or, given `init_vectors`,
-    as those rows: a warm start from an earlier embedding), and splice them in."""
-    if not isinstance(num_vectors, int) or num_vectors < 1:
-        raise TIError(f"concept.num_vectors is {num_vectors}", "set concept.num_vectors to an integer >= 1")
+    as those rows: a warm start from an earlier embedding), and splice them in. `num_vectors` is checked
+    where the concept's settings declare it (`ConceptSettings`)."""
     if not placeholder_token or any(c.isspace() for c in str(placeholder_token)):
         raise TIError(
             f"concept.placeholder_token {placeholder_token!r} is empty or contains spaces",
@@ -256,7 +255,7 @@ def read_embedding_file(path: Path) -> EmbeddingFile:
 def text_encoder_pairs(pipe) -> list[tuple]:
     """(tokenizer, text encoder) of a pipeline, in the order of `EmbeddingFile.vectors`: one per encoder of
     the pipeline's model family (SDXL: two)."""
-    from .models.loading import family_of_pipeline
+    from .loading import family_of_pipeline
 
     return [(getattr(pipe, t), getattr(pipe, e)) for t, e in family_of_pipeline(pipe).component_folders]
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import TIError
-from .files import atomic_path
-from .run_dir import validation_dir
-from .settings import Settings, bound, node_values, seed_bound
+from ..errors import TIError
+from ..records.files import atomic_path
+from ..records.run_dir import validation_dir
+from ..config.settings import Settings, bound, node_values, seed_bound
 
 log = logging.getLogger(__name__)
 

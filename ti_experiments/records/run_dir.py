@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from .embeddings import EmbeddingFile, read_embedding_file, save_learned_embeds, save_tensors
-from .errors import TIError
+from ..models.embeddings import EmbeddingFile, read_embedding_file, save_learned_embeds, save_tensors
+from ..errors import TIError
 from .files import folder_lock, write_text_atomic
 
 HYDRA_DIR = ".hydra"
@@ -270,7 +270,7 @@ def a1111_name(token: str) -> str:
 def save_for_other_tools(path: str | Path, vectors: list[torch.Tensor]) -> Path:
     """The A1111/ComfyUI file, in the layout of the model family with as many text encoders
     (`emb_params` for SD 1.x/2.x, `clip_l` + `clip_g` for SDXL)."""
-    from .models.loading import family_for_encoders
+    from ..models.loading import family_for_encoders
 
     return save_tensors(path, family_for_encoders(len(vectors)).a1111_tensors(vectors))
 
@@ -403,7 +403,7 @@ def validation_dir(run_dir: Path, step: int) -> Path:
 
 def list_images(folder: Path) -> list[Path]:
     """The pictures of a folder (validation images, a concept's training images) in order; none if missing."""
-    from .data.images import list_image_files
+    from ..data.images import list_image_files
 
     folder = Path(folder)
     return [p for p in list_image_files(folder) if p.suffix.lower() in IMAGE_SUFFIXES] if folder.is_dir() else []

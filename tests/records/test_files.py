@@ -11,9 +11,9 @@ import sys
 import pytest
 
 from ti_experiments.errors import TIError
-from ti_experiments.files import atomic_dir, atomic_path, folder_lock, write_text_atomic
+from ti_experiments.records.files import atomic_dir, atomic_path, folder_lock, write_text_atomic
 
-HOLD = "import sys, time; from ti_experiments.files import folder_lock\n" \
+HOLD = "import sys, time; from ti_experiments.records.files import folder_lock\n" \
        "with folder_lock(sys.argv[1], 'a test', 'wait'):\n    print('held', flush=True); time.sleep(600)"
 
 

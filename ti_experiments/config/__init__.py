@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import hydra_error
+from ..errors import hydra_error
 from .settings import build  # noqa: F401 - `config.build`: one way to instantiate a node, kept in settings
-from .toyworld import shipped as _toyworld  # noqa: F401 - registers ${ti.toyworld:...} for every config
+from ..toyworld import shipped as _toyworld  # noqa: F401 - registers ${ti.toyworld:...} for every config
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent.parent  # the ti_experiments package
 
 
 def _data_dir(name: str) -> Path:
@@ -42,7 +42,7 @@ def compose(overrides=(), return_hydra_config: bool = False, sweep: str | None =
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
     from omegaconf.errors import OmegaConfBaseException
 
-    from .evaluation import settings as _evaluation_settings  # noqa: F401 - registers ${ti.direction:...}
+    from ..evaluation import settings as _evaluation_settings  # noqa: F401 - registers ${ti.direction:...}
 
     config_dir, name = (SWEEPS_DIR, sweep) if sweep else (CONF_DIR, CONFIG_NAME)
     overrides = [str(o) for o in overrides] + ([f"hydra.searchpath=[file://{CONF_DIR}]"] if sweep else [])
