@@ -44,7 +44,9 @@ def test_report_on_a_sweep_directory(sweep, capsys):
     assert "| 0 | 0.001 | completed |" in printed
     with open(sweep / "report.csv") as f:
         assert len(list(csv.reader(f))) == 4
-    assert (sweep / "report.md").read_text().count("\n") == 5
+    table, failures = (sweep / "report.md").read_text().split("\n## Runs that did not complete\n\n")
+    assert table.count("\n") == 5
+    assert failures.startswith("- 2: failed: ") and f"(log: {sweep / '2' / 'ti.log'})" in failures
     assert Image.open(sweep / "loss_curves.png").size[0] > 100
     # each run's validation images (a row per run: the runs that made any)
     assert Image.open(sweep / "validation.png").height > 2 * 96

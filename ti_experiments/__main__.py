@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from . import errors
+from . import errors, slurm
 from .cli_help import describe, epilog, lines
 from .config import CONF_DIR, CONFIG_NAME, SWEEPS_DIR, options
 from .errors import TIError, hydra_arguments, report_or_raise, user_message
@@ -29,6 +30,9 @@ def _task(cfg: DictConfig):
     try:
         run_dir = run(cfg, overrides=list(HydraConfig.get().overrides.task))
         return objective(run_dir, str(cfg.objective))
+    except KeyboardInterrupt as exc:  # stopped cleanly for a signal, its checkpoint saved
+        slurm.hand_over(getattr(exc, "signum", signal.SIGINT))  # a SLURM job: requeued or ended, not returned
+        raise
     except Exception as exc:
         line = user_message(exc)
         if HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -6,7 +6,7 @@ import gc
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -17,12 +17,13 @@ from .config.checks import ConceptSettings, RunConfig, check_config
 from .config import build, hydra_choices
 from .data import ConceptImages, TextualInversionDataset
 from .data.images import list_image_files
+from . import slurm
 from .records import run_dir as run_files
 from .models.embeddings import EmbeddingFile, add_placeholder_tokens, check_fits, unsplice
 from .errors import TIError
 from .publish import check_can_push, publish
 from .records.run_record import MetricsLog, RunRecord, write_summary
-from .training import TrainingJob, packed, run_training
+from .training import TrainingJob, checkpoints, packed, run_training
 from .training.settings import HardwareSettings
 from .evaluation.validation import Validator
 
@@ -106,14 +107,21 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
 
     checked = check_config(cfg)  # every setting, before the run's folder exists
     run_dir = run_files.check_run_folder(_given_folder(checked.paths.output_dir))
+    earlier = slurm.own_record(run_dir)  # SLURM runs a requeued job again: this run, interrupted
+    if earlier is not None:
+        if earlier.get("status") == "completed":
+            log.info("%s: this SLURM job completed here before it was requeued; nothing is rerun", run_dir)
+            return run_dir
+        checked = continue_run(checked)
     # With several processes (accelerate launch) only the main one holds the folder and keeps the record.
     main = PartialState(cpu=no_accelerator()).is_main_process
     if main and no_accelerator():
         warn_if_busy()
     try:
-        with run_files.claim(run_dir, checked.train.resume_from_checkpoint) if main else nullcontext():
+        with run_files.claim(run_dir, checked.train.resume_from_checkpoint, own=earlier is not None) \
+                if main else nullcontext():
             run_dir.mkdir(parents=True, exist_ok=True)
-            record = start_record(run_dir, cfg, overrides) if main else None
+            record = start_record(run_dir, cfg, overrides, continues=earlier is not None) if main else None
             return _run(checked, run_dir, record, OmegaConf.to_container(cfg, resolve=True))
     except OSError as exc:
         raise disk_full(exc, run_dir) or exc
@@ -122,10 +130,19 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
             reset_accelerate()  # also when the run failed before training began (the next run starts clean)
 
 
-def start_record(run_dir: Path, cfg: DictConfig, overrides: list[str] | None) -> RunRecord:
-    """What Hydra would write, once the folder is ours, and run.json."""
+def continue_run(checked: RunConfig) -> RunConfig:
+    """The same run, resuming from its latest checkpoint (none yet: it starts over). The configs it wrote
+    stay those of the command."""
+    if checked.train.resume_from_checkpoint:
+        return checked
+    return replace(checked, train=replace(checked.train, resume_from_checkpoint="latest"))
+
+
+def start_record(run_dir: Path, cfg: DictConfig, overrides: list[str] | None, continues: bool = False) -> RunRecord:
+    """What Hydra would write, once the folder is ours, and run.json (`continues`: after the attempts of this
+    run that the folder holds)."""
     run_files.write_configs(run_dir, cfg, overrides, composed=True)
-    record = RunRecord(run_dir, cfg, overrides)
+    record = RunRecord(run_dir, cfg, overrides, continues=continues)
     slot = packed.current()
     if slot is not None:
         record.note(packed=slot.pack.describe(slot.index))
@@ -139,8 +156,12 @@ def _run(settings: RunConfig, run_dir: Path, record: RunRecord | None, config: d
         # token, network and repository are checked before anything is trained, on the main process
         hub = settings.hub if record else None
         repo_id = check_can_push(hub, settings.concept.placeholder_token) if hub and hub.push else None
+        resume_from = settings.train.resume_from_checkpoint
+        if record and resume_from:
+            start = checkpoints.resolve_resume(resume_from, run_dir)
+            record.note(resumed_from=str(start) if start is not None else None)  # None: it starts over
         _train(settings, run_dir, record, config)
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, SystemExit) as exc:  # a signal: Ctrl-C, SLURM's, submitit's requeue and exit
         if record:
             record.finish("interrupted", exc)
         raise

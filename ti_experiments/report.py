@@ -107,6 +107,23 @@ def table(runs: list[dict]) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+def failures(runs: list[dict], names: list[str]) -> list[str]:
+    """One line per run that did not complete: its status, why (the error's first line), and the log to
+    read (the scheduler's, e.g. submitit's stderr, else the run's ti.log)."""
+    lines = []
+    for name, r in zip(names, runs):
+        record = r["record"]
+        status = record.get("status", "unknown")
+        if status == "completed":
+            continue
+        error = record.get("error") or {}
+        reason = next((ln.strip() for ln in str(error.get("message") or "").splitlines() if ln.strip()), "no error "
+                      "recorded (still running, or killed before it could say why)")
+        log = error.get("log") or (record.get("slurm") or {}).get("log") or str(Path(r["dir"]) / run_files.LOG)
+        lines.append(f"{name}: {status}: {reason} (log: {log})")
+    return lines
+
+
 SEED_METRICS = ("heldout_loss", "avg_loss", "final_loss", "clip_i", "clip_t", "dino")
 
 
@@ -390,6 +407,9 @@ def report(paths: list[Path], out: Path | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     header, rows = table(runs)
     text = markdown(header, rows)
+    failed = failures(runs, names)
+    if failed:
+        text += "\n## Runs that did not complete\n\n" + "".join(f"- {line}\n" for line in failed)
     seeds = seed_table(runs)
     if seeds:
         text += "\n## Settings over seeds\n\n" + markdown(seeds[0], seeds[1]) + "\n" + \
@@ -400,7 +420,7 @@ def report(paths: list[Path], out: Path | None = None) -> dict:
     plot_sweep(out / "sweep.png", runs, differing_keys(runs))
     validation_strip(out / "validation.png", runs, names)
     plot_evaluation(out / "evaluation.png", runs, names)
-    return {"header": header, "rows": rows, "markdown": text, "out": out}
+    return {"header": header, "rows": rows, "markdown": text, "out": out, "failures": failed}
 
 
 EXAMPLES = (

@@ -87,3 +87,5 @@ class SweepReport(Callback):
         log.info("sweep report: %s", sweep_dir / "report.md")
         if failed:
             log.warning("%d of %d jobs did not complete: %s", len(failed), len(result["rows"]), ", ".join(failed))
+            for line in result["failures"]:
+                log.warning("%s", line)

@@ -128,14 +128,15 @@ def resumes(run_dir: Path, resume_from: str | None) -> bool:
 
 
 @contextlib.contextmanager
-def claim(run_dir: Path, resume_from: str | None = None) -> Iterator[Path]:
+def claim(run_dir: Path, resume_from: str | None = None, own: bool = False) -> Iterator[Path]:
     """The folder for one run, held for the run's lifetime: refused while another process runs in it, and
-    when it holds another run that this one does not resume. The lock comes first, so two runs started at
-    once cannot both find the folder empty."""
+    when it holds another run that this one does not resume (`own`: the run there is this one, e.g. a
+    SLURM job run again after a requeue). The lock comes first, so two runs started at once cannot both
+    find the folder empty."""
     run_dir = Path(run_dir)
     with folder_lock(run_dir, "a run", "wait for it to end, or start this run in a new folder "
                      "(another hydra.run.dir, or none for a fresh timestamped one)"):
-        own = resumes(run_dir, resume_from)
+        own = own or resumes(run_dir, resume_from)
         if holds_run(run_dir) and not own:
             status = read_record(run_dir).get("status") or "unknown status"
             fix = ("start in a new folder (another hydra.run.dir, or none for a fresh timestamped one), "

@@ -34,9 +34,14 @@ def sha256(path: Path) -> str:
 class RunRecord:
     """Writes `resolved_config.yaml` and `run.json` at the start, and keeps run.json's status true."""
 
-    def __init__(self, run_dir: Path, cfg: DictConfig, overrides: list[str] | None = None):
+    def __init__(self, run_dir: Path, cfg: DictConfig, overrides: list[str] | None = None, continues: bool = False):
+        """`continues`: this run goes on from an earlier attempt of itself in the folder (a requeued SLURM
+        job); that attempt's start, end, status and error move to `attempts`, oldest first."""
+        from .. import slurm
+
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / run_files.RECORD
+        attempts = earlier_attempts(run_files.read_record(self.run_dir)) if continues else []
         run_files.write_configs(self.run_dir, cfg)
         self.data = {
             "status": "running",
@@ -53,6 +58,11 @@ class RunRecord:
             "versions": environment.package_versions(),
             "hardware": environment.hardware(),
         }
+        identity = slurm.job_identity()
+        if identity:
+            self.data["slurm"] = identity
+        if attempts:
+            self.data["attempts"] = attempts
         write_json(self.path, self.data)
 
     def note(self, **facts) -> None:
@@ -76,6 +86,35 @@ class RunRecord:
                 log.warning("could not record the run's end in %s: %s", self.path, exc)
             return
         write_json(self.path, self.data)
+
+
+def record_failure(run_dir: Path, message: str, log: str | None = None, overrides: list[str] | None = None) -> bool:
+    """A run its scheduler ended before it could say so itself (killed, out of memory or time, a dead node):
+    its run.json says failed, why, and where the log is (the folder and a bare record are made when the
+    job never started). A completed run is left as it is: False."""
+    record = run_files.read_record(run_dir)
+    if record.get("status") == "completed":
+        return False
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    record = {"overrides": overrides, **record} if record else {"overrides": overrides, "start_time": None}
+    record.update(status="failed", end_time=_now(),
+                  error={"type": "JobEnded", "message": message, "log": log, "traceback": None})
+    write_json(Path(run_dir) / run_files.RECORD, record)
+    return True
+
+
+def earlier_attempts(record: dict) -> list[dict]:
+    """The attempts of a run before this one: those its record kept, and the record's own. An attempt
+    killed without a clean stop (SIGKILL, a dead node) left "running": it was interrupted."""
+    if not record:
+        return []
+    error = record.get("error") or {}
+    status = record.get("status")
+    last = {"start_time": record.get("start_time"), "end_time": record.get("end_time"),
+            "status": "interrupted" if status == "running" else status,
+            "error": error.get("message") or ("killed without a clean stop" if status == "running" else None),
+            "resumed_from": record.get("resumed_from"), "slurm": record.get("slurm")}
+    return [*(record.get("attempts") or []), last]
 
 
 class MetricsLog:

@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM (a preempted job) stop a run cleanly at the next optimizer step.
+"""Ctrl-C, SIGTERM and SIGUSR2 (a preempted job) stop a run cleanly at the next optimizer step.
 
 The handler only records the request; the loop checks it after each optimizer step, writes a
 checkpoint and the current embedding, and raises `Interrupted`, so a resumed run ends exactly where
@@ -20,10 +20,12 @@ class Interrupted(KeyboardInterrupt):
 
 
 class StopRequests:
-    """While active (main thread only), SIGINT/SIGTERM set `signum` instead of killing the process;
+    """While active (main thread only), SIGINT/SIGTERM/SIGUSR2 set `signum` instead of killing the process;
     a second signal of the same kind while stopping falls back to the default behaviour."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    # SIGUSR2: the signal SLURM sends before a time limit or a preemption when asked to (sbatch --signal),
+    # submitit's; after the clean stop, `slurm.hand_over` passes it on to submitit
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
     def __init__(self):
         self.signum: int | None = None

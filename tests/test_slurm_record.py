@@ -1,0 +1,61 @@
+"""Without a cluster: how a run knows its own SLURM job again, and what a job SLURM ended leaves in run.json
+(tests/test_slurm.py runs the same on the test cluster)."""
+
+from __future__ import annotations
+
+import json
+
+from ti_experiments import slurm
+from ti_experiments.records.run_record import earlier_attempts, record_failure
+from ti_experiments.records.run_dir import claim, read_record, write_json
+
+
+def _as_array_task(monkeypatch, job: str, task: str, restarts: int = 0) -> None:
+    for name, value in {"SLURM_JOB_ID": "99", "SLURM_ARRAY_JOB_ID": job, "SLURM_ARRAY_TASK_ID": task,
+                        "SLURM_RESTART_COUNT": str(restarts), "SLURMD_NODENAME": "n1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SUBMITIT_FOLDER", raising=False)
+
+
+def test_a_requeued_job_finds_its_own_unfinished_run_and_may_continue_it(tmp_path, monkeypatch):
+    run_dir = tmp_path / "0"
+    run_dir.mkdir()
+    write_json(run_dir / "run.json", {"status": "interrupted", "slurm": {"job_id": "7_0"}})
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert slurm.job_identity() is None and slurm.own_record(run_dir) is None  # not under SLURM
+    _as_array_task(monkeypatch, "7", "1")
+    assert slurm.own_record(run_dir) is None  # another task's run
+    _as_array_task(monkeypatch, "7", "0")
+    assert slurm.own_record(run_dir) is None  # the job's first attempt: another command's run
+    _as_array_task(monkeypatch, "7", "0", restarts=1)
+    assert slurm.job_identity() == {"job_id": "7_0", "restarts": 1, "node": "n1"}
+    assert slurm.own_record(run_dir)["status"] == "interrupted"
+    with claim(run_dir, None, own=True):  # the folder holds a run, and it is this one
+        pass
+
+
+def test_a_job_slurm_ended_is_failed_with_its_reason_and_log_but_a_completed_run_stays(tmp_path):
+    never_started = tmp_path / "0"
+    assert record_failure(never_started, "SLURM job 7_0 ended CANCELLED", log="/logs/7_0.err", overrides=["a=1"])
+    record = read_record(never_started)
+    assert record["status"] == "failed" and record["overrides"] == ["a=1"]
+    assert record["error"]["message"] == "SLURM job 7_0 ended CANCELLED" and record["error"]["log"] == "/logs/7_0.err"
+
+    done = tmp_path / "1"
+    done.mkdir()
+    write_json(done / "run.json", {"status": "completed", "error": None})
+    before = (done / "run.json").read_text()
+    assert not record_failure(done, "SLURM job 7_1 ended NODE_FAIL")
+    assert (done / "run.json").read_text() == before
+
+
+def test_each_attempt_of_a_run_is_kept_and_one_killed_outright_is_an_interruption():
+    first = {"status": "interrupted", "start_time": "t0", "end_time": "t1", "slurm": {"job_id": "7_0", "restarts": 0},
+             "error": {"message": "stopped by SIGTERM at step 5; ..."}}
+    second = {"status": "running", "start_time": "t2", "end_time": None, "resumed_from": "/r/checkpoint-5",
+              "attempts": earlier_attempts(first)}
+    attempts = earlier_attempts(second)
+    assert [a["status"] for a in attempts] == ["interrupted", "interrupted"]
+    assert attempts[0]["error"].startswith("stopped by SIGTERM") and attempts[0]["slurm"]["job_id"] == "7_0"
+    assert attempts[1]["error"] == "killed without a clean stop" and attempts[1]["resumed_from"] == "/r/checkpoint-5"
+    assert json.loads(json.dumps(attempts)) == attempts
