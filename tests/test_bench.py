@@ -25,7 +25,13 @@ def test_bench_prints_a_table_and_one_json_line(capsys):
     table = "\n".join(out[:-1])
     assert "limit ratio" in table and "unet bwd" in table and "speed-up vs example-style step" in table
     # the cost of the held-out loss: one evaluation, and its share of the steps between two of them
-    assert 0 < result["evaluation_s"] and result["evaluation_every"] == 100
+    from conftest import compose
+    from ti_experiments.config.checks import check_config
+
+    settings = check_config(compose("+concept=demo", "model=tiny", "hardware=cpu"))
+    every = settings.evaluation.cadence(settings.train.batch_size * settings.train.gradient_accumulation_steps)
+    assert 0 < result["evaluation_s"] and result["evaluation_every"] == every  # evaluation.steps=auto's cadence
+    assert result["evaluation_share"] == pytest.approx(result["evaluation_s"] / (every * result["median_step_s"]))
     share = result["evaluation_s"] / (100 * result["median_step_s"])
     assert result["evaluation_share"] == pytest.approx(share, rel=0.05)  # the JSON line is rounded
     assert "held-out loss evaluation" in table

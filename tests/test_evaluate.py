@@ -56,4 +56,4 @@ def test_command_line(finished_run):
     out = subprocess.run([sys.executable, "-m", "ti_experiments.evaluate", str(finished_run)], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "learned_embeds-steps-2.safetensors" in out.stdout and "best by heldout_loss" in out.stdout
+    assert "learned_embeds-steps-2.safetensors" in out.stdout and "lowest heldout_loss: step" in out.stdout

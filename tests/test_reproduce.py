@@ -38,11 +38,15 @@ def test_reproduce_of_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
-    cmd = [sys.executable, "-m", "ti_experiments", "model=tiny"]  # no concept: stops right after Hydra's set-up
+    # a run that starts (its folder claimed, run.json written) and fails at once, before any model loads
+    # (a run refused before it starts leaves no folder, so it would show nothing here)
+    cmd = [sys.executable, "-m", "ti_experiments", "+concept=demo", "model=tiny", "logger=none",
+           f"concept.train_data_dir={tmp_path / 'no-such-folder'}"]
     procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for _ in range(2)]
     assert [p.wait(timeout=120) for p in procs] == [2, 2]
-    assert len(list((tmp_path / "outputs" / "runs").glob("*/*"))) == 2
+    folders = list((tmp_path / "outputs" / "runs").glob("*/*"))
+    assert len(folders) == 2 and all((f / "run.json").is_file() for f in folders)
 
 
 def test_reproduce_into_its_source_folder_is_refused_and_changes_nothing(tmp_path):

@@ -100,7 +100,7 @@ def test_two_processes_train_one_run_data_parallel(tmp_path):
     assert [json.loads(r)["step"] for r in rows] == [1, 2, 3]  # written once, not once per process
     assert "process 1 of 2" not in (run_dir / "ti.log").read_text()
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
-    assert sorted(p.name for p in (run_dir / "validation").iterdir()) == ["step-2", "step-3"]
+    assert sorted(p.name for p in (run_dir / "validation").iterdir()) == ["grid.png", "step-2", "step-3"]
     assert (run_dir / "checkpoint-2").is_dir()
 
 

@@ -144,3 +144,9 @@ def test_a_placeholder_a_prompt_or_file_name_cannot_carry_is_refused_before_trai
     OmegaConf.update(cfg, "concept.placeholder_token", token)
     with pytest.raises(TIError, match=rf"concept.placeholder_token .*{message}.*; fix: use one word"):
         check_config(cfg)
+
+
+def test_num_vectors_is_checked_once_where_the_concept_declares_it():
+    """(Moved from the embeddings' own check: the concept's settings are the one place.)"""
+    with pytest.raises(TIError, match=r"concept.num_vectors=0 is not an integer >= 1; fix: use e.g. concept.num_vectors=1"):
+        check_config(compose(*TINY_RUN, "concept.num_vectors=0"))

@@ -64,7 +64,6 @@ def test_lookup_matches_a_plain_embedding(tok_te):
     ("toy", "cat", 1, "already in the tokenizer's vocabulary"),
     ("<new>", "zqxvbn", 1, "not one"),
     ("<new>", "a photo", 1, "not one"),
-    ("<new>", "toy", 0, "num_vectors"),
     ("two words", "toy", 1, "spaces"),
 ])
 def test_bad_tokens_are_refused(tok_te, placeholder, initializer, n, message):

@@ -42,7 +42,8 @@ def trained(tmp_path_factory):
 def test_a_checkpoint_holds_no_pickle(trained):
     checkpoint = trained / "checkpoint-2"
     names = sorted(p.name for p in checkpoint.iterdir())
-    assert names == ["rng-0.json", "rng-0.safetensors", "state.json", "state.safetensors", "trainer_state.json"]
+    assert names == ["rng-0.json", "rng-0.safetensors", "state.json", "state.safetensors", "stopping.json",
+                     "stopping_kept.safetensors", "trainer_state.json"]
     numbers = json.loads((checkpoint / "state.json").read_text())
     assert numbers["lr_scheduler"]["last_epoch"] == 2 and numbers["optimizer"]["param_groups"][0]["params"] == [0]
     tensors = load_file(checkpoint / "state.safetensors")
