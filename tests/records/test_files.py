@@ -137,3 +137,18 @@ def test_files_written_get_the_users_umask_safetensors_too(tmp_path, umask):
         os.umask(old)
     for name in ("e.safetensors", "t.txt"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_cache_folder_finished_first_by_another_process_is_kept(tmp_path):
+    """Several sweep jobs fill an empty cache at once: the first copy stays, the others are dropped, no error."""
+    from ti_experiments.records.files import atomic_dir
+
+    target = tmp_path / "concepts" / "demo"
+    with atomic_dir(target, keep_existing=True) as mine:
+        (mine / "a.png").write_text("mine")
+        with atomic_dir(target, keep_existing=True) as theirs:  # another process finishes first
+            (theirs / "a.png").write_text("theirs")
+    assert (target / "a.png").read_text() == "theirs" and sorted(p.name for p in target.parent.iterdir()) == ["demo"]
+    with atomic_dir(target) as replacing:  # without keep_existing the new copy replaces the folder
+        (replacing / "a.png").write_text("new")
+    assert (target / "a.png").read_text() == "new"

@@ -25,7 +25,7 @@ def download_hub_dataset(repo_id: str, target_dir: str | Path, revision: str | N
     target_dir = Path(target_dir).expanduser()
     log.info("downloading the images of the Hub dataset %s into %s", repo_id, target_dir)
     try:
-        with atomic_dir(target_dir) as tmp:
+        with atomic_dir(target_dir, keep_existing=True) as tmp:  # one snapshot, whoever fetches it
             snapshot_download(repo_id=repo_id, repo_type="dataset", revision=revision,
                               local_dir=str(tmp), allow_patterns=IMAGE_PATTERNS)
             shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping
@@ -95,7 +95,7 @@ def make_demo_images(target_dir: str | Path, kind: str = "object", num_images: i
         raise TIError(f"demo image kind {kind!r} is unknown", "use kind: object or kind: style")
     target_dir = Path(target_dir).expanduser()
     rng = random.Random(f"{kind}-{seed}")
-    with atomic_dir(target_dir) as tmp:
+    with atomic_dir(target_dir, keep_existing=True) as tmp:  # the same images whoever draws them
         for i in range(num_images):
             img = _background(rng, size)
             (_draw_toy if kind == "object" else _draw_style)(img, rng)
@@ -112,7 +112,7 @@ def draw_toyworld_concept(target_dir: str | Path, name: str, num_images: int = 6
         raise TIError(f"the toy world has no concept {name!r}", f"use one of {', '.join(world.CONCEPTS)}")
     target_dir = Path(target_dir).expanduser()
     rng = random.Random(f"toyworld-{name}-{seed}")
-    with atomic_dir(target_dir) as tmp:
+    with atomic_dir(target_dir, keep_existing=True) as tmp:  # the same images whoever draws them
         for i, scene in enumerate(world.CONCEPTS[name].scenes(num_images, seed)):
             world.render(scene, rng)[0].save(tmp / f"{name}-{i:02d}.png")
     log.info("drew %d images of the toy world's %s into %s", num_images, name, target_dir)

@@ -121,8 +121,12 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; rename it onto `path` only if the block succeeds."""
+def atomic_dir(path: str | os.PathLike, keep_existing: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; rename it onto `path` only if the block succeeds.
+
+    `keep_existing`: the content is the same whoever makes it (a cache filled from a fixed source), so a
+    folder another process finished first is kept and ours dropped, instead of one replacing the other
+    while it may be read (several jobs of a sweep start on an empty cache at once)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -130,14 +134,24 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         refuse_link(path)
+        if keep_existing and _filled(path):
+            return
         if path.exists():
             shutil.rmtree(path)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not (keep_existing and _filled(path)):  # another process renamed its copy in between
+                raise
     except Exception as exc:
         _raise_named(exc, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _filled(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
 
 
 @contextlib.contextmanager
