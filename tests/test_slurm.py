@@ -174,7 +174,9 @@ def test_a_slurm_sweep_is_the_local_sweep_and_jobs_taken_away_resume_bit_for_bit
         # handler, which ignores it, before the loop's own handler is installed; the job trains on until
         # SLURM kills it, and its resume from the last periodic checkpoint has differed from the local run.
         pytest.xfail("a job requeued while starting is killed later and its resume is not bit-identical")
-    assert early["attempts"][0]["status"] == "interrupted"
+    # it started over cleanly (same bytes as the local run); its first attempt is in `attempts` when that
+    # attempt lived long enough to be recorded as a SLURM job (not always so when the requeue comes at once)
+    assert [a["status"] for a in early.get("attempts", [])] in ([], ["interrupted"])
 
 
 def test_jobs_slurm_ends_are_failed_jobs_with_their_reason_and_log(tmp_path, slurm_env):
