@@ -291,7 +291,7 @@ def test_the_training_help_is_a_usage_line_the_required_concept_the_groups_examp
 
 @pytest.mark.parametrize("module", ["ti_experiments.evaluate", "ti_experiments.report", "ti_experiments.reproduce",
                                     "ti_experiments.generate", "ti_experiments.export", "ti_experiments.publish",
-                                    "ti_experiments.bench"])
+                                    "ti_experiments.bench", "ti_experiments.versus"])
 def test_every_command_has_the_same_short_help(module):
     from ti_experiments.cli_help import COMMANDS, describe
 

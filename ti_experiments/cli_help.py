@@ -17,6 +17,7 @@ COMMANDS = (
     ("ti_experiments.export", "SOURCE --format a1111", "the concept for AUTOMATIC1111/ComfyUI or diffusers"),
     ("ti_experiments.publish", "RUN_DIR", "upload a finished run to the Hugging Face Hub"),
     ("ti_experiments.bench", "[overrides]", "time the training step, its phases and memory"),
+    ("ti_experiments.versus", "EXAMPLE.py [overrides]", "time to quality against the diffusers example"),
 )
 
 

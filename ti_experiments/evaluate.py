@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import yaml
@@ -64,8 +67,26 @@ def load_config(run_dir: Path, overrides: list[str]):
     return cfg
 
 
-def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict:
-    """Score every embedding of a run; write evaluation.json and the run embedding's scores into summary.json."""
+@dataclass
+class Scoring:
+    """A run's model, images and evaluator, placed as its training placed them: what scores any embedding
+    file of that concept on the run's own held-out triples and image prompts."""
+
+    cfg: object
+    evaluator: object
+    embeddings: list  # each text encoder's placeholder rows, which a scored file's vectors replace
+    summary: dict
+    files: list
+    kept_step: int
+
+    def score(self, files: list[tuple[int | None, Path]]) -> list[dict]:
+        """One entry per (step, file); a file without a step counts at the run's kept step."""
+        return score_files(self.evaluator, self.embeddings, files, self.kept_step)
+
+
+@contextmanager
+def scoring(run_dir: Path, overrides: list[str] | None = None) -> Iterator[Scoring]:
+    """Open a finished run for scoring (its config, with `overrides`, checked as a run's is)."""
     from accelerate import Accelerator
 
     from .config.checks import check_config
@@ -76,7 +97,6 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict:
     from .training.placement import Placement, process_settings
     from .evaluation.validation import Validator
 
-    run_dir = Path(run_dir).expanduser().resolve()
     cfg = load_config(run_dir, list(overrides or []))
     files = run_files.embedding_files(run_dir)
     checked = check_config(cfg)
@@ -108,15 +128,23 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict:
             final_step = int(summary.get("steps") or last_step)
             kept_step = int(summary.get("kept_step") or final_step)  # what learned_embeds.safetensors holds
             evaluator.attach(cache, placement.weight_dtype, max_steps=final_step)
-            entries = score_files(evaluator, embeddings, files, kept_step)
-        result = {"run_dir": str(run_dir), "settings": OmegaConf.to_container(cfg.evaluation, resolve=True),
-                  "embeddings": entries, **evaluator.summary(kept_step), "preferred": preferred_steps(entries)}
-        run_files.write_json(run_dir / run_files.EVALUATION, result)
-        summary.update(evaluator.summary(kept_step))
-        run_files.write_summary(run_dir, summary)
-        return result
+            yield Scoring(cfg, evaluator, embeddings, summary, files, kept_step)
     finally:
         reset_accelerate()
+
+
+def evaluate_run(run_dir: Path, overrides: list[str] | None = None) -> dict:
+    """Score every embedding of a run; write evaluation.json and the run embedding's scores into summary.json."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    with scoring(run_dir, overrides) as opened:
+        entries = opened.score(opened.files)
+        evaluator, kept_step, summary = opened.evaluator, opened.kept_step, opened.summary
+        result = {"run_dir": str(run_dir), "settings": OmegaConf.to_container(opened.cfg.evaluation, resolve=True),
+                  "embeddings": entries, **evaluator.summary(kept_step), "preferred": preferred_steps(entries)}
+    run_files.write_json(run_dir / run_files.EVALUATION, result)
+    summary.update(evaluator.summary(kept_step))
+    run_files.write_summary(run_dir, summary)
+    return result
 
 
 def _place(parts, images, placement):

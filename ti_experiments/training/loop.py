@@ -245,6 +245,7 @@ def train_steps(job: TrainingJob, state: LoopState, models, cache, placement: Pl
     run is done (the stopping rule, or train.max_steps)."""
     accelerator, ga, max_steps = job.accelerator, job.train.gradient_accumulation_steps, job.train.max_steps
     micro_per_epoch = len(dataloader)
+    norms = vocabulary_norms(job.embeddings) if job.train.keep_norm else None
     # a checkpoint of the step the rule stopped at: nothing is left to train
     state.stopped = _any_process(end_of_step.stopping.stop, accelerator, accelerator.device)
     while state.global_step < max_steps and not state.stopped:
@@ -261,6 +262,8 @@ def train_steps(job: TrainingJob, state: LoopState, models, cache, placement: Pl
                               "was not updated with it",
                               "lower optimizer.lr, or use hardware.mixed_precision=bf16 instead of fp16")
             optimizer.step()
+            if norms is not None:
+                keep_norms(job.embeddings, norms)
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.global_step += 1
@@ -274,20 +277,33 @@ def train_steps(job: TrainingJob, state: LoopState, models, cache, placement: Pl
         state.step_in_epoch = 0
 
 
+def vocabulary_norms(embeddings) -> list[float]:
+    """Each text encoder's mean row norm over its frozen vocabulary (the placeholder rows left out): where
+    train.keep_norm holds the learned vectors, so a learned token weighs in a prompt as much as a word."""
+    return [float(e.base.weight[:e.first_id].float().norm(dim=-1).mean()) for e in embeddings]
+
+
+@torch.no_grad()
+def keep_norms(embeddings, norms: list[float]) -> None:
+    """Rescale every learned vector to its encoder's vocabulary norm; only the direction is learned."""
+    for embedding, norm in zip(embeddings, norms):
+        embedding.vectors.mul_(norm / embedding.vectors.norm(dim=-1, keepdim=True))
+
+
 def micro_step(job: TrainingJob, models, cache, placement: Placement, batch: dict, sync: bool) -> torch.Tensor:
     """A micro-batch's loss, its gradients accumulated in the placeholder rows: here, or in a packed sweep
     in one pass with the other jobs' micro-batches (`packed`)."""
     accelerator, ga = job.accelerator, job.train.gradient_accumulation_steps
     slot = packed.current()
     if slot is not None:
-        return slot.loss(packed.Request(batch, models, accelerator, cache, placement, ga))
+        return slot.loss(packed.Request(batch, models, accelerator, cache, placement, ga, job.train.snr_gamma))
     with contextlib.ExitStack() as ctx:
         if not sync:
             for wrapped in models:
                 ctx.enter_context(accelerator.no_sync(wrapped))
         ctx.enter_context(accelerator.autocast())
         loss = denoising_loss(job.parts, job.parts.text_encoder, cache, batch, placement.weight_dtype,
-                              placement.device)
+                              placement.device, job.train.snr_gamma)
         accelerator.backward(loss / ga)
     return loss
 

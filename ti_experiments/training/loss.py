@@ -9,10 +9,33 @@ from ..data import LatentCache
 from ..errors import TIError
 
 
-def denoising_loss(parts, text_encoder, cache: LatentCache, batch: dict, weight_dtype, device) -> torch.Tensor:
-    """The training loss of a batch: a fresh latent draw, noise and timestep each, then `loss_at`."""
+def denoising_loss(parts, text_encoder, cache: LatentCache, batch: dict, weight_dtype, device,
+                   snr_gamma: float | None = None) -> torch.Tensor:
+    """The training loss of a batch: a fresh latent draw, noise and timestep each, each item's error
+    (`item_losses`), weighted by `snr_weights` when `snr_gamma` is set."""
     latents, noise, timesteps = training_inputs(parts, cache, batch, weight_dtype, device)
-    return loss_at(parts, text_encoder, latents, noise, timesteps, batch, weight_dtype, device)
+    losses = item_losses(parts, text_encoder, latents, noise, timesteps, batch, weight_dtype, device)
+    return weighted_mean(parts.noise_scheduler, losses, timesteps, snr_gamma)
+
+
+def weighted_mean(scheduler, losses: torch.Tensor, timesteps: torch.Tensor, snr_gamma: float | None) -> torch.Tensor:
+    """The batch's loss: the items' mean, each weighted by Min-SNR-gamma when `snr_gamma` is set."""
+    if snr_gamma is None:
+        return losses.mean()
+    return (losses * snr_weights(scheduler, timesteps, snr_gamma)).mean()
+
+
+def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting
+    Strategy"): min(SNR(t), gamma) / SNR(t) for a model that predicts the noise, min(SNR(t), gamma) /
+    (SNR(t) + 1) for one that predicts the velocity. Low-noise timesteps, whose easy targets would
+    otherwise dominate the gradient, count less; gamma 5 is the paper's and invoke-training's value."""
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alphas / (1 - alphas)
+    clipped = snr.clamp(max=gamma)
+    if scheduler.config.prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped / snr
 
 
 def training_inputs(parts, cache: LatentCache, batch: dict, weight_dtype, device) -> tuple[torch.Tensor, ...]:

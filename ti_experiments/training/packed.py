@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .loss import item_losses, training_inputs
+from .loss import item_losses, training_inputs, weighted_mean
 from .signals import StopRequests
 
 _local = threading.local()
@@ -84,6 +84,7 @@ class Request:
     cache: Any
     placement: Any
     accumulation: int
+    snr_gamma: float | None = None  # the job's loss weighting (train.snr_gamma)
 
 
 class Slot:
@@ -223,4 +224,5 @@ class Pack:
         finally:
             for lookup in self._lookups:
                 lookup.parts = []
-        return [chunk.mean() for chunk in per_item.split(sizes)]
+        return [weighted_mean(parts.noise_scheduler, chunk, t, r.snr_gamma)
+                for chunk, t, r in zip(per_item.split(sizes), steps, requests)]

@@ -34,6 +34,12 @@ class TrainSettings(Settings):
     stop_patience: int = bound(3, minimum=1, example="3")
     # an improvement: a held-out loss below the loss of the last improvement by at least this share
     stop_min_improvement: float = bound(0.005, minimum=0, example="0.005")
+    # Min-SNR-gamma loss weighting (Hang et al. 2023; invoke-training's TI default is 5): null is the
+    # plain mean squared error of the diffusers example
+    snr_gamma: float | None = bound(None, positive=True, example="5.0")
+    # rescale every learned vector after each optimizer step to the mean norm of the vocabulary's rows
+    # (the norm kept at the vocabulary's scale, as Directional TI and OneTrainer's preserve_embedding_norm do)
+    keep_norm: bool = bound(False, example="true")
 
     def __post_init__(self):
         super().__post_init__()
