@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..data import EpochSampler, LatentCache, TextualInversionDataset
 from ..models.embeddings import PlaceholderEmbedding
-from ..errors import TIError
+from ..errors import Interrupted, TIError
 from ..records.run_dir import write_step_embedding
 from . import checkpoints, packed
 from .initializer import choose_initializer
@@ -38,7 +38,7 @@ from .loss import denoising_loss
 from .memory import lean_backward, map_frozen_rows, park_in_file, return_free_heap, trim_heap_between_blocks
 from .placement import Placement, process_settings
 from .settings import HardwareSettings, OptimizerSettings, SchedulerSettings, TrainSettings
-from .signals import Interrupted, StopRequests
+from .signals import StopRequests
 from .stopping import Stopping
 
 log = logging.getLogger(__name__)
