@@ -110,6 +110,11 @@ def _checkpointed(run_dir: Path) -> bool:
     return (run_dir / "checkpoint-5").is_dir()
 
 
+def _in_second_epoch(run_dir: Path) -> bool:
+    """Past step 12, the first epoch (6 images x 2 repeats): a resume must draw the second epoch's items."""
+    return (run_dir / "checkpoint-15").is_dir()
+
+
 def _not_training_yet(run_dir: Path) -> bool:
     """The job runs (its record is written) and has not trained a step: it has no checkpoint to resume."""
     return (run_dir / "run.json").is_file() and not (run_dir / "metrics.jsonl").exists()
@@ -147,8 +152,8 @@ def test_a_slurm_sweep_is_the_local_sweep_and_jobs_taken_away_resume_bit_for_bit
     local = tmp_path / "local"
     with Sweep(sweep, *RUN, *ON_SLURM, jobs) as run, Sweep(local, *RUN, jobs) as reference:
         ids = [run.job_id(n) for n in range(4)]
-        run.take_away({0: (_checkpointed, lambda job: ["scontrol", "requeue", job]),
-                       1: (_checkpointed, lambda job: ["scancel", "--signal=USR2", job]),
+        run.take_away({0: (_in_second_epoch, lambda job: ["scontrol", "requeue", job]),
+                       1: (_in_second_epoch, lambda job: ["scancel", "--signal=USR2", job]),
                        2: (_not_training_yet, lambda job: ["scontrol", "requeue", job]),
                        3: (_not_training_yet, lambda job: ["scancel", "--signal=USR2", job])})
         code, output = run.finish()
