@@ -97,7 +97,7 @@ def job_signals():
         _restore(previous)
 
 
-_stopping: list[int] = []  # the signal this process stops for: later ones wait for that stop to end
+_stopping: list[int] = []  # the signal this job stops for: later ones are ignored while that stop ends it
 
 
 def _stop_at_once(signum: int, frame) -> None:
