@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import json
+import signal
+
+import pytest
 
 from ti_experiments import slurm
+from ti_experiments.errors import Interrupted
 from ti_experiments.records.run_record import earlier_attempts, record_failure
 from ti_experiments.records.run_dir import claim, read_record, write_json
 
@@ -59,3 +63,42 @@ def test_each_attempt_of_a_run_is_kept_and_one_killed_outright_is_an_interruptio
     assert attempts[0]["error"].startswith("stopped by SIGTERM") and attempts[0]["slurm"]["job_id"] == "7_0"
     assert attempts[1]["error"] == "killed without a clean stop" and attempts[1]["resumed_from"] == "/r/checkpoint-5"
     assert json.loads(json.dumps(attempts)) == attempts
+
+
+def test_a_stop_outside_the_training_steps_ends_the_job_at_once_and_is_handed_to_submitit(monkeypatch):
+    """submitit ignores SIGTERM: from the job's entry the job's own handler stops it at once (nothing to
+    save before the steps), the loop's handler stops it at the next step, and after either stop submitit's
+    handlers are back and get the preemption signal (their requeue)."""
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted, match="stopped by SIGTERM outside the training steps") as caught:
+        with slurm.job_signals():  # not a SLURM job: the stop is only raised
+            signal.raise_signal(signal.SIGTERM)
+            pytest.fail("the job went on after SIGTERM")
+    assert caught.value.signum == signal.SIGTERM and signal.getsignal(signal.SIGTERM) is before
+
+    from ti_experiments.training.signals import StopRequests
+
+    _as_array_task(monkeypatch, "7", "0")
+    monkeypatch.setenv("SUBMITIT_FOLDER", "/submitit")
+    requeued = []
+
+    def submitit_requeue(signum, frame):  # what submitit's USR2 handler does: requeue, then exit
+        requeued.append(signum)
+        raise SystemExit(-1)
+
+    previous = signal.signal(signal.SIGUSR2, submitit_requeue)
+    try:
+        with pytest.raises(SystemExit) as ended:
+            with slurm.job_signals():
+                with StopRequests() as stop:  # the training steps: the stop waits for the step's end
+                    signal.raise_signal(signal.SIGUSR2)
+                    assert stop.signum == signal.SIGUSR2 and not requeued
+                raise Interrupted("stopped by SIGUSR2 at step 3", stop.signum)
+        assert ended.value.code == -1 and requeued == [signal.SIGUSR2]
+        with pytest.raises(SystemExit) as ended:  # SIGTERM: SLURM decides; the process only ends
+            with slurm.job_signals():
+                signal.raise_signal(signal.SIGTERM)
+        assert ended.value.code == 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert signal.getsignal(signal.SIGTERM) is before

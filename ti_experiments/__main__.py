@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from . import errors, slurm
+from . import errors
 from .cli_help import describe, epilog, lines
 from .config import CONF_DIR, CONFIG_NAME, SWEEPS_DIR, options
 from .errors import TIError, hydra_arguments, report_or_raise, user_message
@@ -30,9 +29,6 @@ def _task(cfg: DictConfig):
     try:
         run_dir = run(cfg, overrides=list(HydraConfig.get().overrides.task))
         return objective(run_dir, str(cfg.objective))
-    except KeyboardInterrupt as exc:  # stopped cleanly for a signal, its checkpoint saved
-        slurm.hand_over(getattr(exc, "signum", signal.SIGINT))  # a SLURM job: requeued or ended, not returned
-        raise
     except Exception as exc:
         line = user_message(exc)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -172,7 +168,7 @@ def _main() -> int:
             print(f"error: {len(failed)} job(s) of the sweep failed: {', '.join(failed)}; fix: see each job's "
                   "run.json and the sweep's report.md", file=sys.stderr)
             return 1
-    except KeyboardInterrupt as exc:  # Ctrl-C, or the loop's clean stop (signals.Interrupted)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or the loop's clean stop (errors.Interrupted)
         print(f"error: {exc}" if str(exc) else "error: interrupted", file=sys.stderr)
         return 128 + getattr(exc, "signum", 2)
     except Exception as exc:

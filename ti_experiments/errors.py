@@ -20,6 +20,15 @@ class TIError(Exception):
         super().__init__(f"{problem}; fix: {fix}" if fix else problem)
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stop for a signal, once the run saved what it had (the loop: a checkpoint of its step; a SLURM
+    job outside the steps: nothing to save); run.json records the run as interrupted."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
 def cause(exc: BaseException, limit: int = 200) -> str:
     """An error's first readable line, for the middle of a one-line message. Some libraries raise errors
     that say nothing ("[Errno None] None", an empty message) around the one that does: the chain

@@ -121,8 +121,9 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
         with run_files.claim(run_dir, checked.train.resume_from_checkpoint, own=earlier is not None) \
                 if main else nullcontext():
             run_dir.mkdir(parents=True, exist_ok=True)
-            record = start_record(run_dir, cfg, overrides, continues=earlier is not None) if main else None
-            return _run(checked, run_dir, record, OmegaConf.to_container(cfg, resolve=True))
+            # in memory: `_run` writes it first, so that a stop from then on (a SLURM requeue) is recorded
+            record = RunRecord(run_dir, cfg, overrides, continues=earlier is not None) if main else None
+            return _run(checked, run_dir, record, cfg, overrides)
     except OSError as exc:
         raise disk_full(exc, run_dir) or exc
     finally:
@@ -138,21 +139,24 @@ def continue_run(checked: RunConfig) -> RunConfig:
     return replace(checked, train=replace(checked.train, resume_from_checkpoint="latest"))
 
 
-def start_record(run_dir: Path, cfg: DictConfig, overrides: list[str] | None, continues: bool = False) -> RunRecord:
-    """What Hydra would write, once the folder is ours, and run.json (`continues`: after the attempts of this
-    run that the folder holds)."""
-    run_files.write_configs(run_dir, cfg, overrides, composed=True)
-    record = RunRecord(run_dir, cfg, overrides, continues=continues)
+def start_record(record: RunRecord, cfg: DictConfig, overrides: list[str] | None) -> None:
+    """run.json first, then the resolved config and what Hydra would write, once the folder is ours."""
+    record.start()
+    run_files.write_configs(record.run_dir, cfg)
+    run_files.write_configs(record.run_dir, cfg, overrides, composed=True)
     slot = packed.current()
     if slot is not None:
         record.note(packed=slot.pack.describe(slot.index))
-    return record
 
 
-def _run(settings: RunConfig, run_dir: Path, record: RunRecord | None, config: dict) -> Path:
+def _run(settings: RunConfig, run_dir: Path, record: RunRecord | None, cfg: DictConfig,
+         overrides: list[str] | None) -> Path:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()  # a sweep's previous job must not count here
     try:
+        if record:
+            start_record(record, cfg, overrides)
+        config = OmegaConf.to_container(cfg, resolve=True)
         # token, network and repository are checked before anything is trained, on the main process
         hub = settings.hub if record else None
         repo_id = check_can_push(hub, settings.concept.placeholder_token) if hub and hub.push else None

@@ -10,10 +10,13 @@ left as it is.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 from pathlib import Path
+
+from .errors import Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +70,55 @@ def under_submitit() -> bool:
     return bool(os.environ.get("SUBMITIT_FOLDER")) and "SLURM_JOB_ID" in os.environ
 
 
+# what SLURM sends to stop a job: SIGTERM (scontrol requeue, scancel, preemption, the end of its time limit)
+# and submitit's preemption/time-limit signal
+STOP_SIGNALS = (signal.SIGTERM, PREEMPTION_SIGNAL)
+
+
+@contextlib.contextmanager
+def job_signals():
+    """SLURM's stop signals, handled by the job from its entry (the launcher runs each job inside this).
+
+    submitit's own handler ignores SIGTERM: a job stopped while it loads its model would run on until
+    SLURM kills it (KillWait later), often mid-training, and resume from an older checkpoint. Here a stop
+    outside the training steps ends the job at once (there is no step to save: `Interrupted`, which
+    run.json records); inside them the loop's own handler (`training.signals.StopRequests`, installed over
+    this one) stops at the next step with a checkpoint. Either way the stop is then handed on
+    (`hand_over`)."""
+    _stopping.clear()
+    previous = {sig: signal.signal(sig, _stop_at_once) for sig in STOP_SIGNALS}
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        _restore(previous)
+        hand_over(getattr(exc, "signum", signal.SIGINT))
+        raise
+    finally:
+        _restore(previous)
+
+
+_stopping: list[int] = []  # the signal this job stops for: later ones are ignored while that stop ends it
+
+
+def _stop_at_once(signum: int, frame) -> None:
+    name = signal.Signals(signum).name
+    if _stopping:
+        log.warning("%s while stopping for %s: ignored", name, signal.Signals(_stopping[0]).name)
+        return
+    _stopping.append(signum)
+    raise Interrupted(f"stopped by {name} outside the training steps (starting or finishing): no step to save",
+                      signum)
+
+
+def _restore(handlers: dict) -> None:
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+
+
 def hand_over(signum: int) -> None:
-    """After the loop stopped cleanly for a signal (its checkpoint saved), let submitit do what the signal
-    asks of it: for its preemption/time-limit signal that is `scontrol requeue` of this job and exit;
-    for SIGTERM (scancel, scontrol requeue, the end of the time limit) SLURM itself decides, and this
+    """After the job stopped cleanly for a signal (in the steps: its checkpoint saved), let submitit do what
+    the signal asks of it: for its preemption/time-limit signal that is `scontrol requeue` of this job and
+    exit; for SIGTERM (scancel, scontrol requeue, the end of the time limit) SLURM itself decides, and this
     process only ends."""
     if not under_submitit():
         return

@@ -1,5 +1,5 @@
 """`hydra/launcher=slurm` (conf/hydra/launcher/slurm.yaml): Hydra's submitit launcher, each job's end told
-honestly.
+honestly, and SLURM's stop signals handled by the job from its start (`ti_experiments.slurm.job_signals`).
 
 Hydra's launcher asks submitit for every job's result in turn, and the first job that SLURM killed
 (scancel, out of memory, out of time, a dead node) raises there: the sweep stops with a traceback,
@@ -29,6 +29,14 @@ if _SubmititSlurm is not None:
 
     class SlurmLauncher(_SubmititSlurm):
         """One SLURM job per sweep point (an array); a job SLURM ended early is a failed job, not an error."""
+
+        def __call__(self, *args, **kwargs):
+            """The job itself, on its node: SLURM's stop signals are the job's own from here on (submitit's
+            handler would ignore SIGTERM until the training steps begin)."""
+            from ti_experiments import slurm
+
+            with slurm.job_signals():
+                return super().__call__(*args, **kwargs)
 
         def launch(self, job_overrides, initial_job_idx: int):
             sweep_dir = Path(str(self.config.hydra.sweep.dir))

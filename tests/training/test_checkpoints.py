@@ -108,3 +108,15 @@ def test_the_resumed_run_continues_exactly(trained, tmp_path):
     _train(resumed, "train.checkpointing_steps=1", "train.max_steps=3", "train.resume_from_checkpoint=latest")
     a, b = (load_file(d / "learned_embeds.safetensors")["<demo-toy>"] for d in (straight, resumed))
     assert torch.equal(a, b)
+
+
+def test_a_run_resumed_in_a_later_epoch_continues_exactly(tmp_path):
+    """Accelerate's loader tells the sampler its own count of passes, which a resumed run starts again at
+    0: the loop must tell it the epoch, or the run resumed in its second epoch (12 items: 6 images x 2
+    repeats) draws the first epoch's items again."""
+    args = ("evaluation=none", "train.save_steps=null", "train.checkpointing_steps=13")
+    straight = _train(tmp_path / "straight", *args, "train.max_steps=15")
+    resumed = _train(tmp_path / "resumed", *args, "train.max_steps=13")
+    _train(resumed, *args, "train.max_steps=15", "train.resume_from_checkpoint=latest")
+    a, b = (load_file(d / "learned_embeds.safetensors")["<demo-toy>"] for d in (straight, resumed))
+    assert a.numpy().tobytes() == b.numpy().tobytes()

@@ -147,7 +147,7 @@ def test_a_packed_job_gets_its_own_token_rows_and_leaves_the_model_as_it_was(tmp
 def test_a_stop_request_checkpoints_every_job_and_each_resumes_packed_or_alone(tmp_path, monkeypatch):
     import signal
 
-    from ti_experiments.training.signals import Interrupted
+    from ti_experiments.errors import Interrupted
 
     run_ = [*RUN, "train.max_steps=6"]
     jobs = [["seed=0"], ["seed=1", "concept.num_vectors=2"]]

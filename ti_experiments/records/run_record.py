@@ -32,7 +32,7 @@ def sha256(path: Path) -> str:
 
 
 class RunRecord:
-    """Writes `resolved_config.yaml` and `run.json` at the start, and keeps run.json's status true."""
+    """run.json, written when the run starts (`start`) and kept true: its status, attempts and facts."""
 
     def __init__(self, run_dir: Path, cfg: DictConfig, overrides: list[str] | None = None, continues: bool = False):
         """`continues`: this run goes on from an earlier attempt of itself in the folder (a requeued SLURM
@@ -42,7 +42,6 @@ class RunRecord:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / run_files.RECORD
         attempts = earlier_attempts(run_files.read_record(self.run_dir)) if continues else []
-        run_files.write_configs(self.run_dir, cfg)
         self.data = {
             "status": "running",
             "error": None,
@@ -63,6 +62,11 @@ class RunRecord:
             self.data["slurm"] = identity
         if attempts:
             self.data["attempts"] = attempts
+
+    def start(self) -> None:
+        """run.json, before any other file of the run: a run stopped at any moment leaves none of its files
+        without its record (a requeued SLURM job finds its own run again, or an empty folder to start over
+        in). A run that ends before it started writes its record then (`finish`)."""
         write_json(self.path, self.data)
 
     def note(self, **facts) -> None:

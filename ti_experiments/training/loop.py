@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..data import EpochSampler, LatentCache, TextualInversionDataset
 from ..models.embeddings import PlaceholderEmbedding
-from ..errors import TIError
+from ..errors import Interrupted, TIError
 from ..records.run_dir import write_step_embedding
 from . import checkpoints, packed
 from .initializer import choose_initializer
@@ -38,7 +38,7 @@ from .loss import denoising_loss
 from .memory import lean_backward, map_frozen_rows, park_in_file, return_free_heap, trim_heap_between_blocks
 from .placement import Placement, process_settings
 from .settings import HardwareSettings, OptimizerSettings, SchedulerSettings, TrainSettings
-from .signals import Interrupted, StopRequests
+from .signals import StopRequests
 from .stopping import Stopping
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def run_training(job: TrainingJob) -> TrainResult:
         placement.place_unet(unet, training=True)
         placement.place_text_encoders(job.parts.text_encoders, training=True)
         optimizer, lr_scheduler, lr = optimization(job)
-        sampler, dataloader = batches(job, placement.device)
+        dataloader = batches(job, placement.device)
         *models, optimizer, dataloader = accelerator.prepare(*job.embeddings, optimizer, dataloader)
         for encoder, wrapped in zip(job.parts.text_encoders, models):
             encoder.set_input_embeddings(wrapped)
@@ -153,8 +153,7 @@ def run_training(job: TrainingJob) -> TrainResult:
         # in a pack the signals are the pack's: only the main thread can receive them
         with (contextlib.nullcontext(slot.pack.stop) if slot else StopRequests()) as stop, end_of_step.watching(stop):
             state.started = time.perf_counter()
-            train_steps(job, state, models, cache, placement, sampler, dataloader, optimizer, lr_scheduler,
-                        end_of_step)
+            train_steps(job, state, models, cache, placement, dataloader, optimizer, lr_scheduler, end_of_step)
     seconds = time.perf_counter() - state.started
     last = [v.detach().float().cpu() for v in learned(accelerator, models)]
     vectors = stopping.kept_vectors(last)
@@ -216,15 +215,13 @@ def optimization(job: TrainingJob):
     return optimizer, job.lr_scheduler.build(optimizer=optimizer, num_training_steps=job.train.max_steps), lr
 
 
-def batches(job: TrainingJob, device) -> tuple[EpochSampler, DataLoader]:
+def batches(job: TrainingJob, device) -> DataLoader:
     """Epochs in a seeded order. The loader has its own generator: creating an epoch's iterator must not
     draw from the global RNG, or a resumed run (which creates one mid-epoch) would draw different noise
     from the uninterrupted one."""
-    sampler = EpochSampler(len(job.dataset), job.seed)
-    loader = DataLoader(job.dataset, batch_size=job.train.batch_size, sampler=sampler,
-                        num_workers=int(job.data.num_workers), pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(job.seed))
-    return sampler, loader
+    return DataLoader(job.dataset, batch_size=job.train.batch_size, sampler=EpochSampler(len(job.dataset), job.seed),
+                      num_workers=int(job.data.num_workers), pin_memory=device.type == "cuda",
+                      generator=torch.Generator().manual_seed(job.seed))
 
 
 def resume(job: TrainingJob, trainable: checkpoints.Trainable, micro_per_epoch: int) -> LoopState:
@@ -239,8 +236,8 @@ def resume(job: TrainingJob, trainable: checkpoints.Trainable, micro_per_epoch: 
                      resumed_from=path)
 
 
-def train_steps(job: TrainingJob, state: LoopState, models, cache, placement: Placement, sampler, dataloader,
-                optimizer, lr_scheduler, end_of_step: EndOfStep) -> None:
+def train_steps(job: TrainingJob, state: LoopState, models, cache, placement: Placement, dataloader, optimizer,
+                lr_scheduler, end_of_step: EndOfStep) -> None:
     """Micro-steps accumulate gradients; each optimizer step then goes to `end_of_step`, which says when the
     run is done (the stopping rule, or train.max_steps)."""
     accelerator, ga, max_steps = job.accelerator, job.train.gradient_accumulation_steps, job.train.max_steps
@@ -249,7 +246,9 @@ def train_steps(job: TrainingJob, state: LoopState, models, cache, placement: Pl
     # a checkpoint of the step the rule stopped at: nothing is left to train
     state.stopped = _any_process(end_of_step.stopping.stop, accelerator, accelerator.device)
     while state.global_step < max_steps and not state.stopped:
-        sampler.set_epoch(state.epoch)
+        # the epoch is told to Accelerate's loader, which passes it on to the sampler: it sets the sampler's
+        # epoch from its own count of iterations on each pass, which a resumed run starts again at 0
+        dataloader.set_epoch(state.epoch)
         for micro, batch in itertools.islice(enumerate(dataloader), state.step_in_epoch * ga, None):
             sync = (micro + 1) % ga == 0 or micro + 1 == micro_per_epoch
             loss = micro_step(job, models, cache, placement, batch, sync)

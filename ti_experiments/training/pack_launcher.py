@@ -111,7 +111,7 @@ def run_pack(configs: list[DictConfig], hydra_context, task_function, name: str)
         reset_accelerate()
     stopped = [r for r in results if isinstance(r, KeyboardInterrupt)]
     if stopped:  # as a sequential sweep: a stop request ends the sweep (every job of the pack checkpointed)
-        from .signals import Interrupted
+        from ..errors import Interrupted
 
         sweep = Path(str(configs[0].hydra.sweep.dir))
         raise Interrupted(f"stopped: {len(stopped)} job(s) of {name} saved a checkpoint and their embedding; fix: "

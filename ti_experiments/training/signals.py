@@ -1,22 +1,14 @@
 """Ctrl-C, SIGTERM and SIGUSR2 (a preempted job) stop a run cleanly at the next optimizer step.
 
 The handler only records the request; the loop checks it after each optimizer step, writes a
-checkpoint and the current embedding, and raises `Interrupted`, so a resumed run ends exactly where
-an uninterrupted one would have.
+checkpoint and the current embedding, and raises `errors.Interrupted`, so a resumed run ends exactly
+where an uninterrupted one would have.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
-
-
-class Interrupted(KeyboardInterrupt):
-    """Raised by the loop after it saved its state; run.json records the run as interrupted."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
 
 
 class StopRequests:
