@@ -33,8 +33,8 @@ def test_image_metrics_auto_follows_the_device():
 def test_the_auto_cadence_follows_the_triples_and_the_items_per_step():
     s = EvaluationSettings()
     assert s.steps == "auto"
-    assert s.cadence(1) == 110  # 16 triples at batch 1: 20 x 16 / 3 = 107, up to a multiple of 10
-    assert EvaluationSettings(heldout_samples=32).cadence(8) == 30 and EvaluationSettings(heldout_samples=32).cadence(1) == 220
+    assert s.cadence(1) == 240  # 16 triples at batch 1: 15 x 16 = 240
+    assert EvaluationSettings(heldout_samples=32).cadence(8) == 60 and EvaluationSettings(heldout_samples=32).cadence(3) == 160
     assert EvaluationSettings(heldout_samples=1).cadence(64) == 10  # never below 10
     assert EvaluationSettings(steps=7).cadence(1) == 7 and EvaluationSettings(steps=None).cadence(1) is None
 
