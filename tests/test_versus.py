@@ -103,3 +103,20 @@ def test_a_failing_example_is_one_line_with_its_log(tmp_path, stand_in, capsys, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: the example failed (exit code 3)") and str(out / "example.log") in err
     assert (out / "ours" / "learned_embeds.safetensors").is_file()  # ours is kept
+
+
+@pytest.mark.slow
+def test_an_earlier_example_run_is_reused_for_the_same_command_only(tmp_path, stand_in, capsys, tiny_model_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main([str(stand_in), "--out", str(first), *RUN]) == 0
+    # another seed of ours beside the same example run: its wall and embedding come from the first folder
+    assert main([str(stand_in), "--reuse-example", str(first), "--out", str(second), *RUN, "seed=1"]) == 0
+    earlier, now = (json.loads((f / "versus.json").read_text()) for f in (first, second))
+    assert now["example"]["wall_s"] == earlier["example"]["wall_s"] and not (second / "example").exists()
+    assert now["example"]["scores"]["heldout_loss"] == pytest.approx(earlier["example"]["scores"]["heldout_loss"])
+    capsys.readouterr()
+    # another concept setting is another example command: refused, one line
+    assert main([str(stand_in), "--reuse-example", str(first), "--out", str(tmp_path / "third"), *RUN,
+                 "concept.num_vectors=2"]) == 2
+    assert "ran another concept, model or setting" in capsys.readouterr().err
+    assert not (tmp_path / "third").exists()  # refused before anything ran

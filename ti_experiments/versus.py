@@ -160,21 +160,46 @@ def score_both(run_dir: Path, example_file: Path) -> tuple[dict, dict]:
     return ours, theirs
 
 
-def compare(script: Path, python: str, out: Path, overrides: list[str]) -> dict:
-    """Ours, then the example, then both scored; every figure in out/versus.json."""
+def reused_example(folder: Path, command: list[str]) -> tuple[Launched, Path]:
+    """The example's run of an earlier comparison (its wall, its embedding) when it ran the command this
+    comparison would run (the Python, the output folder and the seed aside: one example run can stand
+    beside runs of ours with several seeds)."""
+    from .records import run_dir as run_files
+
+    def same(c: list[str]) -> list[str]:
+        seed = c.index("--seed")
+        return c[1:seed] + c[seed + 2:-1]
+
+    earlier = run_files.read_json(folder / "versus.json")["example"]
+    if same(earlier["command"]) != same(command):
+        raise TIError(f"the example in {folder} ran another concept, model or setting than this run",
+                      "compare with a versus folder of the same overrides, or drop --reuse-example")
+    return Launched(**{k: earlier[k] for k in ("command", "log", "wall_s", "exit_code")}), \
+        folder / "example" / "learned_embeds.safetensors"
+
+
+def compare(script: Path, python: str, out: Path, overrides: list[str], reuse: Path | None = None) -> dict:
+    """Ours, then the example (or the example of an earlier comparison, `reuse`), then both scored; every
+    figure in out/versus.json."""
     from .records import run_dir as run_files
 
     config = check_inputs(script, python, out, overrides)
-    out.mkdir(parents=True, exist_ok=True)
     ours_dir, example_dir = out / "ours", out / "example"
+    word = config["concept"]["initializer_token"]
+    if reuse is not None and isinstance(word, str) and word != "auto":  # refused before anything runs
+        reused_example(reuse, example_command(python, script, {**config, "initializer": word}, example_dir))
+    out.mkdir(parents=True, exist_ok=True)
     ours = launch([sys.executable, "-m", "ti_experiments", *overrides, f"hydra.run.dir={ours_dir}"],
                   out / "ours.log", watch=ours_dir / run_files.METRICS)
     if ours.exit_code != 0 or not (ours_dir / run_files.EMBEDDING).is_file():
         raise TIError(f"the project's run failed (exit code {ours.exit_code})", f"read {ours.log}")
     config["initializer"] = run_files.initializer_word(ours_dir, run_files.read_config(ours_dir))
-    example = launch(example_command(python, script, config, example_dir), out / "example.log",
-                     env={**os.environ, "WANDB_MODE": "offline"})
-    example_file = example_dir / "learned_embeds.safetensors"
+    command = example_command(python, script, config, example_dir)
+    if reuse is not None:
+        example, example_file = reused_example(reuse, command)
+    else:
+        example = launch(command, out / "example.log", env={**os.environ, "WANDB_MODE": "offline"})
+        example_file = example_dir / "learned_embeds.safetensors"
     if example.exit_code != 0 or not example_file.is_file():
         raise TIError(f"the example failed (exit code {example.exit_code})", f"read {example.log}")
     scored_ours, scored_example = score_both(ours_dir, example_file)
@@ -211,12 +236,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("example", type=Path, help="the diffusers example's textual_inversion.py")
     parser.add_argument("--example-python", default=sys.executable,
                         help="the Python that runs the example (default: this one; it needs torchvision)")
+    parser.add_argument("--reuse-example", type=Path, default=None, metavar="VERSUS_DIR",
+                        help="take the example's run (wall, embedding) from an earlier versus folder that ran "
+                             "the same example command, instead of running it again (to compare settings of ours)")
     parser.add_argument("--out", type=Path, default=None,
                         help="a new folder for both runs and versus.json (default outputs/versus/DATE/TIME)")
     args, overrides = parser.parse_known_args(argv)
     out = args.out or Path("outputs/versus") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
     try:
-        result = compare(args.example.expanduser().resolve(), args.example_python, out.resolve(), overrides)
+        reuse = args.reuse_example.expanduser().resolve() if args.reuse_example else None
+        if reuse is not None and not (reuse / "versus.json").is_file():
+            raise TIError(f"{reuse} holds no versus.json", "give a folder an earlier versus run wrote (its --out)")
+        result = compare(args.example.expanduser().resolve(), args.example_python, out.resolve(), overrides, reuse)
     except Exception as exc:  # noqa: BLE001 - a user error becomes one line (exit 2); a bug keeps its traceback
         return report_or_raise(exc)
     print(table(result))

@@ -9,6 +9,8 @@ wall time. Extra overrides apply to every concept (e.g. `hardware.batch_size=4` 
 
 Each concept's figures land in OUT/NAME/versus.json; a concept whose file exists is not run again, so
 the command continues where an interrupted one stopped (about 10 minutes a concept on 2 CPU cores).
+`--reuse EARLIER_OUT` takes each concept's example run from an earlier table instead of running it
+again: a recipe or a seed of ours then costs a minute or two a concept.
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ def concept_overrides(name: str, folder: Path, word: str) -> list[str]:
     """The project's default command for a folder of images: no concept preset, the toy world model."""
     token = f"<{name.replace('_', '-')}>"
     return ["+concept=cat_toy", "model=toyworld", f"concept.train_data_dir={folder}",
-            f"concept.placeholder_token={token}", f"concept.initializer_token={word}",
-            f"concept.validation_prompt=a photo of a {token}"]
+            f"concept.placeholder_token='{token}'", f"concept.initializer_token={word}",
+            f"concept.validation_prompt='a photo of a {token}'"]
 
 
 def folders(out: Path) -> dict[str, tuple[Path, str]]:
@@ -96,9 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--example-python", default=sys.executable)
     parser.add_argument("--out", type=Path, default=Path("outputs/targets"))
     parser.add_argument("--concepts", default=None, help="comma-separated names (default: all)")
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="an earlier --out: each concept's example run is taken from there, not run again")
     args, overrides = parser.parse_known_args(argv)
     out = args.out.resolve()
-    chosen = folders(out)
+    chosen = folders(args.reuse.resolve() if args.reuse else out)  # the example ran on those folders
     names = args.concepts.split(",") if args.concepts else list(chosen)
     rows = []
     for name in names:
@@ -109,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             if (out / name).exists():  # an interrupted attempt: kept aside, never overwritten
                 (out / name).rename(out / f"{name}.interrupted-{len(list(out.glob(name + '.interrupted-*')))}")
             compare(args.example.resolve(), args.example_python, out / name,
-                    [*concept_overrides(name, folder, word), *overrides])
+                    [*concept_overrides(name, folder, word), *overrides],
+                    reuse=args.reuse.resolve() / name if args.reuse else None)
         rows.append(row(name, json.loads(done.read_text())))
     print(table(rows))
     (out / "targets.json").write_text(json.dumps(
