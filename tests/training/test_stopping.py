@@ -17,8 +17,8 @@ from ti_experiments.training.settings import TrainSettings
 from ti_experiments.training.stopping import Plateau, Stopping
 
 # evaluated every 2 steps; the tiny model's held-out loss barely moves (it is random), so the rule sees a
-# plateau at once: 2 evaluations without a 0.5% gain after the first one stop the run at step 6
-STOPS = [*TINY_RUN, "train.max_steps=40", "evaluation.steps=2", "train.stop_patience=2"]
+# plateau at once: 2 evaluations without a 0.5% gain after the first one stop the run at step 6 (no floor)
+STOPS = [*TINY_RUN, "train.max_steps=40", "evaluation.steps=2", "train.stop_patience=2", "train.stop_min_fraction=0"]
 
 
 def _summary(run_dir):
@@ -36,6 +36,20 @@ def test_the_rule_stops_after_patience_evaluations_without_a_real_improvement_an
     assert "did not improve by 1.00% in 3 evaluations after step 20" in rule.reason()
     again = Plateau(**json.loads(json.dumps(rule.__dict__)))  # what a checkpoint holds, through JSON
     assert again == rule
+
+
+def test_the_rule_stops_no_run_before_its_floor():
+    """An early plateau often breaks (the toy world's demo_style: flat for 500 steps, then 40% lower): the
+    rule waits until train.stop_min_fraction of train.max_steps, then stops at the first step it may."""
+    settings = TrainSettings(max_steps=3000, stop_patience=2)
+    assert settings.stop_min_step == 990  # the default: a third
+    stopping = Stopping(settings, watching=True)
+    for step in range(120, 1200, 120):
+        stopping.observe(step, {"heldout_loss": 0.35}, [torch.zeros(1, 4)])
+        assert stopping.stop == (step >= 990), step  # a plateau since step 120, stopped at 1080
+    assert stopping.outcome(1080, 3000, stopped=True)["stop_rule"]["min_step"] == 990
+    with pytest.raises(TIError):
+        TrainSettings(stop_min_fraction=1.5)
 
 
 def test_off_or_without_a_held_out_loss_the_run_keeps_its_last_step():

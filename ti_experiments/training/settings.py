@@ -34,6 +34,8 @@ class TrainSettings(Settings):
     stop_patience: int = bound(3, minimum=1, example="3")
     # an improvement: a held-out loss below the loss of the last improvement by at least this share
     stop_min_improvement: float = bound(0.005, minimum=0, example="0.005")
+    # the rule stops a run only from this share of max_steps on (early plateaus often break)
+    stop_min_fraction: float = bound(0.33, minimum=0, maximum=1, example="0.33")
     # Min-SNR-gamma loss weighting (Hang et al. 2023; invoke-training's TI default is 5): null is the
     # plain mean squared error of the diffusers example
     snr_gamma: float | None = bound(None, positive=True, example="5.0")
@@ -46,6 +48,14 @@ class TrainSettings(Settings):
         if self.stop_min_improvement >= 1:
             raise TIError(f"train.stop_min_improvement={self.stop_min_improvement} is a share of the loss and "
                           "must be below 1", "use e.g. train.stop_min_improvement=0.005 (0.5%)")
+        if not 0 <= self.stop_min_fraction <= 1:
+            raise TIError(f"train.stop_min_fraction={self.stop_min_fraction} is a share of train.max_steps",
+                          "use a value from 0 to 1, e.g. train.stop_min_fraction=0.33")
+
+    @property
+    def stop_min_step(self) -> int:
+        """The first step at which the stopping rule may end the run."""
+        return int(self.max_steps * self.stop_min_fraction)
 
     def saves_at(self, step: int) -> bool:
         return bool(self.save_steps) and step % self.save_steps == 0

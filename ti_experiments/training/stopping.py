@@ -11,6 +11,9 @@ evaluation produces that number gets the same rule.
   without an improvement the run stops (a plateau, as in patience-based early stopping; DVAR, Voronov et
   al. 2023, stops on the same kind of fixed-draw loss once it stops changing). Smaller gains do not reset
   the patience, so a loss creeping down by crumbs does not keep a run going; they still move the kept step.
+- Not before `train.stop_min_fraction` of `train.max_steps` (a third by default): a plateau early in
+  training often breaks (the toy world's demo_style sits at its initializer's loss for 500 steps at
+  batch 4, then drops by 40% within 200 more; a rule without the floor stopped it at step 480).
 - `train.max_steps` stays the ceiling. `train.stop_early=false`, or no held-out loss (evaluation off),
   trains to the ceiling and keeps the last step, as the diffusers example does.
 
@@ -41,6 +44,7 @@ class Plateau:
 
     patience: int
     min_improvement: float
+    min_step: int = 0  # no stop before this step: early plateaus often break (train.stop_min_fraction)
     best_step: int | None = None  # the kept step: the lowest loss so far
     best_loss: float | None = None
     bar_step: int | None = None  # the last improvement, which the next one must beat by min_improvement
@@ -65,7 +69,7 @@ class Plateau:
 
     @property
     def done(self) -> bool:
-        return self.waited >= self.patience
+        return self.waited >= self.patience and bool(self.history) and self.history[-1][0] >= self.min_step
 
     def reason(self) -> str:
         return (f"the held-out loss did not improve by {self.min_improvement:.2%} in {self.waited} evaluations "
@@ -81,7 +85,7 @@ class Stopping:
         self.active = bool(train.stop_early and watching)
         self.why_off = (None if self.active else "train.stop_early=false" if not train.stop_early
                         else "no held-out loss to watch (evaluation is off)")
-        self.rule = Plateau(train.stop_patience, train.stop_min_improvement)
+        self.rule = Plateau(train.stop_patience, train.stop_min_improvement, train.stop_min_step)
         self.kept: list[torch.Tensor] | None = None
 
     def observe(self, step: int, values: dict, vectors: list[torch.Tensor]) -> None:
@@ -111,7 +115,8 @@ class Stopping:
             return
         state, kept = found
         rule = state.get("rule") or {}
-        rule.update(patience=self.train.stop_patience, min_improvement=self.train.stop_min_improvement)
+        rule.update(patience=self.train.stop_patience, min_improvement=self.train.stop_min_improvement,
+                    min_step=self.train.stop_min_step)
         self.rule = Plateau(**rule)
         self.kept = kept
 
@@ -130,4 +135,5 @@ class Stopping:
         return {"stopped_step": step, "stop_reason": why, "kept_step": kept, "kept_by": kept_by,
                 "kept_heldout_loss": self.rule.best_loss if self.active and self.kept is not None else None,
                 "stop_rule": {"active": self.active, "patience": self.rule.patience,
-                              "min_improvement": self.rule.min_improvement, "history": self.rule.history}}
+                              "min_improvement": self.rule.min_improvement, "min_step": self.rule.min_step,
+                              "history": self.rule.history}}
