@@ -36,16 +36,9 @@ TARGETS = {"heldout": 1.02, "clip_i": 0.98, "wall": 0.25}
 
 def draw(name: str, fixed: dict, folder: Path, count: int = 6) -> Path:
     """A concept's images, drawn as the named concepts' are (its fixed parts, everything else varied)."""
-    import random
+    from ti_experiments.data.sources import draw_toyworld_images
 
-    if not folder.is_dir():
-        tmp = folder.with_name(folder.name + ".part")
-        tmp.mkdir(parents=True, exist_ok=True)
-        rng = random.Random(f"toyworld-{name}-0")
-        for i, scene in enumerate(world.Concept(name, fixed).scenes(count, 0)):
-            world.render(scene, rng)[0].save(tmp / f"{name}-{i:02d}.png")
-        tmp.rename(folder)
-    return folder
+    return draw_toyworld_images(folder, world.Concept(name, fixed), count)
 
 
 def concept_overrides(name: str, folder: Path, word: str) -> list[str]:

@@ -110,10 +110,19 @@ def draw_toyworld_concept(target_dir: str | Path, name: str, num_images: int = 6
 
     if name not in world.CONCEPTS:
         raise TIError(f"the toy world has no concept {name!r}", f"use one of {', '.join(world.CONCEPTS)}")
+    return draw_toyworld_images(target_dir, world.CONCEPTS[name], num_images, seed)
+
+
+def draw_toyworld_images(target_dir: str | Path, concept, num_images: int = 6, seed: int = 0) -> Path:
+    """Images of any toy-world combination (a `world.Concept`, named or not), drawn the same way whoever
+    draws them: the concept's fixed parts, everything else varied."""
+    from ..toyworld import world
+
+    name = concept.name
     target_dir = Path(target_dir).expanduser()
     rng = random.Random(f"toyworld-{name}-{seed}")
     with atomic_dir(target_dir, keep_existing=True) as tmp:  # the same images whoever draws them
-        for i, scene in enumerate(world.CONCEPTS[name].scenes(num_images, seed)):
+        for i, scene in enumerate(concept.scenes(num_images, seed)):
             world.render(scene, rng)[0].save(tmp / f"{name}-{i:02d}.png")
     log.info("drew %d images of the toy world's %s into %s", num_images, name, target_dir)
     return target_dir
