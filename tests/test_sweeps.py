@@ -37,6 +37,15 @@ def test_sweep_files_exist_and_compose():
         assert "mode: MULTIRUN" in out.stdout
 
 
+def test_a_sweep_over_initializer_words_starts_each_job_from_its_own_word():
+    """Proposed words scored beside each job's word would give every job the same start."""
+    for name in ("initializer_token", "grid"):
+        out = run_cli("--config-dir", "sweeps", "--config-name", name, "+concept=demo", "--cfg", "job",
+                      "--package", "evaluation")
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "initializer_proposals: 0" in out.stdout, name
+
+
 def test_sweep_file_runs_every_job_and_writes_the_report(tmp_path):
     sweep = tmp_path / "sweep"
     # the demo's own model: the sweeps work on the toy world (its held-out loss is in the report)

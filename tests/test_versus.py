@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_RUN
-from ti_experiments.versus import GUIDE, main, time_to_reach
+from ti_experiments.versus import GUIDE, main, time_to_reach, users_word
 
 # The example's command line, as far as versus uses it; it writes what it was given and an embedding of the
 # right width (zeros: a different embedding from the run's)
@@ -55,6 +55,7 @@ def test_versus_runs_both_and_scores_them_on_the_same_draws(tmp_path, stand_in, 
     run = json.loads((out / "ours" / "run.json").read_text())
     # the same concept, model, seed and folder; the guide's settings
     assert given["placeholder_token"] == "<demo-toy>" and given["initializer_token"] == result["initializer"] == "circle"
+    assert result["ours_started_from"] == "circle"  # the tiny evaluation proposes no words
     assert Path(given["pretrained_model_name_or_path"]) == tiny_model_path
     assert Path(given["train_data_dir"]).is_dir() and given["seed"] == str(run["seeds"]["train"])
     assert given["scale_lr"] and [given["train_batch_size"], given["gradient_accumulation_steps"],
@@ -69,6 +70,12 @@ def test_versus_runs_both_and_scores_them_on_the_same_draws(tmp_path, stand_in, 
     assert seen and all(0 < row["since_launch_s"] <= ours["wall_s"] + 0.5 for row in seen)
     assert "wall s (launch to exit)" in printed and "heldout_loss" in printed
     assert json.loads(printed.strip().splitlines()[-1])["ours"]["wall_s"] == ours["wall_s"]
+
+
+def test_the_example_starts_from_the_word_the_user_names_first():
+    """Ours may start from a word it measured better; the example gets what its user would give it."""
+    assert users_word("circle") == "circle" and users_word(["square", "circle"]) == "square"
+    assert users_word("auto") is None  # then the example gets the word ours started from
 
 
 def test_time_to_reach_is_the_first_loss_within_two_percent():

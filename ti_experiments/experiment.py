@@ -257,18 +257,22 @@ def prepare(settings: RunConfig, run_dir: Path, config: dict | None = None) -> P
 
 
 def initializer_words(settings: RunConfig, parts, images: ConceptImages) -> list[str]:
-    """concept.initializer_token's words (`auto`: proposed by the evaluation's CLIP), each one token of
-    every tokenizer of the model, checked before anything trains."""
-    words = settings.concept.candidates
-    if words is None:
+    """The words the placeholder may start from, each one token of every tokenizer of the model, checked
+    before anything trains: concept.initializer_token's (none for `auto`), then the words the evaluation's
+    CLIP proposes from the images (evaluation.initializer_proposals). With several, the held-out loss
+    chooses before the first step (`training.initializer`)."""
+    words = settings.concept.candidates or []
+    evaluation = settings.evaluation
+    if evaluation is not None and evaluation.enabled and evaluation.initializer_proposals:
         from .evaluation.proposals import propose_words
 
-        words = propose_words(settings.evaluation.clip_model, images.paths, parts.tokenizers,
-                              settings.concept.learnable_property,
-                              device="cuda" if torch.cuda.is_available() else "cpu")
-        if not words:
-            raise TIError("concept.initializer_token=auto found no whole word in the model's vocabulary",
-                          "name the words yourself, e.g. concept.initializer_token=[toy,cat,doll]")
+        proposed = propose_words(evaluation.clip_model, images.paths, parts.tokenizers,
+                                 settings.concept.learnable_property, evaluation.initializer_proposals,
+                                 device="cuda" if torch.cuda.is_available() else "cpu")
+        words = list(dict.fromkeys([*words, *proposed]))
+    if not words:
+        raise TIError("concept.initializer_token=auto found no whole word in the model's vocabulary",
+                      "name the words yourself, e.g. concept.initializer_token=[toy,cat,doll]")
     for word in words:
         for tokenizer in parts.tokenizers:
             pieces = tokenizer.convert_ids_to_tokens(tokenizer.encode(word, add_special_tokens=False))

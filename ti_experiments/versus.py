@@ -3,8 +3,8 @@
 Time to quality, side by side: runs this project's training command (the overrides, as a user would type
 them) and then the unmodified diffusers example (`examples/textual_inversion/textual_inversion.py`, the
 path you give) at the diffusers guide's settings (3000 steps, batch 1 x gradient accumulation 4, lr 5e-4
-with --scale_lr, constant schedule) on the same image folder, model, placeholder, initializer word,
-resolution and seed. Both are timed from launch to exit. Then both embeddings are scored with the run's
+with --scale_lr, constant schedule) on the same image folder, model, placeholder, initializer word (the
+one you name; ours may start from a better one it measured), resolution and seed. Both are timed from launch to exit. Then both embeddings are scored with the run's
 own evaluation: the held-out loss on the same fixed (image, noise, timestep) draws and, where image
 metrics are on (the toy world's judge; a GPU), CLIP-I of the same prompts and seeds. From the run's
 held-out losses as they were written (watched while it ran), it prints how long after launch this
@@ -178,6 +178,14 @@ def reused_example(folder: Path, command: list[str]) -> tuple[Launched, Path]:
         folder / "example" / "learned_embeds.safetensors"
 
 
+def users_word(initializer_token) -> str | None:
+    """The word the example starts from: the one a user of the example would give it, the first they name
+    (ours may start from another, chosen by the held-out loss); None for `auto`, where it gets ours."""
+    if isinstance(initializer_token, (list, tuple)):
+        return str(initializer_token[0])
+    return None if initializer_token == "auto" else str(initializer_token)
+
+
 def compare(script: Path, python: str, out: Path, overrides: list[str], reuse: Path | None = None) -> dict:
     """Ours, then the example (or the example of an earlier comparison, `reuse`), then both scored; every
     figure in out/versus.json."""
@@ -185,15 +193,16 @@ def compare(script: Path, python: str, out: Path, overrides: list[str], reuse: P
 
     config = check_inputs(script, python, out, overrides)
     ours_dir, example_dir = out / "ours", out / "example"
-    word = config["concept"]["initializer_token"]
-    if reuse is not None and isinstance(word, str) and word != "auto":  # refused before anything runs
+    word = users_word(config["concept"]["initializer_token"])
+    if reuse is not None and word is not None:  # refused before anything runs
         reused_example(reuse, example_command(python, script, {**config, "initializer": word}, example_dir))
     out.mkdir(parents=True, exist_ok=True)
     ours = launch([sys.executable, "-m", "ti_experiments", *overrides, f"hydra.run.dir={ours_dir}"],
                   out / "ours.log", watch=ours_dir / run_files.METRICS)
     if ours.exit_code != 0 or not (ours_dir / run_files.EMBEDDING).is_file():
         raise TIError(f"the project's run failed (exit code {ours.exit_code})", f"read {ours.log}")
-    config["initializer"] = run_files.initializer_word(ours_dir, run_files.read_config(ours_dir))
+    started = run_files.initializer_word(ours_dir, run_files.read_config(ours_dir))
+    config["initializer"] = word or started
     command = example_command(python, script, config, example_dir)
     if reuse is not None:
         example, example_file = reused_example(reuse, command)
@@ -204,7 +213,7 @@ def compare(script: Path, python: str, out: Path, overrides: list[str], reuse: P
         raise TIError(f"the example failed (exit code {example.exit_code})", f"read {example.log}")
     scored_ours, scored_example = score_both(ours_dir, example_file)
     summary = run_files.read_summary(ours_dir)
-    result = {"overrides": overrides, "initializer": config["initializer"],
+    result = {"overrides": overrides, "initializer": config["initializer"], "ours_started_from": started,
               "ours": {**asdict(ours), "scores": scored_ours, "stopped_step": summary.get("stopped_step"),
                        "kept_step": summary.get("kept_step"), "stop_reason": summary.get("stop_reason")},
               "example": {**asdict(example), "scores": scored_example, "steps": 3000},

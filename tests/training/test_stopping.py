@@ -152,9 +152,32 @@ def test_a_list_of_initializer_words_starts_from_the_lowest_scoring_one(tmp_path
 
 @pytest.mark.train
 def test_auto_proposes_words_from_the_vocabulary_and_scores_them(tmp_path):
-    from ti_experiments.evaluation.proposals import PROPOSED
     from ti_experiments.experiment import run
 
-    run_dir = run(compose(*TINY_RUN, "train.max_steps=1", "concept.initializer_token=auto", output_dir=tmp_path))
+    run_dir = run(compose(*TINY_RUN, "train.max_steps=1", "concept.initializer_token=auto",
+                          "evaluation.initializer_proposals=5", output_dir=tmp_path))
     chosen = json.loads((run_dir / "run.json").read_text())["initializer"]
-    assert len(chosen["scores"]) == PROPOSED and chosen["chosen"] == min(chosen["scores"], key=chosen["scores"].get)
+    assert len(chosen["scores"]) == 5 and chosen["chosen"] == min(chosen["scores"], key=chosen["scores"].get)
+
+
+@pytest.mark.train
+def test_proposed_words_are_scored_beside_the_users_word(tmp_path):
+    """The default start: the user's word and the proposals, the lowest held-out loss starting."""
+    from ti_experiments.experiment import run
+
+    run_dir = run(compose(*TINY_RUN, "train.max_steps=1", "concept.initializer_token=circle",
+                          "evaluation.initializer_proposals=3", output_dir=tmp_path))
+    chosen = json.loads((run_dir / "run.json").read_text())["initializer"]
+    words = list(chosen["scores"])
+    assert words[0] == "circle" and 3 <= len(words) <= 4  # the user's word first (a proposal may repeat it)
+    assert chosen["chosen"] == min(words, key=chosen["scores"].get)
+
+
+def test_auto_needs_proposals_and_the_toy_world_proposes_by_default():
+    from ti_experiments.config.checks import check_config
+
+    with pytest.raises(TIError, match="initializer_proposals=0"):
+        check_config(compose(*TINY_RUN, "concept.initializer_token=auto", "evaluation.initializer_proposals=0"))
+    assert check_config(compose("+concept=demo", "model=toyworld")).evaluation.initializer_proposals == 8
+    assert check_config(compose("+concept=cat_toy")).evaluation.initializer_proposals == 8
+    assert check_config(compose(*TINY_RUN)).evaluation.initializer_proposals == 0  # a random CLIP's words

@@ -160,7 +160,8 @@ def check_config(cfg: DictConfig) -> RunConfig:
 
 
 def check_initializer(concept: ConceptSettings, evaluation: EvaluationSettings | None) -> None:
-    """Several initializer words (or `auto`) are chosen by the held-out loss: evaluation must be on."""
+    """Several initializer words (or `auto`) are chosen by the held-out loss: evaluation must be on, and
+    `auto` needs proposed words. (One word with evaluation off simply starts, unscored.)"""
     words = concept.candidates
     if concept.init_from or (words is not None and len(words) == 1):
         return
@@ -169,3 +170,7 @@ def check_initializer(concept: ConceptSettings, evaluation: EvaluationSettings |
         raise TIError(f"concept.initializer_token={what} is chosen by the held-out loss, and evaluation is off",
                       f"name one word (e.g. concept.initializer_token={(words or ['toy'])[0]}), or turn evaluation "
                       "on (drop evaluation=none)")
+    if words is None and not evaluation.initializer_proposals:
+        raise TIError("concept.initializer_token=auto takes the words the evaluation's CLIP proposes, and "
+                      "evaluation.initializer_proposals=0 asks for none",
+                      "use evaluation.initializer_proposals=8, or name words, e.g. concept.initializer_token=[toy,cat]")

@@ -1,4 +1,5 @@
-"""`concept.initializer_token: auto`: initializer words proposed without the user naming any.
+"""Initializer words proposed from the concept's images (`evaluation.initializer_proposals`), scored beside
+the user's own, or alone with `concept.initializer_token: auto`.
 
 The evaluation's CLIP (`evaluation.clip_model`: DreamBench's CLIP, the toy world's judge, the tiny
 random one) reads the concept's images and the vocabulary's words: the words whose prompt ("a photo of
@@ -17,7 +18,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-PROPOSED = 8  # candidates scored by the held-out loss
 VOCABULARY_LIMIT = 5000  # words read by CLIP: about a minute on a CPU for CLIP ViT-B/32, seconds on a GPU
 PROMPTS = {"object": "a photo of a {}", "style": "a painting in the style of {}"}
 END_OF_WORD = "</w>"
@@ -39,7 +39,7 @@ def vocabulary_words(tokenizers, limit: int = VOCABULARY_LIMIT) -> list[str]:
 
 @torch.no_grad()
 def propose_words(clip_model: str, image_paths: list[Path], tokenizers, learnable_property: str,
-                  count: int = PROPOSED, device: str = "cpu") -> list[str]:
+                  count: int, device: str = "cpu") -> list[str]:
     """The `count` vocabulary words CLIP finds closest to the images, closest first."""
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
@@ -63,6 +63,6 @@ def propose_words(clip_model: str, image_paths: list[Path], tokenizers, learnabl
         similarity.append(_unit(clip.get_text_features(**tokens).pooler_output) @ image)
     order = torch.cat(similarity).argsort(descending=True)[:count].tolist()
     proposed = [words[i] for i in order]
-    log.info("initializer_token=auto: %s proposes %s (of %d words)", Path(str(clip_model)).name or clip_model,
+    log.info("initializer proposals: %s proposes %s (of %d words)", Path(str(clip_model)).name or clip_model,
              ", ".join(proposed), len(words))
     return proposed
