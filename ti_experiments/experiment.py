@@ -257,29 +257,47 @@ def prepare(settings: RunConfig, run_dir: Path, config: dict | None = None) -> P
 
 
 def initializer_words(settings: RunConfig, parts, images: ConceptImages) -> list[str]:
-    """The words the placeholder may start from, each one token of every tokenizer of the model, checked
-    before anything trains: concept.initializer_token's (none for `auto`), then the words the evaluation's
-    CLIP proposes from the images (evaluation.initializer_proposals). With several, the held-out loss
-    chooses before the first step (`training.initializer`)."""
+    """The words the placeholder may start from, each one token of every tokenizer of the model:
+    concept.initializer_token's (none for `auto`, checked before anything costly), then the words the
+    evaluation's CLIP proposes from the images (evaluation.initializer_proposals). With several, the
+    held-out loss chooses before the first step (`training.initializer`)."""
     words = settings.concept.candidates or []
+    check_one_token(words, parts.tokenizers)
     evaluation = settings.evaluation
     if evaluation is not None and evaluation.enabled and evaluation.initializer_proposals:
-        from .evaluation.proposals import propose_words
-
-        proposed = propose_words(evaluation.clip_model, images.paths, parts.tokenizers,
-                                 settings.concept.learnable_property, evaluation.initializer_proposals,
-                                 device="cuda" if torch.cuda.is_available() else "cpu")
-        words = list(dict.fromkeys([*words, *proposed]))
+        words = list(dict.fromkeys([*words, *proposed_words(settings, parts, images, named=words)]))
     if not words:
         raise TIError("concept.initializer_token=auto found no whole word in the model's vocabulary",
                       "name the words yourself, e.g. concept.initializer_token=[toy,cat,doll]")
+    return words
+
+
+def check_one_token(words: list[str], tokenizers) -> None:
     for word in words:
-        for tokenizer in parts.tokenizers:
+        for tokenizer in tokenizers:
             pieces = tokenizer.convert_ids_to_tokens(tokenizer.encode(word, add_special_tokens=False))
             if len(pieces) != 1:
                 raise TIError(f"concept.initializer_token {word!r} is {len(pieces)} tokens {pieces}, not one",
                               "choose single common words, such as 'toy', 'cat' or 'painting'")
-    return words
+
+
+def proposed_words(settings: RunConfig, parts, images: ConceptImages, named: list[str]) -> list[str]:
+    """The evaluation CLIP's words for the images. They only add candidates: when that CLIP cannot be had
+    (offline, not cached) and the user named a word, their word starts, with a warning."""
+    from .evaluation.proposals import propose_words
+
+    evaluation = settings.evaluation
+    try:
+        return propose_words(evaluation.clip_model, images.paths, parts.tokenizers,
+                             settings.concept.learnable_property, evaluation.initializer_proposals,
+                             device="cuda" if torch.cuda.is_available() else "cpu")
+    except TIError as exc:
+        if not named:
+            raise
+        log.warning("no initializer words proposed (%s): %s; evaluation.initializer_proposals=0 skips "
+                    "the proposals", exc.problem, f"{named[0]} starts" if len(named) == 1 else
+                    f"the held-out loss chooses among {', '.join(named)}")
+        return []
 
 
 def check_resolution(resolution: int, parts) -> None:

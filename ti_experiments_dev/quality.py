@@ -122,7 +122,9 @@ def ti_figures(pipe, weights: Path, concepts: list[str], num_vectors: list[int],
         real_clip_t = scorer.score(in_context, [t for t in texts for _ in range(4)])["clip_t"]
         for k in num_vectors:
             run_dir = runs / f"{name}-nv{k}"
+            # the preset's word starts (no proposed words): the "init" columns are that word's
             result = train(f"+concept={name}", "model=toyworld", "logger=none", "validation.enabled=false",
+                           "evaluation.initializer_proposals=0",
                            f"concept.num_vectors={k}", f"evaluation.description='{concept.description()}'",
                            f"evaluation.text_subject='{concept.description()}'",
                            f"seed={seed}", *settings, *where, output_dir=run_dir)

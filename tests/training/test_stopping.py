@@ -181,3 +181,18 @@ def test_auto_needs_proposals_and_the_toy_world_proposes_by_default():
     assert check_config(compose("+concept=demo", "model=toyworld")).evaluation.initializer_proposals == 8
     assert check_config(compose("+concept=cat_toy")).evaluation.initializer_proposals == 8
     assert check_config(compose(*TINY_RUN)).evaluation.initializer_proposals == 0  # a random CLIP's words
+
+
+@pytest.mark.train
+def test_without_the_proposing_clip_the_users_word_starts_with_a_warning(tmp_path, caplog):
+    """Proposals only add candidates: an unavailable CLIP (offline, say) leaves the user's word; `auto` fails."""
+    from ti_experiments.experiment import run
+
+    missing = [f"evaluation.clip_model={tmp_path / 'no-clip'}", "evaluation.initializer_proposals=3"]
+    run_dir = run(compose(*TINY_RUN, "train.max_steps=1", "concept.initializer_token=circle", *missing,
+                          output_dir=tmp_path / "word"))
+    assert "initializer" not in json.loads((run_dir / "run.json").read_text())  # one word: nothing to choose
+    assert "no initializer words proposed" in caplog.text and "circle starts" in caplog.text
+    with pytest.raises(TIError, match="no-clip"):
+        run(compose(*TINY_RUN, "train.max_steps=1", "concept.initializer_token=auto", *missing,
+                    output_dir=tmp_path / "auto"))
