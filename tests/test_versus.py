@@ -78,6 +78,18 @@ def test_the_example_starts_from_the_word_the_user_names_first():
     assert users_word("auto") is None  # then the example gets the word ours started from
 
 
+@pytest.mark.parametrize("record", [None, {}, {"example": [1]}, {"example": {"command": "x"}}])
+def test_a_folder_without_the_examples_record_is_refused_as_one_line(tmp_path, record):
+    """A folder handed to --reuse-example is data: a missing or odd versus.json is a user error, not a crash."""
+    from ti_experiments.errors import TIError
+    from ti_experiments.versus import reused_example
+
+    if record is not None:
+        (tmp_path / "versus.json").write_text(json.dumps(record))
+    with pytest.raises(TIError, match="holds no versus.json"):
+        reused_example(tmp_path, ["py", "ex.py", "--seed", "0", "--output_dir", "x"])
+
+
 def test_time_to_reach_is_the_first_loss_within_two_percent():
     lines = [{"step": 1, "loss": 1.0, "since_launch_s": 1.0}, {"step": 10, "heldout_loss": 0.5, "since_launch_s": 2.0},
              {"step": 20, "heldout_loss": 0.407, "since_launch_s": 3.0},

@@ -170,11 +170,15 @@ def reused_example(folder: Path, command: list[str]) -> tuple[Launched, Path]:
         seed = c.index("--seed")
         return c[1:seed] + c[seed + 2:-1]
 
-    earlier = run_files.read_json(folder / "versus.json")["example"]
-    if same(earlier["command"]) != same(command):
+    earlier = run_files.read_json(folder / "versus.json").get("example")
+    keys = ("command", "log", "wall_s", "exit_code")
+    if not (isinstance(earlier, dict) and all(k in earlier for k in keys) and isinstance(earlier["command"], list)):
+        raise TIError(f"{folder} holds no versus.json with the example's run",
+                      "give a folder an earlier versus run wrote (its --out), or drop --reuse-example")
+    if same([str(c) for c in earlier["command"]]) != same(command):
         raise TIError(f"the example in {folder} ran another concept, model or setting than this run",
                       "compare with a versus folder of the same overrides, or drop --reuse-example")
-    return Launched(**{k: earlier[k] for k in ("command", "log", "wall_s", "exit_code")}), \
+    return Launched(**{k: earlier[k] for k in keys}), \
         folder / "example" / "learned_embeds.safetensors"
 
 
