@@ -178,7 +178,9 @@ def test_auto_needs_proposals_and_the_toy_world_proposes_by_default():
 
     with pytest.raises(TIError, match="initializer_proposals=0"):
         check_config(compose(*TINY_RUN, "concept.initializer_token=auto", "evaluation.initializer_proposals=0"))
-    assert check_config(compose("+concept=demo", "model=toyworld")).evaluation.initializer_proposals == 8
+    assert check_config(compose("+concept=eared_box", "model=toyworld")).evaluation.initializer_proposals == 8
+    # the demo shows its word before training (the README's picture): it starts from it
+    assert check_config(compose("+concept=demo")).evaluation.initializer_proposals == 0
     assert check_config(compose("+concept=cat_toy")).evaluation.initializer_proposals == 8
     assert check_config(compose(*TINY_RUN)).evaluation.initializer_proposals == 0  # a random CLIP's words
 
