@@ -273,6 +273,7 @@ def initializer_words(settings: RunConfig, parts, images: ConceptImages) -> list
 
 
 def check_one_token(words: list[str], tokenizers) -> None:
+    """An initializer word must be one row of every tokenizer: its row is what the placeholder copies."""
     for word in words:
         for tokenizer in tokenizers:
             pieces = tokenizer.convert_ids_to_tokens(tokenizer.encode(word, add_special_tokens=False))
