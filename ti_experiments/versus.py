@@ -5,8 +5,9 @@ them) and then the unmodified diffusers example (`examples/textual_inversion/tex
 path you give) at the diffusers guide's settings (3000 steps, batch 1 x gradient accumulation 4, lr 5e-4
 with --scale_lr, constant schedule) on the same image folder, model, placeholder, initializer word (the
 one you name; ours may start from a better one it measured), resolution and seed. Both are timed from
-launch to exit. Then both embeddings are scored with the run's own evaluation: the held-out loss on the same fixed (image, noise, timestep) draws and, where image
-metrics are on (the toy world's judge; a GPU), CLIP-I of the same prompts and seeds. From the run's
+launch to exit. Then both embeddings are scored with the run's own evaluation: the held-out loss on the
+same fixed (image, noise, timestep) draws and, where image metrics are on (the toy world's judge; a GPU),
+CLIP-I of the same prompts and seeds. From the run's
 held-out losses as they were written (watched while it ran), it prints how long after launch this
 project first reached the example's final held-out loss (within 2%).
 
