@@ -39,6 +39,16 @@ TINY_RUN = [
 TINY_SDXL_RUN = ["model=tiny_sdxl" if o == "model=tiny" else o for o in TINY_RUN]
 
 
+class Payload:
+    """A hostile pickle: whatever unpickles it runs `touch MARKER`. Tests assert the marker never appears."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 def compose(*overrides: str, output_dir: Path | None = None):
     """The config the CLI composes from these overrides (the package's own `compose`)."""
     from ti_experiments.config import compose as ti_compose

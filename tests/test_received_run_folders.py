@@ -14,16 +14,8 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, TINY_RUN, compose
+from conftest import REPO, TINY_RUN, Payload, compose
 from ti_experiments.records import run_dir as run_files
-
-
-class Payload:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def _crafted_run(tmp_path, how: str):

@@ -53,3 +53,24 @@ def test_models_of_the_wrong_kind_are_refused_before_any_weights_load(tmp_path):
         locate_models(str(folder / "dino"), str(folder / "dino"))
     with pytest.raises(TIError, match="evaluation.dino_model .* has no config.json"):
         locate_models(str(folder / "clip"), str(tmp_path))
+
+
+@pytest.mark.parametrize("which", ["clip", "dino"])
+def test_an_evaluation_model_of_pickled_weights_is_refused_unopened(tmp_path, which):
+    import pickle
+    import shutil
+
+    from conftest import Payload
+
+    folder = ensure_tiny_eval_models(tmp_path / "built")
+    copy = tmp_path / which
+    shutil.copytree(folder / which, copy)
+    (copy / "model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    (copy / "pytorch_model.bin").write_bytes(pickle.dumps(Payload(marker)))
+    models = {"clip": str(folder / "clip"), "dino": str(folder / "dino"), which: str(copy)}
+    setting = "clip_model" if which == "clip" else "dino_model"
+    with pytest.raises(TIError, match=rf"evaluation.{setting} .* has only PyTorch pickle weights") as err:
+        EvalModels(models["clip"], models["dino"], "cpu")
+    assert f"./{which}-safetensors" in err.value.fix
+    assert not marker.exists()

@@ -4,14 +4,13 @@ the old (pickled) format, one without the embedding and one with NaN rows are re
 from __future__ import annotations
 
 import json
-import os
 import pickle
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import TINY_RUN, compose
+from conftest import TINY_RUN, Payload, compose
 from ti_experiments.errors import TIError
 from ti_experiments.experiment import run
 
@@ -20,16 +19,6 @@ pytestmark = pytest.mark.train
 
 def _train(folder, *overrides):
     return run(compose(*TINY_RUN, *overrides, output_dir=folder))
-
-
-class Payload:
-    """Unpickling this runs `touch MARKER` (and returns a real-looking scheduler state, so nothing shows)."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 # Bump when the tiny builder below changes what it writes: it names the cache folder.
 TINY_EVAL_VERSION = "2"
 TINY_EVAL_NAME = f"tiny-eval-{TINY_EVAL_VERSION}"
+# How a user turns an older transformers model (PyTorch pickles only) into a folder this project loads.
+CONVERT = ('python -c "from transformers import AutoModel, AutoProcessor; s, d = \'{src}\', \'./{name}-safetensors\'; '
+           'AutoModel.from_pretrained(s).save_pretrained(d); AutoProcessor.from_pretrained(s).save_pretrained(d)"')
 
 
 def build_tiny_eval_models(out_dir: Path) -> None:
@@ -69,12 +72,13 @@ def ensure_tiny_eval_models(cache_dir: str | os.PathLike) -> Path:
 
 def _local_or_download(source: str, what: str) -> str:
     """A folder as is; the tiny pair built on demand; a Hub id from the local cache, else downloaded."""
-    from ..models.loading import _HUB_ID, _download
+    from ..models.loading import _HUB_ID, _download, refuse_pickled_weights
 
     path = Path(source).expanduser()
     if path.parent.name == TINY_EVAL_NAME:
         ensure_tiny_eval_models(path.parent.parent)
     if path.exists():
+        refuse_pickled_weights(path, [path], f"evaluation.{what}", CONVERT.replace("{name}", path.name))
         return str(path)
     fix = (f"set evaluation.{what} to a local folder or a reachable Hub id, or evaluation.image_metrics=false "
            "(evaluation=tiny works offline)")
@@ -90,9 +94,29 @@ def _local_or_download(source: str, what: str) -> str:
     except Exception:  # noqa: BLE001 - not cached yet
         pass
     folder = _download(source, None, None, fix, patterns=patterns)
-    if not (Path(folder) / "model.safetensors").exists():  # an older repository: PyTorch weights only
-        folder = _download(source, None, None, fix, patterns=patterns + ["pytorch_model.bin"])
+    if not (Path(folder) / "model.safetensors").exists():  # an older repository: PyTorch pickles only
+        folder = _converted(source, patterns)
+    if folder is None:
+        raise TIError(f"evaluation.{what} {source!r} has only PyTorch pickle weights on the Hub, which this "
+                      "project never loads (a pickle can run code)",
+                      f"convert it once, e.g. {CONVERT.format(src=source, name=source.split('/')[-1])}, and set "
+                      f"evaluation.{what}=./{source.split('/')[-1]}-safetensors (or evaluation.image_metrics=false)")
     return folder
+
+
+def _converted(source: str, patterns: list[str]) -> str | None:
+    """The safetensors copy of an older Hub repository that Hugging Face's conversion bot proposed as a
+    pull request (what transformers itself falls back to), or None."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    try:
+        for pr in HfApi().get_repo_discussions(source, author="SFconvertbot", discussion_type="pull_request"):
+            folder = snapshot_download(source, revision=pr.git_reference, allow_patterns=patterns)
+            if (Path(folder) / "model.safetensors").exists():
+                return folder
+    except Exception:  # noqa: BLE001 - no such pull request, or no network: refused by the caller
+        pass
+    return None
 
 
 def locate_models(clip_model: str, dino_model: str) -> tuple[str, str]:
@@ -123,7 +147,7 @@ class EvalModels:
         self.device = torch.device(device)
         clip_path, dino_path = locate_models(clip_model, dino_model)
         try:
-            self.clip = CLIPModel.from_pretrained(clip_path).to(self.device).eval()
+            self.clip = CLIPModel.from_pretrained(clip_path, use_safetensors=True).to(self.device).eval()
             self.clip_tokenizer = AutoTokenizer.from_pretrained(clip_path)
             self.clip_processor = AutoImageProcessor.from_pretrained(clip_path, backend="pil")
             self.dino = _feature_model(dino_path).to(self.device).eval()
@@ -159,7 +183,7 @@ def _feature_model(path: str):
         from ..toyworld.judge import AttributeFeatures
 
         return AttributeFeatures(path)
-    return ViTModel.from_pretrained(path, add_pooling_layer=False)
+    return ViTModel.from_pretrained(path, add_pooling_layer=False, use_safetensors=True)
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:

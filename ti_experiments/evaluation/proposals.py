@@ -50,7 +50,7 @@ def propose_words(clip_model: str, image_paths: list[Path], tokenizers, learnabl
     if not words:
         return []
     path = _local_or_download(str(clip_model), "clip_model")
-    clip = CLIPModel.from_pretrained(path).to(device).eval()
+    clip = CLIPModel.from_pretrained(path, use_safetensors=True).to(device).eval()
     clip_tokenizer = AutoTokenizer.from_pretrained(path)
     processor = AutoImageProcessor.from_pretrained(path, backend="pil")
     pixels = processor(images=[_open_rgb(p, 512)[0] for p in image_paths], return_tensors="pt")["pixel_values"]

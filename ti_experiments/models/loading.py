@@ -89,7 +89,7 @@ def _from_pretrained(source: str, revision: str | None, variant: str | None, loc
     from diffusers import AutoencoderKL, DDPMScheduler
 
     common = {"local_files_only": local_only}
-    weights = {**common, "revision": revision}
+    weights = {**common, "revision": revision, "use_safetensors": True}  # never a pickle (refuse_pickled_weights)
     family = _family(source, revision, local_only)
     tokenizers, text_encoders = family.load_text_parts(source, common, weights)
     return dict(
@@ -177,6 +177,31 @@ def _download(source: str, revision: str | None, variant: str | None, fix: str,
                       f"access?): {cause(exc)}", fix + " (model=tiny and model=tiny_sdxl work offline)") from None
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+CONVERT = ('python -c "from diffusers import DiffusionPipeline as P; P.from_pretrained(\'{src}\')'
+           '.save_pretrained(\'{src}-safetensors\')"')
+
+
+def refuse_pickled_weights(folder: Path, parts: list[Path], setting: str, convert: str = CONVERT) -> None:
+    """Refuse, in one line, a folder whose weights are only PyTorch pickles (an older export, or a
+    repository from before safetensors): loading a pickle can run code its author put there, and this
+    project loads only what it can read as data. The user converts once, knowingly, in their own process."""
+    for part in parts:
+        files = [f for f in part.iterdir() if f.is_file()] if part.is_dir() else []
+        pickles = [f for f in files if f.suffix in PICKLE_SUFFIXES]
+        if pickles and not any(f.suffix == ".safetensors" for f in files):
+            raise TIError(f"{setting} {str(folder)!r} has only PyTorch pickle weights ({pickles[0].relative_to(folder)}), "
+                          "which this project never loads (a pickle can run code)",
+                          f"convert it once to safetensors, e.g. {convert.format(src=folder)}, and point {setting} "
+                          "at the new folder")
+
+
+def _weight_folders(path: Path) -> list[Path]:
+    """The subfolders whose weights training or generation loads (not, say, SD 1.x's safety checker)."""
+    names = {e for family in FAMILIES for _, e in family.component_folders} | {"unet", "vae"}
+    return [path / n for n in sorted(names) if (path / n).is_dir()]
+
+
 def _local_folder(source: str, fix: str) -> Path | None:
     """The local folder `source` names; None when it is a Hub id; a path that does not exist is an error
     (never mistaken for a Hub id and looked up on the network)."""
@@ -210,6 +235,7 @@ def load_components(pretrained_model_name_or_path: str, revision: str | None = N
         if missing:
             raise TIError(f"model folder {source!r} lacks {', '.join(m + '/' for m in missing)} (a Stable "
                           f"Diffusion folder in diffusers layout has {', '.join(REQUIRED_SUBFOLDERS)})", fix)
+        refuse_pickled_weights(path, _weight_folders(path), "model.pretrained_model_name_or_path")
         try:
             parts = _from_pretrained(str(path), revision, variant, local_only=True)
         except Exception as exc:  # noqa: BLE001
@@ -273,6 +299,7 @@ def load_pipeline(pretrained_model_name_or_path: str, revision: str | None = Non
     index = Path(folder) / "model_index.json"
     if not index.is_file():
         raise TIError(f"model folder {source!r} is not a diffusers pipeline folder (no model_index.json)", fix)
+    refuse_pickled_weights(Path(folder), _weight_folders(Path(folder)), "--model")
     from diffusers import DiffusionPipeline
 
     # SD 1.x folders name a safety checker; its weights are not downloaded and generation does not need it.
@@ -284,6 +311,6 @@ def load_pipeline(pretrained_model_name_or_path: str, revision: str | None = Non
         if "safety_checker" in components else {}
     try:
         return DiffusionPipeline.from_pretrained(folder, dtype=torch_dtype, variant=variant,
-                                                 local_files_only=True, **extra)
+                                                 local_files_only=True, use_safetensors=True, **extra)
     except Exception as exc:  # noqa: BLE001
         raise TIError(f"could not load the pipeline of {source!r}: {cause(exc)}", fix) from None
