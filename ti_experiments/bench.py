@@ -50,14 +50,14 @@ class StepTimes:
         return {"lr": values.get("lr", 0.0), "steps_per_sec": None}
 
 
-def time_phases(p, state, accelerator, n: int) -> list[dict]:
+def time_phases(p, trained, accelerator, n: int) -> list[dict]:
     """Each phase of a training step, one at a time, synchronised: the loop's own functions (the item
     draws, the text conditioning, the UNet's loss), with the UNet's inputs cut from the text encoders'
     graph so that the two backward passes are timed apart."""
     parts, device = p.parts, accelerator.device
-    cache, optimizer, dtype = state["cache"], state["optimizer"], state["weight_dtype"]
+    cache, optimizer, dtype = trained.cache, trained.optimizer, trained.weight_dtype
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    batches = iter(state["dataloader"])
+    batches = iter(trained.dataloader)
     rows = []
     def tick(t, name, start):
         sync()
@@ -71,7 +71,7 @@ def time_phases(p, state, accelerator, n: int) -> list[dict]:
         try:
             batch = next(batches)
         except StopIteration:
-            batches = iter(state["dataloader"])
+            batches = iter(trained.dataloader)
             batch = next(batches)
         now = tick(t, "data", now)
         with accelerator.autocast():
@@ -161,7 +161,7 @@ def time_reference(p, accelerator, n: int, warmup: int) -> list[float]:
     return [b - a for a, b in zip(ends[max(warmup - 1, 0):], ends[max(warmup, 1):])]
 
 
-def time_evaluation(p, accelerator, state: dict) -> dict:
+def time_evaluation(p, accelerator, trained) -> dict:
     """Seconds of one held-out-loss evaluation, the first (which also scores the initializer, once per
     run) and a later one; image metrics need the VAE decoder, which the timed run has let go."""
     from dataclasses import replace
@@ -175,7 +175,7 @@ def time_evaluation(p, accelerator, state: dict) -> dict:
                           accelerator=accelerator, run_dir=p.run_dir, concept=p.settings.concept,
                           image_paths=p.images.paths, generator=None, images=p.images)
     train = p.settings.train
-    evaluator.attach(state["cache"], state["weight_dtype"], items_per_step=train.batch_size
+    evaluator.attach(trained.cache, trained.weight_dtype, items_per_step=train.batch_size
                      * train.gradient_accumulation_steps * accelerator.num_processes)
     if p.initializers:
         evaluator.use_initializer(p.initializers[0])
@@ -225,7 +225,7 @@ def _step_seconds(times: StepTimes, result, warmup: int) -> tuple[float, list[fl
     """The latent cache's encoding before step 1's end, and each timed step's seconds without the cache's
     encoding in it (once per run: the rest of the images are encoded right after step 1, inside the next
     step's interval)."""
-    encoded = result.state["cache"].encoded_at
+    encoded = result.trained_with.cache.encoded_at
     encoding = sum(seconds for end, seconds in encoded if end <= times.ends[0])
     step_seconds = [b - a - sum(s for end, s in encoded if a < end <= b)
                     for a, b in zip(times.ends[max(warmup - 1, 0):], times.ends[max(warmup, 1):])]
@@ -265,10 +265,10 @@ def benchmark(overrides: list[str], warmup: int, steps: int, phase_steps: int, r
         times = StepTimes()
         result = fit(p, accelerator, lambda start_step: times)
         encoding, step_seconds = _step_seconds(times, result, warmup)
-        phases = time_phases(p, result.state, accelerator, phase_steps)
+        phases = time_phases(p, result.trained_with, accelerator, phase_steps)
         device = accelerator.device
         memory = _memory(device)  # training's peak: before the evaluation and the reference step
-        evaluation = time_evaluation(p, accelerator, result.state)
+        evaluation = time_evaluation(p, accelerator, result.trained_with)
         if evaluation:
             evaluation["peak_rss_with_evaluation_gib"] = _memory(device)["peak_rss_gib"]
         reference_steps = time_reference(p, accelerator, steps, warmup) if reference else None

@@ -174,7 +174,7 @@ def test_the_first_step_encodes_only_its_own_images_and_the_encoder_leaves_once_
             result = fit(p, accelerator, AtStepEnd, validator)
         finally:
             reset_accelerate()
-        cache = result.state["cache"]
+        cache = result.trained_with.cache
         step_1_end, encoder, decoder = seen[1]
         assert sum(end < step_1_end for end, _ in cache.encoded_at) == 1  # batch 1: one image before step 1
         assert encoder and decoder == (validation == "true")  # no decoder kept that nothing needs

@@ -45,14 +45,24 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class TrainedWith:
+    """What the run trained with, handed back for the benchmark, which times these same pieces after
+    training (the latent cache, the optimizer, the dataloader and the frozen weights' dtype)."""
+
+    cache: object  # LatentCache
+    optimizer: torch.optim.Optimizer
+    dataloader: object
+    weight_dtype: torch.dtype
+
+
+@dataclass
 class TrainResult:
     global_step: int  # the step the run stopped at
     final_loss: float | None
     seconds: float
     vectors: list[torch.Tensor]  # the kept step's rows of each text encoder: what learned_embeds*.safetensors hold
     steps_trained: int
-    # what the benchmark times after training: cache, optimizer, dataloader, weight_dtype
-    state: dict
+    trained_with: TrainedWith
     # where and why the run stopped, which step was kept and why (`Stopping.outcome`)
     outcome: dict = field(default_factory=dict)
     # the rows at the last step, every text encoder's (the processes of one run compare these)
@@ -159,8 +169,7 @@ def run_training(job: TrainingJob) -> TrainResult:
     vectors = stopping.kept_vectors(last)
     return TrainResult(global_step=state.global_step, final_loss=state.final_loss, seconds=seconds,
                        vectors=vectors, steps_trained=state.global_step - state.start_step,
-                       state={"cache": cache, "optimizer": optimizer, "dataloader": dataloader,
-                              "weight_dtype": placement.weight_dtype},
+                       trained_with=TrainedWith(cache, optimizer, dataloader, placement.weight_dtype),
                        outcome=stopping.outcome(state.global_step, job.train.max_steps, state.stopped),
                        last=last, initializer=initializer)
 
