@@ -173,7 +173,7 @@ def test_proposed_words_are_scored_beside_the_users_word(tmp_path):
     assert chosen["chosen"] == min(words, key=chosen["scores"].get)
 
 
-def test_auto_needs_proposals_and_the_toy_world_proposes_by_default():
+def test_auto_needs_proposals_and_only_the_toy_world_proposes_by_default():
     from ti_experiments.config.checks import check_config
 
     with pytest.raises(TIError, match="initializer_proposals=0"):
@@ -181,7 +181,9 @@ def test_auto_needs_proposals_and_the_toy_world_proposes_by_default():
     assert check_config(compose("+concept=eared_box", "model=toyworld")).evaluation.initializer_proposals == 8
     # the demo shows its word before training (the README's picture): it starts from it
     assert check_config(compose("+concept=demo")).evaluation.initializer_proposals == 0
-    assert check_config(compose("+concept=cat_toy")).evaluation.initializer_proposals == 8
+    # real models start from the user's word, as every published recipe does
+    assert check_config(compose("+concept=cat_toy")).evaluation.initializer_proposals == 0
+    assert check_config(compose("+concept=cat_toy", "model=sdxl")).evaluation.initializer_proposals == 0
     assert check_config(compose(*TINY_RUN)).evaluation.initializer_proposals == 0  # a random CLIP's words
 
 

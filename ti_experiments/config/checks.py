@@ -173,4 +173,4 @@ def check_initializer(concept: ConceptSettings, evaluation: EvaluationSettings |
     if words is None and not evaluation.initializer_proposals:
         raise TIError("concept.initializer_token=auto takes the words the evaluation's CLIP proposes, and "
                       "evaluation.initializer_proposals=0 asks for none",
-                      "use evaluation.initializer_proposals=8, or name words, e.g. concept.initializer_token=[toy,cat]")
+                      "add evaluation.initializer_proposals=8, or name words, e.g. concept.initializer_token=[toy,cat]")

@@ -63,7 +63,7 @@ class EvaluationSettings(Settings):
     clip_model: str = bound("openai/clip-vit-base-patch32", example="openai/clip-vit-base-patch32")
     # words clip_model proposes from the concept's images, scored with concept.initializer_token's own by
     # the held-out loss before training; the lowest starts (0: the initializer word starts, unscored)
-    initializer_proposals: int = bound(8, minimum=0, example="8")
+    initializer_proposals: int = bound(0, minimum=0, example="8")
     dino_model: str = bound("facebook/dino-vits16", example="facebook/dino-vits16")
 
     def __post_init__(self):
