@@ -56,3 +56,18 @@ def test_keep_norm_holds_every_learned_vector_at_the_vocabulary_norm(tmp_path, t
     for name in ("learned_embeds-steps-4.safetensors", "learned_embeds-steps-2.safetensors"):
         vectors = load_file(run_dir / name)["<demo-toy>"]
         assert torch.allclose(vectors.norm(dim=-1), target.expand(2), rtol=1e-5), name
+
+
+@pytest.mark.train
+def test_batch_and_accumulation_are_one_recipe_the_images_per_step(tmp_path):
+    """Every item draws its latent, noise and timestep from its own seed (run seed, epoch, position), so 4
+    images a step give the same embedding as one batch of 4, 1 x accumulation 4 or 2 x 2, to float
+    rounding: only the speed differs, and the recipe's question is the images per step."""
+    def rows(batch, acc):
+        folder = run(compose(*TINY_RUN, f"train.batch_size={batch}", f"train.gradient_accumulation_steps={acc}",
+                             "train.max_steps=3", "evaluation.enabled=false", output_dir=tmp_path / f"{batch}x{acc}"))
+        return load_file(folder / "learned_embeds.safetensors")["<demo-toy>"]
+
+    one_batch = rows(4, 1)
+    assert torch.allclose(rows(1, 4), one_batch, atol=1e-6) and torch.allclose(rows(2, 2), one_batch, atol=1e-6)
+    assert (rows(2, 1) - one_batch).abs().max() > 1e-4  # 2 images a step: another training

@@ -190,8 +190,8 @@ def refuse_pickled_weights(folder: Path, parts: list[Path], setting: str, conver
         files = [f for f in part.iterdir() if f.is_file()] if part.is_dir() else []
         pickles = [f for f in files if f.suffix in PICKLE_SUFFIXES]
         if pickles and not any(f.suffix == ".safetensors" for f in files):
-            raise TIError(f"{setting} {str(folder)!r} has only PyTorch pickle weights ({pickles[0].relative_to(folder)}), "
-                          "which this project never loads (a pickle can run code)",
+            raise TIError(f"{setting} {str(folder)!r} has only PyTorch pickle weights "
+                          f"({pickles[0].relative_to(folder)}), which this project never loads (a pickle can run code)",
                           f"convert it once to safetensors, e.g. {convert.format(src=folder)}, and point {setting} "
                           "at the new folder")
 
