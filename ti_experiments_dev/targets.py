@@ -28,6 +28,8 @@ UNSEEN = {
                       "triangle"),
     "black_eared_circle": (dict(shape="circle", colour="black", size="medium", pattern="striped", ears=True,
                                 dot="none"), "circle"),
+    # like demo_style, a colour, a pattern and a background over any shape, size and position
+    "red_on_teal": (dict(colour="red", pattern="plain", background="teal", ears=False, dot="white"), "red"),
 }
 # the named concepts' own initializer words (conf/concept/NAME.yaml)
 NAMED = {"demo": "circle", "demo_style": "yellow", "eared_box": "square", "dotted_cross": "cross"}
