@@ -72,13 +72,13 @@ def ensure_tiny_eval_models(cache_dir: str | os.PathLike) -> Path:
 
 def _local_or_download(source: str, what: str) -> str:
     """A folder as is; the tiny pair built on demand; a Hub id from the local cache, else downloaded."""
-    from ..models.loading import _HUB_ID, _download, refuse_pickled_weights
+    from ..models.loading import _HUB_ID, _download, pickled_weights_error, refuse_pickled_weights
 
     path = Path(source).expanduser()
     if path.parent.name == TINY_EVAL_NAME:
         ensure_tiny_eval_models(path.parent.parent)
     if path.exists():
-        refuse_pickled_weights(path, [path], f"evaluation.{what}", CONVERT.replace("{name}", path.name))
+        refuse_pickled_weights(path, [path], f"evaluation.{what}", CONVERT.format(src=path, name=path.name))
         return str(path)
     fix = (f"set evaluation.{what} to a local folder or a reachable Hub id, or evaluation.image_metrics=false "
            "(evaluation=tiny works offline)")
@@ -97,10 +97,8 @@ def _local_or_download(source: str, what: str) -> str:
     if not (Path(folder) / "model.safetensors").exists():  # an older repository: PyTorch pickles only
         folder = _converted(source, patterns)
     if folder is None:
-        raise TIError(f"evaluation.{what} {source!r} has only PyTorch pickle weights on the Hub, which this "
-                      "project never loads (a pickle can run code)",
-                      f"convert it once, e.g. {CONVERT.format(src=source, name=source.split('/')[-1])}, and set "
-                      f"evaluation.{what}=./{source.split('/')[-1]}-safetensors (or evaluation.image_metrics=false)")
+        raise pickled_weights_error(f"evaluation.{what}", source, "pytorch_model.bin on the Hub",
+                                    CONVERT.format(src=source, name=source.split("/")[-1]))
     return folder
 
 

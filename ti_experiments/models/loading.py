@@ -182,7 +182,7 @@ CONVERT = ('python -c "from diffusers import DiffusionPipeline as P; P.from_pret
            '.save_pretrained(\'{src}-safetensors\')"')
 
 
-def refuse_pickled_weights(folder: Path, parts: list[Path], setting: str, convert: str = CONVERT) -> None:
+def refuse_pickled_weights(folder: Path, parts: list[Path], setting: str, convert: str | None = None) -> None:
     """Refuse, in one line, a folder whose weights are only PyTorch pickles (an older export, or a
     repository from before safetensors): loading a pickle can run code its author put there, and this
     project loads only what it can read as data. The user converts once, knowingly, in their own process."""
@@ -190,10 +190,15 @@ def refuse_pickled_weights(folder: Path, parts: list[Path], setting: str, conver
         files = [f for f in part.iterdir() if f.is_file()] if part.is_dir() else []
         pickles = [f for f in files if f.suffix in PICKLE_SUFFIXES]
         if pickles and not any(f.suffix == ".safetensors" for f in files):
-            raise TIError(f"{setting} {str(folder)!r} has only PyTorch pickle weights "
-                          f"({pickles[0].relative_to(folder)}), which this project never loads (a pickle can run code)",
-                          f"convert it once to safetensors, e.g. {convert.format(src=folder)}, and point {setting} "
-                          "at the new folder")
+            raise pickled_weights_error(setting, str(folder), str(pickles[0].relative_to(folder)),
+                                        convert or CONVERT.format(src=folder))
+
+
+def pickled_weights_error(setting: str, source: str, found: str, convert: str) -> TIError:
+    """The one line for weights that exist only as pickles (`found`), with the command that converts them."""
+    return TIError(f"{setting} {source!r} has only PyTorch pickle weights ({found}), which this project never "
+                   "loads (a pickle can run code)",
+                   f"convert it once to safetensors, e.g. {convert}, and point {setting} at the new folder")
 
 
 def _weight_folders(path: Path) -> list[Path]:
