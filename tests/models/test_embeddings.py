@@ -146,7 +146,7 @@ def test_read_embedding_refuses_what_is_not_one(tmp_path):
         read_embedding(two)
     code = tmp_path / "code.pt"
     torch.save({"string_to_param": torch.nn.ParameterDict({"*": torch.nn.Parameter(torch.zeros(1, 4))})}, code)
-    with pytest.raises(TIError, match="not a readable embedding"):  # weights_only refuses pickled classes
+    with pytest.raises(TIError, match="not a readable embedding"):  # a pickled class (NEWOBJ) is not data
         read_embedding(code)
     with pytest.raises(TIError, match="does not exist"):
         read_embedding(tmp_path / "missing.safetensors")

@@ -18,6 +18,23 @@ from torch import nn
 
 from ..errors import TIError, cause
 from ..records.files import atomic_path
+from .torch_files import read_torch_file
+
+PICKLED_EMBEDDING = (".pt", ".bin", ".ckpt", ".pth")
+
+
+def convert_command(path: Path) -> str:
+    """The one-time conversion of a .pt/.bin this project's reader refuses (an older pickle format, or
+    pickled classes) to safetensors beside it, never over an existing file. Only for a file from someone
+    the user trusts: torch.load runs code the file names, which is why this project never calls it."""
+    import json
+    import shlex
+
+    source, target = json.dumps(str(path)), json.dumps(str(path.with_suffix(".safetensors")))  # Python literals
+    code = (f'import torch, safetensors.torch as s; d = torch.load({source}, weights_only=True); '
+            'd = {"emb_params": [*d["string_to_param"].values()][0]} if "string_to_param" in d else d; '
+            f'open({target}, "xb").write(s.save({{k: v.contiguous() for k, v in d.items()}}))')
+    return f"python -c {shlex.quote(code)}"
 
 
 # a token names files (`<token>.safetensors`, `...-steps-N.safetensors`): well below a file name's 255 bytes
@@ -231,19 +248,21 @@ def _as_rows(value, path: Path, key: str) -> torch.Tensor:
 
 
 def _read_state(path: Path) -> dict:
+    if path.suffix not in (".safetensors", *PICKLED_EMBEDDING):
+        raise TIError(f"{path} has an unknown extension {path.suffix!r}",
+                      "pass a .safetensors, .pt or .bin embedding file, or a folder with learned_embeds.safetensors")
     try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        if path.suffix in (".pt", ".bin", ".ckpt", ".pth"):
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-            if not isinstance(state, dict):
-                raise ValueError("not a dict")
-            return state
+        # a .pt/.bin is decoded as data (torch_files): nothing in it is unpickled
+        state = load_file(str(path)) if path.suffix == ".safetensors" else read_torch_file(path)
+        if not isinstance(state, dict):
+            raise ValueError("not a dict")
+        return state
     except Exception as exc:  # any unreadable file is the same user error
+        fix = "pass a .safetensors (or plain-tensor .pt/.bin) textual-inversion embedding"
+        if path.suffix != ".safetensors" and path.is_file():
+            fix += f"; a .pt you trust converts once with: {convert_command(path)}"
         raise TIError(f"{path} is not a readable embedding file ({type(exc).__name__}: {str(exc)[:120]})",
-                      "pass a .safetensors (or plain-tensor .pt/.bin) textual-inversion embedding") from None
-    raise TIError(f"{path} has an unknown extension {path.suffix!r}",
-                  "pass a .safetensors, .pt or .bin embedding file, or a folder with learned_embeds.safetensors")
+                      fix) from None
 
 
 def _from_state(state: dict, path: Path) -> EmbeddingFile:

@@ -424,7 +424,7 @@ def read_embedding(path: str | os.PathLike, step: int | None = None) -> Embeddin
     `string_to_param`) or SDXL (`clip_l`/`clip_g`) format, or a folder in the sd-concepts layout (a run
     directory included; `learned_embeds_2.safetensors` beside it makes it the SDXL two-file layout).
     `step`: the embedding a run directory saved at that step (SDXL: both encoders' step files).
-    Never executes code: safetensors, or torch.load with weights_only=True.
+    Never executes code: safetensors, or a .pt/.bin decoded as data (models/torch_files.py).
     """
     path = Path(path).expanduser()
     if step is not None:
