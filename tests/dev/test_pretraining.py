@@ -1,4 +1,5 @@
-"""Pretraining: a stage stopped and resumed continues exactly; the command builds a loadable model."""
+"""Pretraining: a stage stopped and resumed continues exactly (its optimizer too, read back without
+pickles); the command builds a loadable model."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ def test_a_stage_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_doe
     first, step = _vae_stage(tmp_path / "b")
     first.run(step, until=2)
     assert first.step == 2
+    # the checkpoint is data: safetensors and JSON, the optimizer's moments included (nothing pickled)
+    assert sorted(p.name for p in (tmp_path / "b" / "vae" / "checkpoint").iterdir()) == ["state.json",
+                                                                                       "weights.safetensors"]
     resumed, step = _vae_stage(tmp_path / "b")  # a new process: everything comes from the checkpoint
     assert resumed.step == 2
     resumed.run(step)

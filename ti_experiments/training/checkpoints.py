@@ -116,21 +116,28 @@ def _save_json(path: Path, data) -> None:
 
 def _save_state(folder: Path, trainable: Trainable) -> None:
     tensors = {f"vectors.{i}": v.float() for i, v in enumerate(trainable.vectors())}
-    optimizer = trainable.optimizer.state_dict()
-    numbers: dict = {}
-    for pid, values in optimizer["state"].items():
+    optimizer_tensors, optimizer_numbers = optimizer_files(trainable.optimizer)
+    scaler = getattr(trainable.accelerator, "scaler", None)
+    _save_tensors(folder / TENSORS, {**tensors, **optimizer_tensors})
+    _save_json(folder / NUMBERS, {
+        "optimizer": optimizer_numbers,
+        "lr_scheduler": trainable.lr_scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+    })
+
+
+def optimizer_files(optimizer) -> tuple[dict, dict]:
+    """An optimizer's state_dict as safetensors (`optimizer.PID.NAME` tensors) and JSON (the rest), the
+    split `optimizer_state` reads back: what anything the project trains checkpoints its optimizer with."""
+    state = optimizer.state_dict()
+    tensors, numbers = {}, {}
+    for pid, values in state["state"].items():
         for name, value in values.items():
             if isinstance(value, torch.Tensor):
                 tensors[f"optimizer.{pid}.{name}"] = value
             else:
                 numbers[f"{pid}.{name}"] = value
-    scaler = getattr(trainable.accelerator, "scaler", None)
-    _save_tensors(folder / TENSORS, tensors)
-    _save_json(folder / NUMBERS, {
-        "optimizer": {"param_groups": optimizer["param_groups"], "numbers": numbers},
-        "lr_scheduler": trainable.lr_scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-    })
+    return tensors, {"param_groups": state["param_groups"], "numbers": numbers}
 
 
 def _save_rng(folder: Path, index: int) -> None:
@@ -230,14 +237,14 @@ def _load_state(trainable: Trainable, path: Path) -> None:
     with torch.no_grad():
         for i, current in enumerate(vectors):
             current.copy_(tensors[f"vectors.{i}"].to(current.device, current.dtype))
-    trainable.optimizer.load_state_dict(_optimizer_state(trainable.optimizer, tensors, numbers["optimizer"]))
+    trainable.optimizer.load_state_dict(optimizer_state(trainable.optimizer, tensors, numbers["optimizer"]))
     trainable.lr_scheduler.load_state_dict(numbers["lr_scheduler"])
     scaler = getattr(trainable.accelerator, "scaler", None)
     if scaler is not None and numbers.get("scaler") is not None:
         scaler.load_state_dict(numbers["scaler"])
 
 
-def _optimizer_state(optimizer, tensors: dict, saved: dict) -> dict:
+def optimizer_state(optimizer, tensors: dict, saved: dict) -> dict:
     """The optimizer's state_dict from the files; JSON's lists become the tuples the optimizer holds
     (AdamW's betas)."""
     state: dict = {}

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ti_experiments.records.files import atomic_dir, write_text_atomic
+from ti_experiments.training.checkpoints import optimizer_files, optimizer_state
 from ti_experiments.toyworld import world
 
 log = logging.getLogger(__name__)
@@ -153,9 +154,11 @@ class Stage:
         if self.ema is not None:
             tensors.update({f"ema.{k}.{n}": v.contiguous() for k, d in self.ema.items() for n, v in d.items()})
         with atomic_dir(self.dir / "checkpoint") as tmp:
-            save_file(tensors, str(tmp / "weights.safetensors"))
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            write_text_atomic(tmp / "state.json", json.dumps({"step": self.step, "seconds": self.seconds}))
+            optimizer_tensors, optimizer_numbers = optimizer_files(self.optimizer)  # data, never a pickle
+            save_file({**tensors, **{k: v.contiguous() for k, v in optimizer_tensors.items()}},
+                      str(tmp / "weights.safetensors"))
+            write_text_atomic(tmp / "state.json", json.dumps({"step": self.step, "seconds": self.seconds,
+                                                              "optimizer": optimizer_numbers}))
 
     def _load(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -168,8 +171,12 @@ class Stage:
             if self.ema is not None:
                 prefix = f"ema.{key}."
                 self.ema[key] = {n[len(prefix):]: v for n, v in tensors.items() if n.startswith(prefix)}
-        self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
         state = json.loads((ckpt / "state.json").read_text())
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(optimizer_state(self.optimizer, tensors, state["optimizer"]))
+        else:  # a checkpoint of an earlier version (a pickled optimizer.pt): never unpickled
+            log.warning("%s: %s has no optimizer state this version reads; AdamW's moments start anew",
+                        self.name, ckpt)
         self.step, self.seconds = int(state["step"]), float(state["seconds"])
         # rows logged after the checkpoint belong to steps that will be run again
         metrics = self.dir / "metrics.jsonl"
