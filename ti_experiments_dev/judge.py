@@ -18,12 +18,6 @@ from pathlib import Path
 USAGE = "usage: python -m ti_experiments_dev.judge VERSUS_DIR... [KEY=VALUE ...] (e.g. evaluation.num_images=16)"
 
 
-def step_files(folder: Path) -> list[tuple[int, Path]]:
-    """A run folder's `learned_embeds-steps-N.safetensors`, by step."""
-    found = [(int(p.stem.rsplit("-", 1)[1]), p) for p in folder.glob("learned_embeds-steps-*.safetensors")]
-    return sorted(found)
-
-
 def rescore(versus_dir: Path, overrides: list[str]) -> list[dict]:
     """Ours (kept, then every saved step) and the example (every saved step), on our run's draws and prompts."""
     from ti_experiments.evaluate import scoring
@@ -34,8 +28,10 @@ def rescore(versus_dir: Path, overrides: list[str]) -> list[dict]:
     example = Path(command[command.index("--output_dir") + 1])
     last = int(GUIDE[GUIDE.index("--max_train_steps") + 1])
     ours = versus_dir / "ours"
-    files = [("ours", None, ours / run_files.EMBEDDING), *(("ours", s, p) for s, p in step_files(ours)),
-             *(("example", s, p) for s, p in step_files(example) or [(last, example / run_files.EMBEDDING)])]
+    saved = {side: [(s, run_files.step_file(folder, s)) for s in run_files.saved_steps(folder)]
+             for side, folder in (("ours", ours), ("example", example))}
+    files = [("ours", None, ours / run_files.EMBEDDING), *(("ours", s, p) for s, p in saved["ours"]),
+             *(("example", s, p) for s, p in saved["example"] or [(last, example / run_files.EMBEDDING)])]
     with scoring(ours, ["evaluation.image_metrics=true", *overrides]) as opened:
         scored = opened.score([(step, path) for _, step, path in files])
     return [{"folder": versus_dir.name, "side": side, "step": step if step is not None else f"kept {s['step']}",

@@ -1,9 +1,9 @@
 """Checkpoints: the learned rows, the optimizer, the LR schedule, the RNGs and the scaler, in files that
 cannot carry code (safetensors and JSON), written and read by this module alone.
 
-Accelerate's `save_state` pickles the state of what `register_for_checkpointing` holds
-(`custom_checkpoint_0.pkl`, read back with `torch.load(weights_only=False)`) and the rest in torch's
-format: a checkpoint someone hands you would run code on resume. Here every value is a tensor (in
+This project never calls Accelerate's `save_state`/`load_state`: they pickle the state of what
+`register_for_checkpointing` holds (`custom_checkpoint_0.pkl`) and the rest in torch's format, so a
+checkpoint someone hands you would run code on resume. Here every value is a tensor (in
 safetensors) or a number, string or list (in JSON), so a checkpoint is data, whoever made it.
 
 A checkpoint is written to a temporary folder and renamed, so a run killed at any moment leaves either a
