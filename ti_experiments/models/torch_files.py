@@ -38,6 +38,16 @@ _STRINGS = {"BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE", "STRING"
 _NUMBERS = {"BININT", "BININT1", "BININT2", "INT", "LONG", "LONG1", "LONG4", "BINFLOAT", "FLOAT"}
 _CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
 _SKIPPED = {"PROTO", "FRAME"}
+# every other opcode an embedding file uses, and the _Machine method that interprets it
+_HANDLERS = {
+    "EMPTY_DICT": "empty", "EMPTY_LIST": "empty", "EMPTY_TUPLE": "empty", "MARK": "mark",
+    "TUPLE": "collect", "LIST": "collect", "DICT": "collect",
+    "TUPLE1": "small_tuple", "TUPLE2": "small_tuple", "TUPLE3": "small_tuple",
+    "SETITEM": "set_items", "SETITEMS": "set_items", "APPEND": "append", "APPENDS": "append",
+    "BINPUT": "put", "LONG_BINPUT": "put", "PUT": "put", "MEMOIZE": "put",
+    "BINGET": "get", "LONG_BINGET": "get", "GET": "get",
+    "GLOBAL": "global_name", "STACK_GLOBAL": "global_name", "BINPERSID": "persistent", "REDUCE": "reduce",
+}
 
 
 class NotData(ValueError):
@@ -93,57 +103,68 @@ class _Machine:
         raise NotData("the pickle does not end")
 
     def step(self, name: str, arg) -> None:
-        stack = self.stack
+        """One opcode: a plain value is pushed; the rest go to the handler `_HANDLERS` names."""
         if name in _SKIPPED:
             return
         if name in _STRINGS or name in _NUMBERS:
-            stack.append(arg)
+            self.stack.append(arg)
         elif name in _CONSTANTS:
-            stack.append(_CONSTANTS[name])
-        elif name in ("EMPTY_DICT", "EMPTY_LIST", "EMPTY_TUPLE"):
-            stack.append({"EMPTY_DICT": {}, "EMPTY_LIST": [], "EMPTY_TUPLE": ()}[name])
-        elif name == "MARK":
-            stack.append(_Mark)
-        elif name in ("TUPLE", "LIST", "DICT"):
-            items = self.since_mark()
-            stack.append(tuple(items) if name == "TUPLE" else list(items) if name == "LIST"
-                         else self.pairs({}, items))
-        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-            count = int(name[-1])
-            items = stack[-count:]
-            del stack[-count:]
-            stack.append(tuple(items))
-        elif name == "SETITEM":
-            value, key = stack.pop(), stack.pop()
-            self.pairs(stack[-1], [key, value])
-        elif name == "SETITEMS":
-            items = self.since_mark()
-            self.pairs(stack[-1], items)
-        elif name == "APPEND":
-            self.extend([stack.pop()])
-        elif name == "APPENDS":
-            self.extend(self.since_mark())
-        elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
-            self.memo[arg] = stack[-1]
-        elif name == "MEMOIZE":
-            self.memo[len(self.memo)] = stack[-1]
-        elif name in ("BINGET", "LONG_BINGET", "GET"):
-            if arg not in self.memo:
-                raise NotData("the pickle refers to a value it never stored")
-            stack.append(self.memo[arg])
-        elif name == "GLOBAL":
-            module, _, attr = arg.partition(" ")
-            stack.append(_Name((module, attr)))
-        elif name == "STACK_GLOBAL":
-            attr, module = stack.pop(), stack.pop()
-            stack.append(_Name((module, attr)))
-        elif name == "BINPERSID":
-            stack.append(self.storage(stack.pop()))
-        elif name == "REDUCE":
-            args, func = stack.pop(), stack.pop()
-            stack.append(self.rebuild(func, args))
+            self.stack.append(_CONSTANTS[name])
+        elif name in _HANDLERS:
+            getattr(self, _HANDLERS[name])(name, arg)
         else:
             raise NotData(f"it holds a pickle operation ({name}) that builds more than tensors and containers")
+
+    def empty(self, name: str, _arg) -> None:
+        self.stack.append({"EMPTY_DICT": {}, "EMPTY_LIST": [], "EMPTY_TUPLE": ()}[name])
+
+    def mark(self, _name: str, _arg) -> None:
+        self.stack.append(_Mark)
+
+    def collect(self, name: str, _arg) -> None:
+        """TUPLE / LIST / DICT: the items since the last mark."""
+        items = self.since_mark()
+        self.stack.append(tuple(items) if name == "TUPLE" else list(items) if name == "LIST"
+                          else self.pairs({}, items))
+
+    def small_tuple(self, name: str, _arg) -> None:
+        count = int(name[-1])
+        items = self.stack[-count:]
+        del self.stack[-count:]
+        self.stack.append(tuple(items))
+
+    def set_items(self, name: str, _arg) -> None:
+        if name == "SETITEM":
+            value, key = self.stack.pop(), self.stack.pop()
+            self.pairs(self.stack[-1], [key, value])
+        else:
+            items = self.since_mark()  # first: the dict is the item below the mark
+            self.pairs(self.stack[-1], items)
+
+    def append(self, name: str, _arg) -> None:
+        self.extend([self.stack.pop()] if name == "APPEND" else self.since_mark())
+
+    def put(self, name: str, arg) -> None:
+        self.memo[len(self.memo) if name == "MEMOIZE" else arg] = self.stack[-1]
+
+    def get(self, _name: str, arg) -> None:
+        if arg not in self.memo:
+            raise NotData("the pickle refers to a value it never stored")
+        self.stack.append(self.memo[arg])
+
+    def global_name(self, name: str, arg) -> None:
+        if name == "GLOBAL":
+            module, _, attr = arg.partition(" ")
+        else:
+            attr, module = self.stack.pop(), self.stack.pop()
+        self.stack.append(_Name((module, attr)))
+
+    def persistent(self, _name: str, _arg) -> None:
+        self.stack.append(self.storage(self.stack.pop()))
+
+    def reduce(self, _name: str, _arg) -> None:
+        args, func = self.stack.pop(), self.stack.pop()
+        self.stack.append(self.rebuild(func, args))
 
     def since_mark(self) -> list:
         stack = self.stack
