@@ -46,3 +46,6 @@ def test_the_cause_of_an_error_is_its_first_readable_line_through_its_chain():
     assert cause(OSError(None, "timed out")) == "timed out"
     assert cause(OSError()) == "OSError"  # nothing anywhere says more than its class
     assert cause(ValueError("x" * 500), limit=10) == "x" * 10
+    lazy = RuntimeError("Failed to import diffusers.models.vae because of the following error (look up to see its "
+                        "traceback):\nNo module named 'scipy'")
+    assert cause(lazy).endswith("(look up to see its traceback): No module named 'scipy'")

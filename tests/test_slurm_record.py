@@ -102,3 +102,43 @@ def test_a_stop_outside_the_training_steps_ends_the_job_at_once_and_is_handed_to
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_stop_that_a_library_wrapped_in_its_own_error_is_still_a_stop(monkeypatch):
+    """SIGUSR2 while diffusers imports lazily (the test cluster caught it): Python 3.11 wraps the handler's
+    `Interrupted` raised while a class is made, diffusers wraps that in a RuntimeError, and the model loader
+    in a TIError. The run is recorded as interrupted and the stop reaches submitit, not a failure."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from ti_experiments import experiment
+    from ti_experiments.errors import TIError
+
+    def loading(*_):
+        try:
+            try:
+                signal.raise_signal(signal.SIGUSR2)
+            except BaseException as exc:  # what Python 3.11 does around a class's __set_name__
+                raise RuntimeError("Error calling __set_name__ on 'Field' instance 'is_sharded'") from exc
+        except Exception as exc:
+            raise TIError("could not load the model folder: Failed to import diffusers.models (look up)",
+                          "set model.pretrained_model_name_or_path") from exc
+
+    finished = []
+    record = SimpleNamespace(finish=lambda status, exc=None: finished.append((status, exc)), note=lambda **_: None)
+    monkeypatch.setattr(experiment, "start_record", lambda *_: None)
+    monkeypatch.setattr(experiment, "_train", loading)
+    settings = SimpleNamespace(train=SimpleNamespace(resume_from_checkpoint=None), hub=None)
+    with pytest.raises(Interrupted, match="stopped by SIGUSR2 outside the training steps") as caught:
+        with slurm.job_signals():  # not under submitit: the stop is only raised
+            experiment._run(settings, None, record, OmegaConf.create({}), None)
+    assert caught.value.signum == signal.SIGUSR2 and isinstance(caught.value.__cause__, TIError)
+    assert [status for status, _ in finished] == ["interrupted"]
+    # a failure with no signal behind it stays a failure (the stop is forgotten when the job's handlers go)
+    finished.clear()
+    with pytest.raises(TIError):
+        with slurm.job_signals():
+            monkeypatch.setattr(experiment, "_train", lambda *_: (_ for _ in ()).throw(TIError("broken", "mend it")))
+            experiment._run(settings, None, record, OmegaConf.create({}), None)
+    assert [status for status, _ in finished] == ["failed"]

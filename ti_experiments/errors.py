@@ -33,14 +33,17 @@ def cause(exc: BaseException, limit: int = 200) -> str:
     """An error's first readable line, for the middle of a one-line message. Some libraries raise errors
     that say nothing ("[Errno None] None", an empty message) around the one that does: the chain
     (`raise ... from`, or an error raised while handling another) is followed to the first that says
-    something; the error's class name when none does."""
+    something; the error's class name when none does. A first line that ends in a colon announces the
+    next ("Failed to import X because of the following error (look up to see its traceback):"), which is
+    added."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        text = str(current).strip()
-        line = text.splitlines()[0].strip() if text else ""
-        line = line.removeprefix("[Errno None] ").strip()
+        lines = [line.strip() for line in str(current).splitlines() if line.strip()] or [""]
+        line = lines[0].removeprefix("[Errno None] ").strip()
+        if line.endswith(":") and len(lines) > 1:
+            line = f"{line} {lines[1]}"
         if line and line != "None":
             return line[:limit]
         current = current.__cause__ or current.__context__

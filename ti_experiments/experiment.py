@@ -170,8 +170,11 @@ def _run(settings: RunConfig, run_dir: Path, record: RunRecord | None, cfg: Dict
             record.finish("interrupted", exc)
         raise
     except BaseException as exc:
+        stop = slurm.stop_behind(exc)  # a SLURM stop that a library wrapped into its own error
         if record:
-            record.finish("failed", exc)
+            record.finish("failed" if stop is exc else "interrupted", stop)
+        if stop is not exc:
+            raise stop from exc
         raise
     if record:
         record.finish("completed")

@@ -95,19 +95,35 @@ def job_signals():
         raise
     finally:
         _restore(previous)
+        _stopping.clear()
 
 
 _stopping: list[int] = []  # the signal this job stops for: later ones are ignored while that stop ends it
 
 
 def _stop_at_once(signum: int, frame) -> None:
-    name = signal.Signals(signum).name
     if _stopping:
-        log.warning("%s while stopping for %s: ignored", name, signal.Signals(_stopping[0]).name)
+        log.warning("%s while stopping for %s: ignored", signal.Signals(signum).name,
+                    signal.Signals(_stopping[0]).name)
         return
     _stopping.append(signum)
-    raise Interrupted(f"stopped by {name} outside the training steps (starting or finishing): no step to save",
-                      signum)
+    raise _outside_steps(signum)
+
+
+def _outside_steps(signum: int) -> Interrupted:
+    name = signal.Signals(signum).name
+    return Interrupted(f"stopped by {name} outside the training steps (starting or finishing): no step to save",
+                       signum)
+
+
+def stop_behind(exc: BaseException) -> BaseException:
+    """The error a run ends with, or the stop behind it. The handler raises `Interrupted` wherever the job
+    is when the signal comes, and a library may catch and wrap it (diffusers' lazy imports turn any error
+    into a RuntimeError; Python 3.11 wraps one raised while a class is made): recorded as it arrives, a
+    stop would be a failure, and submitit would not requeue the job."""
+    if not _stopping or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return exc
+    return _outside_steps(_stopping[0])
 
 
 def _restore(handlers: dict) -> None:
