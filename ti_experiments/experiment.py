@@ -165,17 +165,15 @@ def _run(settings: RunConfig, run_dir: Path, record: RunRecord | None, cfg: Dict
             start = checkpoints.resolve_resume(resume_from, run_dir)
             record.note(resumed_from=str(start) if start is not None else None)  # None: it starts over
         _train(settings, run_dir, record, config)
-    except (KeyboardInterrupt, SystemExit) as exc:  # a signal: Ctrl-C, SLURM's, submitit's requeue and exit
-        if record:
-            record.finish("interrupted", exc)
-        raise
     except BaseException as exc:
-        stop = slurm.stop_behind(exc)  # a SLURM stop that a library wrapped into its own error
+        # a signal (Ctrl-C, SLURM's, submitit's requeue and exit) is an interruption, also when a library
+        # wrapped SLURM's stop into an error of its own; anything else is a failure
+        ended = slurm.stop_behind(exc)
         if record:
-            record.finish("failed" if stop is exc else "interrupted", stop)
-        if stop is not exc:
-            raise stop from exc
-        raise
+            record.finish("interrupted" if isinstance(ended, (KeyboardInterrupt, SystemExit)) else "failed", ended)
+        if ended is exc:
+            raise
+        raise ended from exc
     if record:
         record.finish("completed")
         if repo_id:  # the run is complete whatever happens to the upload; a failed upload says how to retry

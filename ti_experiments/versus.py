@@ -33,6 +33,7 @@ from .errors import ArgumentParser, TIError, report_or_raise
 # the diffusers guide's settings for the example (its README's command, "about 1 hour on one V100")
 GUIDE = ("--train_batch_size", "1", "--gradient_accumulation_steps", "4", "--max_train_steps", "3000",
          "--learning_rate", "5.0e-04", "--scale_lr", "--lr_scheduler", "constant", "--lr_warmup_steps", "0")
+GUIDE_STEPS = int(GUIDE[GUIDE.index("--max_train_steps") + 1])
 # "reached the example's quality": a held-out loss at most this much above the example's final one
 WITHIN = 0.02
 
@@ -113,6 +114,11 @@ def example_command(python: str, script: Path, run: dict, out_dir: Path) -> list
             *GUIDE, "--output_dir", str(out_dir)]
 
 
+def example_output(command: list[str]) -> Path:
+    """The example's output folder (its learned_embeds.safetensors and saved steps), from its command line."""
+    return Path(command[command.index("--output_dir") + 1])
+
+
 def check_inputs(script: Path, python: str, out: Path, overrides: list[str]) -> dict:
     """Every input checked before anything runs: the example exists, the output folder is new, and the
     overrides make a run this comparison can repeat with the example (a model folder, one process)."""
@@ -157,7 +163,7 @@ def score_both(run_dir: Path, example_file: Path) -> tuple[dict, dict]:
 
     with scoring(run_dir) as opened:
         ours, theirs = opened.score([(None, run_dir / run_files.EMBEDDING),
-                                     (int(GUIDE[GUIDE.index("--max_train_steps") + 1]), example_file)])
+                                     (GUIDE_STEPS, example_file)])
     return ours, theirs
 
 
@@ -180,7 +186,7 @@ def reused_example(folder: Path, command: list[str]) -> tuple[Launched, Path]:
         raise TIError(f"the example in {folder} ran another concept, model or setting than this run",
                       "compare with a versus folder of the same overrides, or drop --reuse-example")
     return Launched(**{k: earlier[k] for k in keys}), \
-        folder / "example" / "learned_embeds.safetensors"
+        example_output([str(c) for c in earlier["command"]]) / "learned_embeds.safetensors"
 
 
 def users_word(initializer_token) -> str | None:
@@ -221,7 +227,7 @@ def compare(script: Path, python: str, out: Path, overrides: list[str], reuse: P
     result = {"overrides": overrides, "initializer": config["initializer"], "ours_started_from": started,
               "ours": {**asdict(ours), "scores": scored_ours, "stopped_step": summary.get("stopped_step"),
                        "kept_step": summary.get("kept_step"), "stop_reason": summary.get("stop_reason")},
-              "example": {**asdict(example), "scores": scored_example, "steps": 3000},
+              "example": {**asdict(example), "scores": scored_example, "steps": GUIDE_STEPS},
               "reached": time_to_reach(ours.lines, scored_example["heldout_loss"])}
     run_files.write_json(out / "versus.json", result)
     return result
@@ -236,7 +242,7 @@ def table(r: dict) -> str:
     lines = [f"{'':<28}{'ours':>12}{'example':>12}{'ours / example':>16}"]
     lines += [f"{name:<28}{a:>12.4f}{b:>12.4f}{a / b:>16.3f}" for name, a, b in rows]
     lines.append(f"ours: kept step {ours['kept_step']}, stopped at step {ours['stopped_step']} "
-                 f"({ours['stop_reason'] or 'max_steps'}); the example: 3000 steps x 4 images")
+                 f"({ours['stop_reason'] or 'max_steps'}); the example: {GUIDE_STEPS} steps x 4 images")
     reached = r["reached"]
     lines.append(f"ours reached the example's final held-out loss (within {WITHIN:.0%}) at step {reached['step']}, "
                  f"{reached['since_launch_s']:.1f} s after launch ({reached['since_launch_s'] / theirs['wall_s']:.3f}"

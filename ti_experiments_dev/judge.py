@@ -22,16 +22,14 @@ def rescore(versus_dir: Path, overrides: list[str]) -> list[dict]:
     """Ours (kept, then every saved step) and the example (every saved step), on our run's draws and prompts."""
     from ti_experiments.evaluate import scoring
     from ti_experiments.records import run_dir as run_files
-    from ti_experiments.versus import GUIDE
+    from ti_experiments.versus import GUIDE_STEPS, example_output
 
-    command = run_files.read_json(versus_dir / "versus.json")["example"]["command"]
-    example = Path(command[command.index("--output_dir") + 1])
-    last = int(GUIDE[GUIDE.index("--max_train_steps") + 1])
+    example = example_output(run_files.read_json(versus_dir / "versus.json")["example"]["command"])
     ours = versus_dir / "ours"
     saved = {side: [(s, run_files.step_file(folder, s)) for s in run_files.saved_steps(folder)]
              for side, folder in (("ours", ours), ("example", example))}
     files = [("ours", None, ours / run_files.EMBEDDING), *(("ours", s, p) for s, p in saved["ours"]),
-             *(("example", s, p) for s, p in saved["example"] or [(last, example / run_files.EMBEDDING)])]
+             *(("example", s, p) for s, p in saved["example"] or [(GUIDE_STEPS, example / run_files.EMBEDDING)])]
     with scoring(ours, ["evaluation.image_metrics=true", *overrides]) as opened:
         scored = opened.score([(step, path) for _, step, path in files])
     return [{"folder": versus_dir.name, "side": side, "step": step if step is not None else f"kept {s['step']}",
